@@ -1,0 +1,51 @@
+# image-embeddings: every command a user or CI needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+
+# Local defaults; any of them can be overridden from the environment.
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export IMAGE_EMBEDDINGS_DATA ?= $(CURDIR)/data
+export IMAGE_EMBEDDINGS_INPUT_ROOT ?= $(IMAGE_EMBEDDINGS_DATA)/images
+export IMAGE_EMBEDDINGS_OUTPUT_ROOT ?= $(IMAGE_EMBEDDINGS_DATA)/embeddings
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup lock lint format test demo clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## Create or update .venv from the lock (seconds when nothing changed)
+
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q "$$(grep '^uv==' requirements.txt)"
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.txt
+	@# The repository root on the venv's path: `python -m beam_jobs.image_embeddings` works anywhere.
+	@echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/image_embeddings_repo.pth"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+lock: ## Regenerate requirements.txt from requirements.in
+	@test -x $(BIN)/uv || $(MAKE) setup
+	$(BIN)/uv pip compile requirements.in --python-version 3.11 --quiet -o requirements.txt
+
+lint: setup ## Ruff over the whole repository
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: setup lint ## Set up, lint and run every test
+	$(BIN)/python -m pytest
+
+demo: setup ## Generate demo images and embed them on local defaults
+	$(BIN)/python scripts/demo.py
+
+clean: ## Remove generated data, Airflow state and caches (keeps .venv)
+	rm -rf data .airflow .pytest_cache .ruff_cache test-artifacts benchmarks/out

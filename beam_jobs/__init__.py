@@ -1,0 +1,1 @@
+"""Beam jobs shipped to Dataflow workers and run locally on the DirectRunner."""

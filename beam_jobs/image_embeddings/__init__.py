@@ -1,0 +1,1 @@
+"""Image embedding pipeline: manifest of image URIs in, Parquet embeddings and failures out."""

@@ -1,0 +1,73 @@
+"""What the Airflow side and the Beam pipeline agree on: manifest format, output names, schemas, marker."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Iterator
+
+MANIFEST_NAME = "manifest.txt"
+EMBEDDINGS_PREFIX = "embeddings"
+FAILURES_PREFIX = "failures"
+SHARD_SUFFIX = ".parquet"
+SUCCESS_MARKER = "_SUCCESS"
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+)
+
+# Keys of the JSON success marker that every consumer may rely on.
+SUCCESS_KEYS = ("images", "embedded", "failed", "model", "dim")
+
+
+def manifest_entries(lines: Iterable[str]) -> Iterator[str]:
+    """Yield the image URIs of manifest lines: stripped, skipping blanks and `#` comments."""
+    for line in lines:
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            yield entry
+
+
+def is_image_name(name: str) -> bool:
+    """True when a file name has an image extension (case-insensitive)."""
+    return posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def join(root: str, *parts: str) -> str:
+    """Join URI parts with `/`, for local paths and `gs://` alike."""
+    return posixpath.join(root.rstrip("/"), *parts)
+
+
+def shard_glob(output: str, prefix: str) -> str:
+    """Glob matching every shard of one output kind (`embeddings` or `failures`)."""
+    return join(output, f"{prefix}-*{SHARD_SUFFIX}")
+
+
+def embeddings_schema(dim: int | None = None, float_type: str = "float32"):
+    """Arrow schema of `embeddings-*.parquet`: one row per embedded image."""
+    import pyarrow as pa
+
+    value = pa.float16() if float_type == "float16" else pa.float32()
+    embedding = pa.list_(value, dim) if dim else pa.list_(value)
+    return pa.schema(
+        [
+            ("uri", pa.string()),
+            ("embedding", embedding),
+            ("model", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+        ]
+    )
+
+
+def failures_schema():
+    """Arrow schema of `failures-*.parquet`: one row per manifest entry that could not be embedded."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("uri", pa.string()),
+            ("stage", pa.string()),
+            ("error", pa.string()),
+            ("model", pa.string()),
+        ]
+    )

@@ -1,0 +1,43 @@
+"""Shared fixtures: a GCS emulator per session, generated images."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.gcs_emulator import running_emulator
+
+TEST_BUCKET = "image-embeddings-test"
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """Start a GCS emulator and point every Google client of this process at it.
+
+    Yields the bucket name; objects are addressed as `gs://BUCKET/...`.
+    """
+    with running_emulator(TEST_BUCKET) as host:
+        saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
+        os.environ["STORAGE_EMULATOR_HOST"] = host
+        os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "test-project")
+        try:
+            yield TEST_BUCKET
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator):
+    """A google-cloud-storage Bucket on the emulator, emptied before the test."""
+    from google.cloud import storage
+
+    client = storage.Client.create_anonymous_client()
+    bucket = client.bucket(gcs_emulator)
+    for blob in client.list_blobs(gcs_emulator):
+        blob.delete()
+    return bucket
