@@ -11,9 +11,14 @@ FAILURES_PREFIX = "failures"
 SHARD_SUFFIX = ".parquet"
 SUCCESS_MARKER = "_SUCCESS"
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+
+# Where a manifest entry failed, as recorded in the `stage` column of the failures output.
+STAGE_INPUT = "input"  # refused before any read: not a valid URI, outside the input root
+STAGE_READ = "read"  # missing, a directory, unreadable, larger than the byte cap
+STAGE_DECODE = "decode"  # not an image, corrupt, truncated, decompression bomb
+STAGE_INFERENCE = "inference"  # the model failed on the image's batch
+STAGES = (STAGE_INPUT, STAGE_READ, STAGE_DECODE, STAGE_INFERENCE)
 
 # Keys of the JSON success marker that every consumer may rely on.
 SUCCESS_KEYS = ("images", "embedded", "failed", "model", "dim")
