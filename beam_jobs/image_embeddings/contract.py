@@ -1,4 +1,4 @@
-"""What the Airflow side and the Beam pipeline agree on: manifest format, output names, schemas, marker."""
+"""What the Airflow side and the Beam pipeline agree on: manifest, output names, schemas, marker."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def embeddings_schema(dim: int | None = None, float_type: str = "float32"):
 
 
 def failures_schema():
-    """Arrow schema of `failures-*.parquet`: one row per manifest entry that could not be embedded."""
+    """Arrow schema of `failures-*.parquet`: one row per entry that could not be embedded."""
     import pyarrow as pa
 
     return pa.schema(
