@@ -1,0 +1,1 @@
+"""Airflow-side logic of image-embeddings: settings, storage, manifest, validation, reduction."""

@@ -1,0 +1,301 @@
+"""Deployment settings from `IMAGE_EMBEDDINGS_*` environment variables, and their validators."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+from beam_jobs.image_embeddings.contract import join
+
+PREFIX = "IMAGE_EMBEDDINGS_"
+DATA_VARIABLE = f"{PREFIX}DATA"
+REPO_DIR = Path(__file__).resolve().parents[2]
+DEFAULT_DATA_DIR = REPO_DIR / "data"
+
+RUNNERS = ("DirectRunner", "DataflowRunner")
+MODELS = ("resnet50",)
+WEIGHTS = ("imagenet", "random")
+_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+_BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+
+
+def _doc(description: str, default: str = "", section: str = "Pipeline"):
+    """A dataclass field documented for the settings table (default as written in `.env`)."""
+    return field(metadata={"description": description, "default": default, "section": section})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every deployment setting; field `x` comes from the variable `IMAGE_EMBEDDINGS_X`."""
+
+    input_root: str = _doc(
+        "Root of the dated image prefixes: the images of day D are under INPUT_ROOT/D/ "
+        "(local path, file:// or gs://).",
+        f"${DATA_VARIABLE}/images",
+        "Data",
+    )
+    output_root: str = _doc(
+        "Where day D's manifest, embeddings, failures, reports and plot go: OUTPUT_ROOT/D/ "
+        "(local path, file:// or gs://).",
+        f"${DATA_VARIABLE}/embeddings",
+        "Data",
+    )
+    runner: str = _doc("Beam runner: DirectRunner or DataflowRunner.", "DirectRunner")
+    model: str = _doc("Embedding model (resnet50: 2048-d, average pooling).", "resnet50")
+    weights: str = _doc(
+        "Model weights: imagenet, random (offline smoke runs only: meaningless embeddings) "
+        "or the URI of a Keras weights file.",
+        "imagenet",
+    )
+    batch_size: int = _doc("Images per model call.", "32")
+    max_failure_rate: float = _doc(
+        "Largest fraction of a day's images that may fail before validation fails the run.",
+        "0.05",
+        "Quality",
+    )
+    pca_components: int = _doc(
+        "Principal components kept by the dimensionality reduction.", "50", "Quality"
+    )
+    pca_sample_size: int = _doc(
+        "Embeddings sampled (uniformly) to fit the PCA; bounds its memory.", "20000", "Quality"
+    )
+    start_date: str = _doc("First day the daily schedule covers (YYYY-MM-DD).", "2026-11-01", "DAG")
+    gcp_conn_id: str = _doc(
+        "Airflow connection used for gs:// and Dataflow.", "google_cloud_default", "DAG"
+    )
+    gcp_project: str | None = _doc("Google Cloud project of the Dataflow jobs.", "", "Dataflow")
+    gcp_region: str | None = _doc("Dataflow region, e.g. europe-west1.", "", "Dataflow")
+    dataflow_temp_location: str | None = _doc(
+        "gs:// prefix for Dataflow temporary files.", "", "Dataflow"
+    )
+    dataflow_staging_location: str | None = _doc(
+        "gs:// prefix where Dataflow stages the job's package.", "", "Dataflow"
+    )
+    dataflow_machine_type: str | None = _doc(
+        "Worker machine type, e.g. n2-standard-4.", "", "Dataflow"
+    )
+    dataflow_max_workers: int | None = _doc(
+        "Upper bound of the autoscaled worker count.", "", "Dataflow"
+    )
+    dataflow_sdk_container_image: str | None = _doc(
+        "Custom worker container image with the pipeline's dependencies.", "", "Dataflow"
+    )
+    dataflow_setup_file: str | None = _doc(
+        "setup.py that workers install when no container image is given.", "", "Dataflow"
+    )
+    dataflow_service_account: str | None = _doc(
+        "Service account e-mail the workers run as.", "", "Dataflow"
+    )
+    dataflow_network: str | None = _doc("VPC network of the workers (optional).", "", "Dataflow")
+    dataflow_subnetwork: str | None = _doc(
+        "Subnetwork of the workers, e.g. regions/REGION/subnetworks/NAME (optional).",
+        "",
+        "Dataflow",
+    )
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One documented environment variable: a row of the settings table."""
+
+    variable: str
+    default: str
+    description: str
+    section: str
+
+
+def _variable(name: str) -> str:
+    """The environment variable of a Settings field."""
+    return PREFIX + name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        DATA_VARIABLE,
+        "<repo>/data",
+        "Local data folder; moves the default INPUT_ROOT and OUTPUT_ROOT together.",
+        "Data",
+    ),
+    *(
+        Setting(
+            _variable(f.name),
+            f.metadata["default"],
+            f.metadata["description"],
+            f.metadata["section"],
+        )
+        for f in fields(Settings)
+    ),
+)
+
+
+def validate_date(text: str) -> str:
+    """Return `text` if it is a calendar day written YYYY-MM-DD; raise ValueError otherwise."""
+    value = str(text).strip()
+    try:
+        if not _DATE_PATTERN.fullmatch(value):
+            raise ValueError
+        date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"date must be a calendar day written YYYY-MM-DD (e.g. 2026-11-28), got {text!r}"
+        ) from None
+    return value
+
+
+def validate_runner(name: str) -> str:
+    """Return the runner name if Beam runs it here; raise ValueError otherwise."""
+    if name not in RUNNERS:
+        raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {name!r}")
+    return name
+
+
+def validate_model(name: str) -> str:
+    """Return the model name if the pipeline knows it; raise ValueError otherwise."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
+    return name
+
+
+def validate_uri(uri: str, what: str) -> str:
+    """Normalise a local path, file:// or gs:// URI; raise ValueError for anything else.
+
+    Local paths come back absolute and file:// loses its scheme, so that every consumer handles
+    exactly two kinds of location: absolute local paths and `gs://bucket/...`.
+    """
+    value = str(uri).strip()
+    expected = f"{what} must be a local path, a file:// URI or a gs://BUCKET/... URI"
+    if not value:
+        raise ValueError(f"{expected}, got an empty value")
+    if value.startswith("gs://"):
+        bucket = value[len("gs://") :].split("/", 1)[0]
+        if not _BUCKET_PATTERN.fullmatch(bucket):
+            raise ValueError(f"{expected}; {bucket!r} is not a valid bucket name in {value!r}")
+        return value.rstrip("/") if value.count("/") > 2 else value
+    if value.startswith("file://"):
+        value = value[len("file://") :]
+        if not value.startswith("/"):
+            raise ValueError(f"{expected}; file:// URIs need an absolute path, got {uri!r}")
+    elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+        raise ValueError(f"{expected}, got {uri!r}")
+    return os.path.abspath(value)
+
+
+def validate_failure_rate(value: float | str) -> float:
+    """Return the maximum failure rate as a float in [0, 1]; raise ValueError otherwise."""
+    expected = "maximum failure rate must be a fraction between 0 and 1 (0.05 allows 5%)"
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if isinstance(value, bool) or math.isnan(rate) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"{expected}, got {value!r}")
+    return rate
+
+
+def _positive_int(value: int | str, what: str) -> int:
+    """Return `value` as an int > 0; raise ValueError naming `what` otherwise."""
+    expected = f"{what} must be a positive whole number"
+    if isinstance(value, bool):
+        raise ValueError(f"{expected}, got {value!r}")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"{expected}, got {value!r}")
+    return number
+
+
+def validate_components(value: int | str) -> int:
+    """Return the number of PCA components as a positive int; raise ValueError otherwise."""
+    return _positive_int(value, "number of PCA components")
+
+
+def validate_sample_size(value: int | str) -> int:
+    """Return the PCA sample size as a positive int; raise ValueError otherwise."""
+    return _positive_int(value, "PCA sample size")
+
+
+def validate_dataflow(settings: Settings) -> Settings:
+    """Raise ValueError naming every setting a DataflowRunner launch lacks or gets wrong."""
+    problems = [
+        f"{_variable(name)} is required"
+        for name in ("gcp_project", "gcp_region", "dataflow_temp_location")
+        if not getattr(settings, name)
+    ]
+    for name in (
+        "input_root",
+        "output_root",
+        "dataflow_temp_location",
+        "dataflow_staging_location",
+    ):
+        value = getattr(settings, name)
+        if value and not value.startswith("gs://"):
+            problems.append(f"{_variable(name)} must be a gs:// URI on Dataflow, got {value!r}")
+    if problems:
+        raise ValueError("the DataflowRunner needs: " + "; ".join(problems))
+    return settings
+
+
+def day_dir(root: str, day: str) -> str:
+    """The folder of one day under a root: `root/D`."""
+    return join(root, validate_date(day))
+
+
+def validate_weights(value: str) -> str:
+    """Return `imagenet`, `random` or a normalised weights URI; raise ValueError otherwise."""
+    if value in WEIGHTS:
+        return value
+    return validate_uri(value, f"weights (one of {', '.join(WEIGHTS)} or a file)")
+
+
+def _text(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(_variable(name), "").strip()
+    return value or None
+
+
+_CHECKS = {
+    "input_root": partial(validate_uri, what="input root"),
+    "output_root": partial(validate_uri, what="output root"),
+    "runner": validate_runner,
+    "model": validate_model,
+    "weights": validate_weights,
+    "batch_size": partial(_positive_int, what="batch size"),
+    "max_failure_rate": validate_failure_rate,
+    "pca_components": validate_components,
+    "pca_sample_size": validate_sample_size,
+    "start_date": validate_date,
+    "dataflow_temp_location": partial(validate_uri, what="Dataflow temp location"),
+    "dataflow_staging_location": partial(validate_uri, what="Dataflow staging location"),
+    "dataflow_max_workers": partial(_positive_int, what="Dataflow max workers"),
+}
+
+
+def _checked(name: str, value: str | None):
+    """Validate one raw value, naming its environment variable in the error."""
+    if value is None or name not in _CHECKS:
+        return value
+    try:
+        return _CHECKS[name](value)
+    except ValueError as error:
+        raise ValueError(f"{_variable(name)}: {error}") from None
+
+
+def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
+    """Read and validate every setting from the environment (call at run time, not parse time)."""
+    data_dir = environ.get(DATA_VARIABLE, "").strip() or str(DEFAULT_DATA_DIR)
+    defaults = {f.name: f.metadata["default"] or None for f in fields(Settings)}
+    defaults["input_root"] = join(data_dir, "images")
+    defaults["output_root"] = join(data_dir, "embeddings")
+    return Settings(
+        **{
+            f.name: _checked(f.name, _text(environ, f.name) or defaults[f.name])
+            for f in fields(Settings)
+        }
+    )
