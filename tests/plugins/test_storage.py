@@ -1,0 +1,108 @@
+"""Storage on local folders and on gs:// (GCS emulator): listing, streaming I/O, deletion."""
+
+from __future__ import annotations
+
+import pytest
+
+from image_embeddings import storage
+
+NAMES = ["a.jpg", "a/b.jpg", "a/c/d.png", "a0.jpg", "b.txt", "Z.JPG", "é.jpg", "sp ace/#1%.jpg"]
+
+
+@pytest.fixture(params=["local", "gcs"])
+def root(request, tmp_path):
+    """An empty folder: a local path or a gs:// prefix in the emulator's bucket."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    bucket = request.getfixturevalue("gcs_bucket")
+    return f"gs://{bucket.name}/root"
+
+
+def populate(root: str) -> list[str]:
+    uris = [f"{root}/{name}" for name in NAMES]
+    for uri in uris:
+        storage.write_bytes(uri, uri.encode())
+    return uris
+
+
+def test_lists_recursively_in_lexicographic_order(root):
+    uris = populate(root)
+    storage.write_bytes(f"{root}-sibling/x.jpg", b"not inside root")
+
+    listed = storage.list_files(root)
+
+    assert not isinstance(listed, list)
+    assert list(listed) == sorted(uris)
+
+
+def test_lists_one_level(root):
+    populate(root)
+
+    assert list(storage.list_files(root, recursive=False)) == sorted(
+        f"{root}/{name}" for name in NAMES if "/" not in name
+    )
+
+
+def test_missing_folder_lists_nothing(root):
+    assert list(storage.list_files(f"{root}/missing")) == []
+
+
+def test_glob_matches_names_in_one_folder(root):
+    populate(root)
+
+    assert storage.glob(f"{root}/a*.jpg") == [f"{root}/a.jpg", f"{root}/a0.jpg"]
+
+
+def test_text_and_binary_round_trip(root):
+    with storage.open_file(f"{root}/deep/text.txt", "w") as handle:
+        handle.write("ünïcode\nline two\n")
+    with storage.open_file(f"{root}/deep/text.txt", "r") as handle:
+        assert handle.readlines() == ["ünïcode\n", "line two\n"]
+
+    payload = bytes(range(256)) * 1000
+    storage.write_bytes(f"{root}/blob.bin", payload)
+    with storage.open_file(f"{root}/blob.bin", "rb") as handle:
+        handle.seek(-10, 2)
+        assert handle.read() == payload[-10:]
+    assert storage.read_bytes(f"{root}/blob.bin") == payload
+
+
+def test_failed_write_keeps_the_previous_file(root):
+    uri = f"{root}/manifest.txt"
+    storage.write_bytes(uri, b"old\n")
+
+    with pytest.raises(RuntimeError), storage.open_file(uri, "w") as handle:
+        handle.write("half of a new file\n")
+        raise RuntimeError("writer failed")
+
+    assert storage.read_bytes(uri) == b"old\n"
+    assert list(storage.list_files(root)) == [uri]
+
+
+def test_exists_json_and_delete(root):
+    storage.write_json(f"{root}/out/_SUCCESS", {"images": 3})
+    storage.write_bytes(f"{root}/out/nested/x.parquet", b"x")
+
+    assert storage.exists(f"{root}/out/_SUCCESS")
+    assert not storage.exists(f"{root}/out/missing")
+    assert storage.read_json(f"{root}/out/_SUCCESS") == {"images": 3}
+
+    assert storage.delete_prefix(f"{root}/out") == 2
+    assert list(storage.list_files(root)) == []
+    assert storage.delete_prefix(f"{root}/out") == 0
+
+
+def test_rejects_unknown_mode(tmp_path):
+    with (
+        pytest.raises(ValueError, match="mode must be one of"),
+        storage.open_file(str(tmp_path / "x"), "a"),
+    ):
+        pass
+
+
+def test_split_gcs_names_the_problem():
+    assert storage.split_gcs("gs://bucket/a/b.jpg") == ("bucket", "a/b.jpg")
+    with pytest.raises(ValueError, match="without a bucket"):
+        storage.split_gcs("gs:///a.jpg")
+    with pytest.raises(ValueError, match="expected a gs://"):
+        storage.split_gcs("/local/a.jpg")
