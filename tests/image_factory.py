@@ -41,7 +41,7 @@ def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
     ramp = (np.cos(angle) * xs + np.sin(angle) * ys + 1.0) / 2.0
     start, end = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
     pixels = start + (end - start) * ramp
-    image = Image.fromarray(pixels.astype(np.uint8), "RGB")
+    image = Image.fromarray(pixels.astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(rng.integers(3, 7)):
         x0, x1 = sorted(rng.uniform(0, 1, 2) * width)
@@ -56,14 +56,14 @@ def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
     image = image.filter(ImageFilter.GaussianBlur(radius))
     noise = rng.normal(0, 6, size=(height, width, 3))
     noisy = np.asarray(image, dtype=np.float32) + noise
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
 def in_mode(image: Image.Image, mode: str) -> Image.Image:
     """`image` (RGB) converted to `mode`; 16-bit and float modes keep a full-range gray ramp."""
     if mode == "I;16":
         gray = np.asarray(image.convert("L"), dtype=np.uint32) * 257
-        return Image.fromarray(gray.astype(np.uint16), "I;16")
+        return Image.fromarray(gray.astype(np.uint16))
     if mode == "P":
         return image.quantize(colors=64, method=Image.Quantize.MEDIANCUT)
     if mode in ("LA", "RGBA"):
