@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import io
 import json
 import os
 import posixpath
@@ -36,6 +37,11 @@ def split_gcs(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"gs:// URI without a bucket: {uri!r}")
     return bucket, name
+
+
+def absolute(uri: str) -> str:
+    """A gs:// URI as is; a local path made absolute."""
+    return uri if is_gcs(uri) else os.path.abspath(uri)
 
 
 @functools.lru_cache(maxsize=4)
@@ -118,7 +124,7 @@ def list_files(prefix: str, recursive: bool = True) -> Iterator[str]:
     """
     if is_gcs(prefix):
         return _list_gcs(prefix, recursive)
-    return _list_local(os.path.abspath(prefix), recursive)
+    return _list_local(absolute(prefix), recursive)
 
 
 def glob(pattern: str) -> list[str]:
@@ -166,6 +172,22 @@ def _staged_write(uri: str, mode: str) -> Iterator[IO[Any]]:
             os.remove(partial)
 
 
+def _open_gcs_reader(uri: str, mode: str) -> IO[Any]:
+    """A streaming reader of an object; FileNotFoundError at once if it does not exist."""
+    from google.api_core.exceptions import NotFound
+
+    blob = _blob(uri)
+    try:
+        blob.reload()
+    except NotFound:
+        raise FileNotFoundError(f"no such object: {uri}") from None
+    if not blob.size:
+        # Ranged reads of an empty object get a malformed Content-Range from the GCS emulator;
+        # an empty object needs no download at all.
+        return io.BytesIO() if "b" in mode else io.StringIO()
+    return blob.open(mode, encoding=_encoding(mode))
+
+
 @contextlib.contextmanager
 def open_file(uri: str, mode: str = "rb") -> Iterator[IO[Any]]:
     """Open a file for streaming: `rb`, `r` (UTF-8), `wb` or `w` (UTF-8).
@@ -179,7 +201,7 @@ def open_file(uri: str, mode: str = "rb") -> Iterator[IO[Any]]:
         with _staged_write(uri, mode) as handle:
             yield handle
     elif is_gcs(uri):
-        with _blob(uri).open(mode, encoding=_encoding(mode)) as handle:
+        with _open_gcs_reader(uri, mode) as handle:
             yield handle
     else:
         with open(uri, mode, encoding=_encoding(mode)) as handle:

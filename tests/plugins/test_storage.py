@@ -92,6 +92,11 @@ def test_exists_json_and_delete(root):
     assert storage.delete_prefix(f"{root}/out") == 0
 
 
+def test_missing_file_raises_file_not_found(root):
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        storage.read_bytes(f"{root}/missing.txt")
+
+
 def test_rejects_unknown_mode(tmp_path):
     with (
         pytest.raises(ValueError, match="mode must be one of"),
