@@ -1,0 +1,25 @@
+"""Installs the `beam_jobs.image_embeddings` package and its dependencies on Dataflow workers."""
+
+import setuptools
+
+# The worker's versions of what the pipeline imports, pinned to the repository's lock
+# (requirements.txt); Beam itself comes with the worker's SDK container.
+WORKER_REQUIREMENTS = [
+    "tensorflow-cpu==2.21.0",
+    "keras==3.15.1",
+    "pillow==12.3.0",
+    "pyarrow==25.0.1",
+    "numpy==2.4.6",
+]
+
+setuptools.setup(
+    name="image-embeddings-beam-jobs",
+    version="0.1.0",
+    description="Apache Beam pipeline embedding images with a Keras CNN.",
+    python_requires=">=3.11,<3.12",
+    # This file sits inside beam_jobs/: the folder it is in is the `beam_jobs` package, so the
+    # workers import the same module paths as the launcher (beam_jobs.image_embeddings.*).
+    package_dir={"beam_jobs": "."},
+    packages=["beam_jobs", "beam_jobs.image_embeddings"],
+    install_requires=WORKER_REQUIREMENTS,
+)
