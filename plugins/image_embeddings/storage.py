@@ -230,6 +230,23 @@ def write_json(uri: str, value: Any) -> None:
     write_bytes(uri, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
+def delete(uri: str) -> bool:
+    """Delete one file; return whether it existed."""
+    if is_gcs(uri):
+        from google.api_core.exceptions import NotFound
+
+        try:
+            _blob(uri).delete()
+        except NotFound:
+            return False
+        return True
+    try:
+        os.remove(uri)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def delete_prefix(prefix: str) -> int:
     """Delete a folder and every file below it; return how many files were deleted."""
     if not is_gcs(prefix):

@@ -87,6 +87,9 @@ def test_exists_json_and_delete(root):
     assert not storage.exists(f"{root}/out/missing")
     assert storage.read_json(f"{root}/out/_SUCCESS") == {"images": 3}
 
+    assert storage.delete(f"{root}/out/nested/x.parquet")
+    assert not storage.delete(f"{root}/out/nested/x.parquet")
+    storage.write_bytes(f"{root}/out/nested/x.parquet", b"x")
     assert storage.delete_prefix(f"{root}/out") == 2
     assert list(storage.list_files(root)) == []
     assert storage.delete_prefix(f"{root}/out") == 0
