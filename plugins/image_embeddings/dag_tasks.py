@@ -1,0 +1,132 @@
+"""The bodies of the DAG's Python tasks: functions of the run plan that raise Airflow's outcomes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from beam_jobs.image_embeddings.contract import SUCCESS_KEYS, SUCCESS_MARKER, join
+
+log = logging.getLogger(__name__)
+
+
+def resolve_run(
+    params: Mapping[str, Any],
+    logical_date: datetime | None,
+    environ: Mapping[str, str] = os.environ,
+) -> dict[str, Any]:
+    """The run plan: settings from the environment, the run's params over them, the day D.
+
+    Bad values fail the task at once, without retries: nothing else has run yet.
+    """
+    from image_embeddings.params import resolve_plan
+    from image_embeddings.settings import load_settings
+
+    try:
+        plan = resolve_plan(load_settings(environ), params, logical_date)
+    except ValueError as error:
+        raise AirflowFailException(f"refused before anything ran: {error}") from None
+    log.info(
+        "Day %s: %s -> %s with %s (%s weights, model %s)",
+        plan.day,
+        plan.input_dir,
+        plan.output_dir,
+        plan.runner,
+        plan.weights,
+        plan.model,
+    )
+    if plan.weights == "random":
+        log.warning("Weights are 'random': these embeddings carry no meaning (smoke runs only)")
+    return plan.as_dict()
+
+
+def stage(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the day's manifest; skip everything downstream when the day has no images."""
+    from image_embeddings.manifest import stage_manifest
+
+    info = stage_manifest(plan["input_dir"], plan["output_dir"])
+    if info.count == 0:
+        raise AirflowSkipException(
+            f"No images under {plan['input_dir']} for {plan['day']}: nothing to embed, "
+            "the following tasks are skipped"
+        )
+    return {"uri": info.uri, "count": info.count}
+
+
+def read_success_marker(output_dir: str) -> dict[str, Any]:
+    """The pipeline's `_SUCCESS` summary; fail when it is missing or incomplete."""
+    from image_embeddings import storage
+
+    uri = join(output_dir, SUCCESS_MARKER)
+    if not storage.exists(uri):
+        raise AirflowFailException(
+            f"{uri} is missing: the pipeline did not complete; clear 'embed' to run it again"
+        )
+    marker = storage.read_json(uri)
+    missing = [key for key in SUCCESS_KEYS if key not in marker]
+    if missing:
+        raise AirflowFailException(f"{uri} lacks {', '.join(missing)}: {marker}")
+    log.info(
+        "Pipeline finished: %d images, %d embedded, %d failed (%s, dim %d)",
+        marker["images"],
+        marker["embedded"],
+        marker["failed"],
+        marker["model"],
+        marker["dim"],
+    )
+    return marker
+
+
+def validate(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the day's outputs against the manifest and the contract; fail with the report."""
+    from image_embeddings.validation import ValidationError, validate_output
+
+    try:
+        report = validate_output(plan["output_dir"], plan["max_failure_rate"])
+    except ValidationError as error:
+        # The same outputs fail the same way on a retry: fail now, with the report.
+        raise AirflowFailException(str(error)) from None
+    return {"counts": report.counts, "failure_rate": report.failure_rate, "dim": report.dim}
+
+
+def run_summary(marker: Mapping[str, Any]) -> dict[str, Any]:
+    """Images, embedded, failed, images per second and duration of one pipeline run."""
+    duration = marker.get("duration_s")
+    rate = marker["embedded"] / duration if duration else None
+    return {
+        "images": marker["images"],
+        "embedded": marker["embedded"],
+        "failed": marker["failed"],
+        "images_per_s": round(rate, 2) if rate is not None else None,
+        "duration_s": round(duration, 1) if duration is not None else None,
+    }
+
+
+def reduce(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]:
+    """Fit the PCA, project every embedding, plot; log where the plot is and the run's summary."""
+    from image_embeddings.reduction import reduce_dimensions
+
+    result = reduce_dimensions(plan["output_dir"], plan["pca_components"], plan["pca_sample_size"])
+    summary = run_summary(marker)
+    log.info("Plot of day %s: %s", plan["day"], result.plot_uri)
+    log.info(
+        "Summary of day %s: %d images, %d embedded, %d failed, %s img/s, %s s",
+        plan["day"],
+        summary["images"],
+        summary["embedded"],
+        summary["failed"],
+        summary["images_per_s"],
+        summary["duration_s"],
+    )
+    return {
+        "day": plan["day"],
+        "output_dir": plan["output_dir"],
+        "plot": result.plot_uri,
+        "projection": result.projection_uri,
+        **summary,
+    }

@@ -1,0 +1,177 @@
+"""The DAG's `embed` and `wait` operators: the Beam provider's launch and the Dataflow job sensor,
+driven by the run plan so that one DAG serves the DirectRunner and Dataflow."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
+from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus
+from airflow.providers.google.cloud.links.dataflow import DataflowJobLink
+from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
+from airflow.providers.google.cloud.sensors.dataflow import DataflowJobStatusSensor
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from image_embeddings.dag_tasks import read_success_marker
+from image_embeddings.dataflow import DataflowJobWaitTrigger, cancel_job, find_reusable_job
+from image_embeddings.launch import (
+    PIPELINE_MODULE,
+    POLL_SLEEP_S,
+    WaitMode,
+    console_url,
+    launch,
+    wait_mode,
+)
+
+
+class EmbedImagesOperator(BeamRunPythonPipelineOperator):
+    """Run `python -m beam_jobs.image_embeddings` for the run plan's day.
+
+    On Dataflow it returns once the job is submitted, and a retry attaches to the day's job when
+    it is still queued or running instead of starting a second one; killing the task cancels it.
+    """
+
+    template_fields: Sequence[str] = (
+        *BeamRunPythonPipelineOperator.template_fields,
+        "plan",
+        "manifest",
+    )
+
+    def __init__(self, *, plan: Any, manifest: Any, **kwargs: Any) -> None:
+        super().__init__(py_file=PIPELINE_MODULE, py_options=["-m"], **kwargs)
+        self.plan = plan
+        self.manifest = manifest
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        arguments = launch(self.plan, self.manifest, self.dag_id)
+        self.runner = arguments.runner
+        self.pipeline_options = arguments.pipeline_options
+        self.dataflow_config = (
+            DataflowConfiguration(**arguments.dataflow_config) if arguments.dataflow_config else {}
+        )
+
+    def execute(self, context: Any) -> Any:
+        # The interpreter of this worker: the environment that holds Beam and the pipeline.
+        self.py_interpreter = sys.executable
+        return super().execute(context)
+
+    def execute_on_dataflow(self, context: Any) -> Any:
+        # The provider's `check_if_running` only exists for Java pipelines, and it waits for the
+        # running job to end and then starts another: attach to the running job instead.
+        config = self.dataflow_config
+        job = find_reusable_job(
+            self.dataflow_hook, self.dataflow_job_name, config.project_id, config.location
+        )
+        if job is None:
+            return super().execute_on_dataflow(context)
+        self.log.info(
+            "Dataflow job %s (%s) for this day is %s: attaching to it instead of launching "
+            "another. %s",
+            job["name"],
+            job["id"],
+            job["currentState"],
+            console_url(config.project_id, config.location, job["id"]),
+        )
+        self.dataflow_job_id = job["id"]
+        DataflowJobLink.persist(
+            context=context,
+            region=config.location,
+            job_id=job["id"],
+            project_id=config.project_id,
+        )
+        return {"dataflow_job_id": job["id"]}
+
+
+class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
+    """Wait until the day's pipeline has finished, then return its `_SUCCESS` summary.
+
+    Dataflow: the job's state, deferred to the triggerer; a failed or cancelled job fails the task
+    at once, with the job's console link. Local runners have already finished inside `embed`.
+    """
+
+    template_fields: Sequence[str] = (*DataflowJobStatusSensor.template_fields, "plan")
+
+    def __init__(self, *, plan: Any, job_id: str, **kwargs: Any) -> None:
+        super().__init__(
+            job_id=job_id,
+            expected_statuses={DataflowJobStatus.JOB_STATE_DONE},
+            deferrable=True,
+            poll_interval=POLL_SLEEP_S,
+            **kwargs,
+        )
+        self.plan = plan
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        plan: Mapping[str, Any] = self.plan
+        self.project_id = plan["gcp_project"]
+        self.location = plan["gcp_region"]
+        self.gcp_conn_id = plan["gcp_conn_id"]
+
+    @property
+    def is_dataflow(self) -> bool:
+        return wait_mode(self.plan["runner"]) is WaitMode.DATAFLOW_JOB
+
+    @property
+    def job_url(self) -> str:
+        return console_url(self.project_id, self.location, self.job_id)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        if self.is_dataflow:
+            self.log.info("Waiting for Dataflow job %s: %s", self.job_id, self.job_url)
+            if not self.poke(context):
+                self.defer(
+                    trigger=DataflowJobWaitTrigger(
+                        job_id=self.job_id,
+                        expected_statuses=self.expected_statuses,
+                        project_id=self.project_id,
+                        location=self.location,
+                        gcp_conn_id=self.gcp_conn_id,
+                        poll_sleep=self.poll_interval,
+                        impersonation_chain=self.impersonation_chain,
+                    ),
+                    method_name="execute_complete",
+                    timeout=self.execution_timeout,
+                )
+        return read_success_marker(self.plan["output_dir"])
+
+    def poke(self, context: Any) -> bool:
+        job = self.hook.get_job(
+            job_id=self.job_id, project_id=self.project_id, location=self.location
+        )
+        state = job["currentState"]
+        if state in self.expected_statuses:
+            self.log.info("Dataflow job %s is %s", self.job_id, state)
+            return True
+        if state in DataflowJobStatus.TERMINAL_STATES:
+            # Waiting longer cannot help: fail without retries; a new launch needs `embed` cleared.
+            raise AirflowFailException(
+                f"Dataflow job {self.job_id} ended {state}, not "
+                f"{', '.join(sorted(self.expected_statuses))}: see {self.job_url} ; clear 'embed' "
+                "to launch the day again"
+            )
+        self.log.info("Dataflow job %s is %s", self.job_id, state)
+        return False
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        # The trigger reports a failed job and its own errors alike: the job's state tells which.
+        if event["status"] != "success" and not self.poke(context):
+            raise AirflowException(
+                f"Waiting for Dataflow job {self.job_id} stopped: {event['message']} "
+                f"({self.job_url})"
+            )
+        return read_success_marker(self.plan["output_dir"])
+
+    def on_kill(self) -> None:
+        if self.is_dataflow and self.job_id:
+            self.log.info("Task killed: cancelling Dataflow job %s", self.job_id)
+            cancel_job(
+                self.gcp_conn_id,
+                self.impersonation_chain,
+                self.job_id,
+                self.project_id,
+                self.location,
+            )
