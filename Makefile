@@ -13,7 +13,7 @@ export IMAGE_EMBEDDINGS_OUTPUT_ROOT ?= $(IMAGE_EMBEDDINGS_DATA)/embeddings
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock lint format test demo clean
+.PHONY: help setup lock lint format test run demo airflow clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,8 +44,15 @@ format: setup ## Apply ruff's fixes and formatting
 test: setup lint ## Set up, lint and run every test
 	$(BIN)/python -m pytest
 
-demo: setup ## Generate demo images and embed them on local defaults
+run: setup ## One DAG run for DATE=YYYY-MM-DD (`airflow dags test`, local SQLite Airflow)
+	@[[ "$(DATE)" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$$ ]] || { echo "usage: make run DATE=YYYY-MM-DD" >&2; exit 2; }
+	scripts/airflow_local.sh dags test image_embeddings $(DATE)
+
+demo: setup ## Demo images for three days, one DAG run each; prints where outputs and plots are
 	$(BIN)/python scripts/demo.py
+
+airflow: setup ## Local Airflow (UI, API, scheduler) with this DAG; prints how to log in
+	scripts/airflow_local.sh standalone
 
 clean: ## Remove generated data, Airflow state and caches (keeps .venv)
 	rm -rf data .airflow .pytest_cache .ruff_cache test-artifacts benchmarks/out

@@ -1,0 +1,90 @@
+"""
+### Image embeddings, one day at a time
+
+For day **D**, every image under `INPUT_ROOT/D/` (local folder or `gs://`) is embedded with a Keras
+CNN (ResNet50 by default, 2048-d) by the Apache Beam pipeline `beam_jobs.image_embeddings`, on the
+Airflow worker (DirectRunner) or on Google Cloud Dataflow (DataflowRunner). Everything the run
+writes lives under `OUTPUT_ROOT/D/`, and a rerun of D replaces it.
+
+| task | what it does |
+|---|---|
+| `resolve_run` | settings (`IMAGE_EMBEDDINGS_*`), this run's params over them; bad values fail |
+| `stage_manifest` | lists the day's images into `manifest.txt`; no images: the rest is skipped |
+| `embed` | launches the pipeline; on Dataflow a retry attaches to the day's running job |
+| `wait` | Dataflow: waits (deferred) for the job; then confirms the `_SUCCESS` marker |
+| `validate` | every manifest entry embedded or failed exactly once, vectors sound, failure rate |
+| `reduce_dimensions` | PCA: `projection.parquet`, `pca.npz`, `projection.png`; the Asset |
+
+**Day D** is the `date` param when set, else the run's logical date. Scheduled runs start after
+their day has ended (data interval D 00:00 to D+1 00:00 UTC).
+Backfill: `airflow backfill create --dag-id image_embeddings --from-date D1 --to-date D2`.
+Killing or clearing `embed` or `wait` cancels the day's Dataflow job.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+
+from image_embeddings import dag_tasks
+from image_embeddings.operators import EmbedImagesOperator, WaitForEmbeddingsSensor
+from image_embeddings.params import dag_params, schedule_start
+
+# Downstream DAGs schedule on `Asset(name="image_embeddings_validated")`; each event's extra
+# names the day and its output folder.
+VALIDATED_EMBEDDINGS = Asset(name="image_embeddings_validated", group="image_embeddings")
+
+
+@dag(
+    dag_id="image_embeddings",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=schedule_start(os.environ),
+    catchup=False,
+    # Backfills queue behind two runs at a time instead of flooding Dataflow.
+    max_active_runs=2,
+    default_args={
+        "retries": 3,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+    },
+    dagrun_timeout=timedelta(hours=24),
+    tags=["embeddings", "beam", "dataflow", "images"],
+    doc_md=__doc__,
+    params=dag_params(),
+)
+def image_embeddings():
+    @task
+    def resolve_run(params=None, logical_date=None) -> dict:
+        return dag_tasks.resolve_run(params, logical_date)
+
+    @task(multiple_outputs=True)
+    def stage_manifest(plan: dict) -> dict:
+        return dag_tasks.stage(plan)
+
+    @task
+    def validate(plan: dict) -> dict:
+        return dag_tasks.validate(plan)
+
+    @task(outlets=[VALIDATED_EMBEDDINGS])
+    def reduce_dimensions(plan: dict, marker: dict, outlet_events=None) -> dict:
+        summary = dag_tasks.reduce(plan, marker)
+        outlet_events[VALIDATED_EMBEDDINGS].extra = summary
+        return summary
+
+    plan = resolve_run()
+    staged = stage_manifest(plan)
+    embed = EmbedImagesOperator(task_id="embed", plan=plan, manifest=staged["uri"])
+    wait = WaitForEmbeddingsSensor(
+        task_id="wait",
+        plan=plan,
+        job_id="{{ ti.xcom_pull(task_ids='embed', key='dataflow_job_id') }}",
+        execution_timeout=timedelta(hours=12),
+    )
+    validated = validate(plan)
+    embed >> wait >> validated >> reduce_dimensions(plan, wait.output)
+
+
+image_embeddings()
