@@ -38,7 +38,8 @@ def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
     ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
     xs = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
     angle = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(angle) * xs + np.sin(angle) * ys + 1.0) / 2.0
+    # Python floats keep the arithmetic in float32 (a NumPy float64 scalar would promote it).
+    ramp = (float(np.cos(angle)) * xs + float(np.sin(angle)) * ys + 1.0) / 2.0
     start, end = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
     pixels = start + (end - start) * ramp
     image = Image.fromarray(pixels.astype(np.uint8))
@@ -54,9 +55,10 @@ def photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
             draw.rectangle(box, fill=colour)
     radius = max(min(width, height) / 200, 0.5)
     image = image.filter(ImageFilter.GaussianBlur(radius))
-    noise = rng.normal(0, 6, size=(height, width, 3))
-    noisy = np.asarray(image, dtype=np.float32) + noise
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    noisy = rng.standard_normal((height, width, 3), dtype=np.float32)
+    noisy *= 6
+    noisy += np.asarray(image, dtype=np.float32)
+    return Image.fromarray(np.clip(noisy, 0, 255, out=noisy).astype(np.uint8))
 
 
 def in_mode(image: Image.Image, mode: str) -> Image.Image:

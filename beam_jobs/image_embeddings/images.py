@@ -107,8 +107,8 @@ def _describe_os_error(error: OSError) -> str:
 
 
 def _over_cap(size: int | None, max_bytes: int) -> ImageLoadError:
-    known = f"{size} bytes" if size is not None else "larger"
-    return ImageLoadError(STAGE_READ, f"image is {known}, over the {max_bytes}-byte cap")
+    known = f" {size} bytes," if size is not None else ""
+    return ImageLoadError(STAGE_READ, f"image is{known} over the {max_bytes}-byte cap")
 
 
 def _check_local_file(path: str, max_bytes: int) -> None:
@@ -123,9 +123,9 @@ def _check_local_file(path: str, max_bytes: int) -> None:
 
 
 def _remote_size(uri: str) -> int | None:
-    """The object's size for an error message; None when even that cannot be read."""
+    """The object's size for an error message; None when it vanished or cannot be stated."""
     try:
-        return FileSystems.metadata(uri).size_in_bytes
+        return FileSystems.get_filesystem(uri).metadata(uri).size_in_bytes
     except Exception:
         return None
 
