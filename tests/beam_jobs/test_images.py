@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import time
 
 import apache_beam as beam
@@ -417,6 +418,12 @@ def test_symbolic_links_count_where_they_point(tmp_path):
     check_inside_root(str(root / "a.jpg"), str(tmp_path / "root-link"))
     for escaping in (root / "out.jpg", root / "linked-dir" / "secret.jpg"):
         assert stage_and_message(check_inside_root, str(escaping), str(root))[0] == STAGE_INPUT
+
+
+def test_load_errors_survive_pickling():
+    error = pickle.loads(pickle.dumps(ImageLoadError(STAGE_READ, "file not found")))
+
+    assert (error.stage, str(error)) == (STAGE_READ, "file not found")
 
 
 def test_nul_byte_in_local_path_is_an_input_failure():
