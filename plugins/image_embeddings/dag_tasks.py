@@ -111,7 +111,13 @@ def reduce(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]
     """Fit the PCA, project every embedding, plot; log where the plot is and the run's summary."""
     from image_embeddings.reduction import reduce_dimensions
 
-    result = reduce_dimensions(plan["output_dir"], plan["pca_components"], plan["pca_sample_size"])
+    try:
+        result = reduce_dimensions(
+            plan["output_dir"], plan["pca_components"], plan["pca_sample_size"]
+        )
+    except ValueError as error:
+        # Too few embeddings for a PCA: the same outputs fail the same way on a retry.
+        raise AirflowFailException(str(error)) from None
     summary = run_summary(marker)
     log.info("Plot of day %s: %s", plan["day"], result.plot_uri)
     log.info(
@@ -128,5 +134,7 @@ def reduce(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]
         "output_dir": plan["output_dir"],
         "plot": result.plot_uri,
         "projection": result.projection_uri,
+        "model": marker["model"],
+        "weights": marker.get("weights"),
         **summary,
     }

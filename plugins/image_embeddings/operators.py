@@ -58,6 +58,13 @@ class EmbedImagesOperator(BeamRunPythonPipelineOperator):
         self.py_interpreter = sys.executable
         return super().execute(context)
 
+    def _cast_dataflow_config(self) -> None:
+        # The provider warns about a Dataflow configuration on every local run, even an empty one.
+        if wait_mode(self.runner) is WaitMode.DATAFLOW_JOB:
+            super()._cast_dataflow_config()
+        else:
+            self.dataflow_config = DataflowConfiguration(job_name=self.task_id)
+
     def execute_on_dataflow(self, context: Any) -> Any:
         # The provider's `check_if_running` only exists for Java pipelines, and it waits for the
         # running job to end and then starts another: attach to the running job instead.

@@ -24,8 +24,9 @@ from image_embeddings.settings import (
     validate_weights,
 )
 
-# A root: an absolute local path, a file:// URI or gs://BUCKET/...; the settings module normalises.
-ROOT_PATTERN = r"^(/|file:///|gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/|$))"
+# A root: an absolute local path, a file:// URI or gs://BUCKET/... (the form's message shows this
+# pattern: keep it readable); resolve_run checks the rest, bucket names included.
+ROOT_PATTERN = r"^(/|file:///|gs://)"
 UNSET = "Empty: the deployment setting {variable} applies."
 
 

@@ -1,0 +1,181 @@
+"""The DAG as Airflow loads it: imports, schedule, retries, graph, params schema, parse cost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_FILE = REPO / "dags" / "image_embeddings.py"
+TASKS = ["resolve_run", "stage_manifest", "embed", "wait", "validate", "reduce_dimensions"]
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAG_FILE))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    return dagbag.dags["image_embeddings"]
+
+
+@pytest.fixture(scope="module")
+def serialized(dag):
+    """The DAG as the scheduler and the API server see it: they validate a run's conf."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.from_dict(DagSerialization.to_dict(dag))
+
+
+def test_dagbag_loads_the_dag_without_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert list(dagbag.dags) == ["image_embeddings"]
+
+
+def test_schedule_is_daily_over_completed_days_without_catchup(dag, serialized):
+    from airflow.sdk import CronDataIntervalTimetable
+    from airflow.timetables.base import TimeRestriction
+
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    assert dag.timetable.expression == "0 0 * * *"
+    assert dag.start_date == datetime(2026, 11, 1, tzinfo=UTC)
+    assert dag.catchup is False
+    assert dag.max_active_runs == 2
+    # The run of day D covers D 00:00 to D+1 00:00 and starts once D is over.
+    first = serialized.timetable.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=True),
+    )
+    assert first.logical_date == datetime(2026, 11, 1, tzinfo=UTC)
+    assert first.run_after == datetime(2026, 11, 2, tzinfo=UTC)
+
+
+def test_tags_and_doc(dag):
+    assert {"embeddings", "beam", "dataflow"} <= set(dag.tags)
+    for task_id in TASKS:
+        assert f"`{task_id}`" in dag.doc_md
+
+
+def test_every_task_retries_with_exponential_backoff(dag):
+    for task in dag.tasks:
+        assert task.retries >= 2, task.task_id
+        assert task.retry_exponential_backoff, task.task_id
+        assert task.retry_delay == timedelta(minutes=1), task.task_id
+        assert task.max_retry_delay == timedelta(minutes=30), task.task_id
+
+
+def test_tasks_run_in_order(dag):
+    assert sorted(dag.task_ids) == sorted(TASKS)
+    for upstream, downstream in zip(TASKS, TASKS[1:], strict=False):
+        assert upstream in dag.get_task(downstream).upstream_task_ids, (upstream, downstream)
+    assert dag.get_task("resolve_run").upstream_task_ids == set()
+
+
+def test_wait_is_deferrable_and_the_last_task_publishes_the_asset(dag):
+    wait = dag.get_task("wait")
+    assert wait.deferrable is True
+    assert wait.expected_statuses == {"JOB_STATE_DONE"}
+    outlets = dag.get_task("reduce_dimensions").outlets
+    assert [asset.name for asset in outlets] == ["image_embeddings_validated"]
+
+
+def test_embed_runs_the_pipeline_module_with_this_interpreter(dag):
+    embed = dag.get_task("embed")
+    assert embed.py_file == "beam_jobs.image_embeddings"
+    assert embed.py_options == ["-m"]
+
+
+def test_every_param_is_described_and_optional(dag):
+    params = dag.params
+    assert set(params) == {
+        "date",
+        "input_root",
+        "output_root",
+        "runner",
+        "model",
+        "weights",
+        "max_failure_rate",
+        "pca_components",
+    }
+    for name in params:
+        param = params.get_param(name)
+        assert param.value is None, name
+        assert len(param.description) > 20, name
+        assert "null" in param.schema["type"], name
+    assert params.get_param("date").schema["format"] == "date"
+    assert params.get_param("runner").schema["enum"] == [None, "DirectRunner", "DataflowRunner"]
+
+
+GOOD_CONFS = [
+    {},
+    {"date": "2026-11-28"},
+    {"date": None, "runner": "DataflowRunner"},
+    {"input_root": "gs://bucket-1/images", "output_root": "/srv/embeddings"},
+    {"output_root": "file:///srv/embeddings"},
+    {"max_failure_rate": 0, "pca_components": 2},
+    {"max_failure_rate": 1, "pca_components": 128, "model": "resnet50", "weights": "random"},
+]
+
+BAD_CONFS = [
+    {"date": "2026-02-30"},
+    {"date": "28/11/2026"},
+    {"date": 20261128},
+    {"runner": "SparkRunner"},
+    {"input_root": "s3://bucket/images"},
+    {"output_root": "relative/folder"},
+    {"max_failure_rate": -0.01},
+    {"max_failure_rate": 1.5},
+    {"max_failure_rate": "5%"},
+    {"pca_components": 1},
+    {"pca_components": 2.5},
+    {"model": ""},
+]
+
+
+@pytest.mark.parametrize("conf", GOOD_CONFS)
+def test_the_trigger_form_accepts(serialized, conf):
+    assert serialized.params.deep_merge(conf).validate()
+
+
+@pytest.mark.parametrize("conf", BAD_CONFS)
+def test_the_trigger_form_refuses(serialized, conf):
+    from airflow.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError) as refused:
+        serialized.params.deep_merge(conf).validate()
+    assert next(iter(conf)) in str(refused.value)
+
+
+PARSE_PROBE = """
+import importlib.util, json, sys, time
+sys.path.insert(0, {plugins!r})
+import airflow.sdk
+import airflow.providers.apache.beam.operators.beam
+import airflow.providers.google.cloud.sensors.dataflow
+import airflow.providers.google.cloud.triggers.dataflow
+start = time.perf_counter()
+spec = importlib.util.spec_from_file_location("image_embeddings_dag", {dag_file!r})
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+elapsed = time.perf_counter() - start
+heavy = ["tensorflow", "keras", "apache_beam", "sklearn", "matplotlib", "pyarrow"]
+print(json.dumps({{"elapsed": elapsed, "loaded": [m for m in heavy if m in sys.modules]}}))
+"""
+
+
+def test_dag_file_parses_fast_without_heavy_imports():
+    """Beyond Airflow and the two providers, the DAG file costs well under a second."""
+    probe = PARSE_PROBE.format(plugins=str(REPO / "plugins"), dag_file=str(DAG_FILE))
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    assert result["elapsed"] < 1.0, result
