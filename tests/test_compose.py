@@ -15,6 +15,8 @@ from pathlib import PurePosixPath
 
 import pytest
 
+from image_embeddings.launch import launch
+from image_embeddings.params import resolve_plan
 from image_embeddings.settings import SETTINGS, load_settings, validate_dataflow
 from tests.compose import (
     AIRFLOW_DOCKERFILE,
@@ -324,6 +326,18 @@ def test_the_documented_examples_are_valid_settings():
     dataflow = load_settings({**examples, "IMAGE_EMBEDDINGS_RUNNER": "DataflowRunner"})
     validate_dataflow(dataflow)
     assert dataflow.dataflow_sdk_container_image.endswith("/image-embeddings-worker:0.1.0")
+
+
+def test_the_worker_image_setting_launches_dataflow_jobs_on_it():
+    examples = {name: values[-1] for name, values in env_example_entries().items()}
+    settings = load_settings({**examples, "IMAGE_EMBEDDINGS_RUNNER": "DataflowRunner"})
+    plan = resolve_plan(settings, {"date": "2026-11-28"}, None)
+    options = launch(plan.as_dict(), "gs://your-bucket/m.txt", "image_embeddings").pipeline_options
+    image = examples["IMAGE_EMBEDDINGS_DATAFLOW_SDK_CONTAINER_IMAGE"]
+    assert options["sdk_container_image"] == image
+    # The image holds Beam and the package: nothing is staged or installed at worker start.
+    assert options["sdk_location"] == "container"
+    assert "setup_file" not in options
 
 
 def test_env_example_holds_placeholders_only():
