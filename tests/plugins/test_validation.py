@@ -31,6 +31,23 @@ def write_table(uri: str, rows: list[dict], schema: pa.Schema) -> None:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle)
 
 
+def embeddings_table(uris: list[str], vectors: np.ndarray, schema: pa.Schema) -> pa.Table:
+    """Rows of `embeddings-*.parquet`, built column-wise from a (rows, dim) matrix."""
+    embedding_type = schema.field("embedding").type
+    flat = pa.array(vectors.reshape(-1), type=embedding_type.value_type)
+    if isinstance(embedding_type, pa.FixedSizeListType):
+        embeddings = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+    else:
+        offsets = np.arange(len(vectors) + 1, dtype=np.int32) * vectors.shape[1]
+        embeddings = pa.ListArray.from_arrays(pa.array(offsets), flat)
+    values = {"uri": uris, "model": ["resnet50"] * len(uris)}
+    values |= {"width": [640] * len(uris), "height": [480] * len(uris)}
+    columns = [
+        embeddings if f.name == "embedding" else pa.array(values[f.name], f.type) for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def write_outputs(
     output_dir: str,
     vectors: np.ndarray,
@@ -44,14 +61,13 @@ def write_outputs(
     with storage.open_file(f"{output_dir}/{MANIFEST_NAME}", "w") as handle:
         handle.write("".join(uri + "\n" for uri in uris))
     schema = embeddings_schema(vectors.shape[1] if fixed_dim else None, float_type)
-    vectors = vectors.astype(float_type)
-    rows = [
-        {"uri": uri, "embedding": vector, "model": "resnet50", "width": 640, "height": 480}
-        for uri, vector in zip(uris, vectors, strict=False)
-    ]
     names = [f"embeddings-{i:05d}-of-{shards:05d}.parquet" for i in range(shards)]
     for index, name in enumerate(names):
-        write_table(f"{output_dir}/{name}", rows[index::shards], schema)
+        table = embeddings_table(
+            uris[index : len(vectors) : shards], vectors[index::shards], schema
+        )
+        with storage.open_file(f"{output_dir}/{name}", "wb") as handle:
+            pq.write_table(table, handle)
     stages = [STAGE_READ, STAGE_DECODE]
     failures = [
         {"uri": uri, "stage": stages[i % 2], "error": "cannot identify image file", "model": "m"}

@@ -1,0 +1,244 @@
+"""Reduce a day's embeddings with PCA: fit on a uniform sample, project all, plot PC1 vs PC2."""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, join, shard_glob
+from image_embeddings import storage
+from image_embeddings.settings import validate_components, validate_sample_size
+
+log = logging.getLogger(__name__)
+
+PROJECTION_NAME = "projection.parquet"
+PCA_NAME = "pca.npz"
+PLOT_NAME = "projection.png"
+BATCH_ROWS = 2048
+PLOT_POINTS = 5000
+
+
+@dataclass(frozen=True)
+class ReductionResult:
+    """Where the reduction's outputs are, and what the PCA kept."""
+
+    projection_uri: str
+    pca_uri: str
+    plot_uri: str
+    rows: int
+    sample_size: int
+    n_components: int
+    explained_variance_ratio: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Pca:
+    """A fitted PCA: rows of `components` are unit principal axes, largest variance first."""
+
+    components: np.ndarray
+    mean: np.ndarray
+    explained_variance: np.ndarray
+    explained_variance_ratio: np.ndarray
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """Coordinates of `vectors` on the principal axes, float32."""
+        return ((vectors - self.mean) @ self.components.T).astype(np.float32)
+
+
+def projection_schema(n_components: int) -> pa.Schema:
+    """`projection.parquet`: the image's URI, then one float32 column per component."""
+    return pa.schema(
+        [("uri", pa.string())] + [(f"pc{i + 1}", pa.float32()) for i in range(n_components)]
+    )
+
+
+def _row_count(shard: str) -> int:
+    with storage.open_file(shard, "rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
+def _vector_batches(shards: list[str]) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(URIs, float32 matrix) for every `BATCH_ROWS` embeddings, shard by shard."""
+    for shard in shards:
+        with storage.open_file(shard, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=["uri", "embedding"]):
+                yield batch.column("uri").to_pylist(), _matrix(batch.column("embedding"), shard)
+
+
+def _matrix(embeddings: pa.Array, shard: str) -> np.ndarray:
+    """A batch's embeddings as a (rows, dim) float32 matrix; refuses ragged or missing rows."""
+    lengths = pc.list_value_length(embeddings)
+    low, high = pc.min_max(lengths).values()
+    if embeddings.null_count or low.as_py() != high.as_py():
+        raise ValueError(
+            f"{posixpath.basename(shard)} holds missing or unequal-length embeddings: "
+            "validate the outputs before reducing them"
+        )
+    values = embeddings.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float32).reshape(len(embeddings), -1)
+
+
+def sample_rows(shards: list[str], picks: np.ndarray) -> np.ndarray:
+    """The embeddings at sorted global row numbers `picks`, in one streaming pass."""
+    sample: np.ndarray | None = None
+    first = filled = 0
+    for _, matrix in _vector_batches(shards):
+        end = np.searchsorted(picks, first + len(matrix))
+        if sample is None:
+            sample = np.empty((len(picks), matrix.shape[1]), dtype=np.float32)
+        sample[filled:end] = matrix[picks[filled:end] - first]
+        filled, first = end, first + len(matrix)
+    return sample
+
+
+def _axes_by_svd(sample: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Variances and unit axes (rows), largest first, from the SVD of the centred sample."""
+    _, singular, axes = np.linalg.svd(sample - mean, full_matrices=False)
+    return singular**2 / max(len(sample) - 1, 1), axes
+
+
+def _axes_by_covariance(sample: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Variances and unit axes (rows), largest first, from the eigenvectors of the covariance.
+
+    The dim x dim covariance is summed in float64 over row chunks, so this needs the sample plus
+    a few dim^2 matrices (32 MB each at 2048-d), however many rows the sample has.
+    """
+    covariance = np.zeros((sample.shape[1], sample.shape[1]))
+    for start in range(0, len(sample), BATCH_ROWS):
+        centered = sample[start : start + BATCH_ROWS] - mean
+        covariance += centered.T @ centered
+    variances, axes = np.linalg.eigh(covariance / max(len(sample) - 1, 1))
+    order = np.argsort(variances)[::-1]
+    return variances[order], axes[:, order].T
+
+
+def fit_pca(sample: np.ndarray, n_components: int) -> Pca:
+    """Fit a PCA of `n_components` axes on the sample's rows (at most min(rows, dim))."""
+    mean = sample.mean(axis=0, dtype=np.float64)
+    # Fewer rows than dimensions: the thin SVD is far cheaper than a dim x dim eigenproblem.
+    fit = _axes_by_svd if len(sample) < sample.shape[1] else _axes_by_covariance
+    variances, axes = fit(sample, mean)
+    variances = np.clip(variances, 0.0, None)
+    components = axes[:n_components]
+    # An axis's sign is arbitrary: make each one's largest coordinate positive, so the same
+    # data always gives the same projection.
+    largest = components[np.arange(len(components)), np.abs(components).argmax(axis=1)]
+    components = components * np.where(largest < 0, -1.0, 1.0)[:, None]
+    total = variances.sum()
+    explained = variances[:n_components]
+    return Pca(
+        components=components.astype(np.float32),
+        mean=mean.astype(np.float32),
+        explained_variance=explained,
+        explained_variance_ratio=explained / total if total > 0 else np.zeros_like(explained),
+    )
+
+
+def capped_components(requested: int, sample_rows: int, dim: int) -> int:
+    """A PCA has at most min(rows, dim) axes; say so when the request asks for more."""
+    cap = min(sample_rows, dim)
+    if requested > cap:
+        log.info(
+            "Keeping %d principal components instead of %d: the sample has %d rows of %d dims",
+            cap,
+            requested,
+            sample_rows,
+            dim,
+        )
+    return min(requested, cap)
+
+
+def write_projection(shards: list[str], pca: Pca, uri: str) -> int:
+    """Project every embedding in a streaming pass into `uri`; return the row count."""
+    schema = projection_schema(len(pca.components))
+    rows = 0
+    with storage.open_file(uri, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
+        for uris, matrix in _vector_batches(shards):
+            coordinates = pca.project(matrix)
+            columns = [pa.array(uris, pa.string())] + [
+                pa.array(coordinates[:, i]) for i in range(coordinates.shape[1])
+            ]
+            writer.write_batch(pa.record_batch(columns, schema=schema))
+            rows += len(uris)
+    return rows
+
+
+def save_pca(pca: Pca, sample_size: int, uri: str) -> None:
+    """`pca.npz`: plain arrays only, so `np.load(..., allow_pickle=False)` reads it."""
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        components=pca.components,
+        mean=pca.mean,
+        explained_variance=pca.explained_variance,
+        explained_variance_ratio=pca.explained_variance_ratio,
+        sample_size=np.int64(sample_size),
+    )
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def plot_projection(points: np.ndarray, ratio: np.ndarray, title: str, uri: str) -> None:
+    """A PNG scatter of the first two coordinates of `points`, variance shares on the axes."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 6), dpi=110, layout="constrained")
+    axes = figure.subplots()
+    second = points[:, 1] if points.shape[1] > 1 else np.zeros(len(points))
+    axes.scatter(points[:, 0], second, s=6, alpha=0.5, linewidths=0)
+    axes.set_xlabel(f"PC1 ({ratio[0]:.1%} of variance)")
+    axes.set_ylabel(f"PC2 ({ratio[1]:.1%} of variance)" if len(ratio) > 1 else "PC2 (not kept)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def reduce_dimensions(
+    output_dir: str, n_components: int = 50, sample_size: int = 20000, seed: int = 0
+) -> ReductionResult:
+    """PCA of a day's embeddings: `projection.parquet`, `pca.npz` and `projection.png`.
+
+    Memory is bounded whatever the day's size: the sample (`sample_size` rows) plus one batch of
+    `BATCH_ROWS` embeddings at a time; the shards are read twice (sample, then projection).
+    """
+    output_dir = storage.absolute(output_dir)
+    n_components = validate_components(n_components)
+    sample_size = validate_sample_size(sample_size)
+    shards = storage.glob(shard_glob(output_dir, EMBEDDINGS_PREFIX))
+    total = sum(_row_count(shard) for shard in shards)
+    if total < 2:
+        raise ValueError(f"a PCA needs at least 2 embeddings; {output_dir} holds {total}")
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(total, size=min(sample_size, total), replace=False))
+    sample = sample_rows(shards, picks)
+    kept = capped_components(n_components, len(sample), sample.shape[1])
+    pca = fit_pca(sample, kept)
+    uris = {name: join(output_dir, name) for name in (PROJECTION_NAME, PCA_NAME, PLOT_NAME)}
+    rows = write_projection(shards, pca, uris[PROJECTION_NAME])
+    save_pca(pca, len(sample), uris[PCA_NAME])
+    shown = sample[rng.choice(len(sample), size=min(PLOT_POINTS, len(sample)), replace=False)]
+    title = (
+        f"{posixpath.basename(output_dir)}: {rows} embeddings, {len(shown)} shown, "
+        f"PCA fitted on {len(sample)}"
+    )
+    plot_projection(pca.project(shown), pca.explained_variance_ratio, title, uris[PLOT_NAME])
+    log.info("Reduced %d embeddings to %d components in %s", rows, kept, output_dir)
+    return ReductionResult(
+        projection_uri=uris[PROJECTION_NAME],
+        pca_uri=uris[PCA_NAME],
+        plot_uri=uris[PLOT_NAME],
+        rows=rows,
+        sample_size=len(sample),
+        n_components=kept,
+        explained_variance_ratio=tuple(float(r) for r in pca.explained_variance_ratio),
+    )

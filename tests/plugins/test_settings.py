@@ -1,0 +1,277 @@
+"""Settings from the environment, the settings table, and every validator's message."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from image_embeddings.settings import (
+    SETTINGS,
+    Settings,
+    day_dir,
+    load_settings,
+    validate_components,
+    validate_dataflow,
+    validate_date,
+    validate_failure_rate,
+    validate_runner,
+    validate_sample_size,
+    validate_uri,
+    validate_weights,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_live_in_the_repository_data_folder():
+    settings = load_settings({})
+
+    assert settings.input_root == str(REPO / "data" / "images")
+    assert settings.output_root == str(REPO / "data" / "embeddings")
+    assert (settings.runner, settings.model, settings.weights) == (
+        "DirectRunner",
+        "resnet50",
+        "imagenet",
+    )
+    assert (settings.max_failure_rate, settings.pca_components, settings.pca_sample_size) == (
+        0.05,
+        50,
+        20000,
+    )
+    assert settings.start_date == "2026-11-01"
+    assert settings.gcp_conn_id == "google_cloud_default"
+    assert settings.gcp_project is None and settings.dataflow_max_workers is None
+
+
+def test_data_folder_moves_both_roots(tmp_path):
+    settings = load_settings({"IMAGE_EMBEDDINGS_DATA": str(tmp_path)})
+
+    assert settings.input_root == str(tmp_path / "images")
+    assert settings.output_root == str(tmp_path / "embeddings")
+
+
+def test_every_variable_is_read_and_typed():
+    environ = {
+        "IMAGE_EMBEDDINGS_INPUT_ROOT": "gs://photos-bucket/images/",
+        "IMAGE_EMBEDDINGS_OUTPUT_ROOT": "file:///srv/embeddings",
+        "IMAGE_EMBEDDINGS_RUNNER": "DataflowRunner",
+        "IMAGE_EMBEDDINGS_MODEL": "resnet50",
+        "IMAGE_EMBEDDINGS_WEIGHTS": "random",
+        "IMAGE_EMBEDDINGS_BATCH_SIZE": "64",
+        "IMAGE_EMBEDDINGS_MAX_FAILURE_RATE": "0.2",
+        "IMAGE_EMBEDDINGS_PCA_COMPONENTS": "8",
+        "IMAGE_EMBEDDINGS_PCA_SAMPLE_SIZE": "1000",
+        "IMAGE_EMBEDDINGS_START_DATE": "2025-01-31",
+        "IMAGE_EMBEDDINGS_GCP_CONN_ID": "gcp_prod",
+        "IMAGE_EMBEDDINGS_GCP_PROJECT": "my-project",
+        "IMAGE_EMBEDDINGS_GCP_REGION": "europe-west1",
+        "IMAGE_EMBEDDINGS_DATAFLOW_TEMP_LOCATION": "gs://tmp-bucket/temp",
+        "IMAGE_EMBEDDINGS_DATAFLOW_STAGING_LOCATION": "gs://tmp-bucket/staging",
+        "IMAGE_EMBEDDINGS_DATAFLOW_MACHINE_TYPE": "n2-standard-4",
+        "IMAGE_EMBEDDINGS_DATAFLOW_MAX_WORKERS": "10",
+        "IMAGE_EMBEDDINGS_DATAFLOW_SDK_CONTAINER_IMAGE": "europe-docker.pkg.dev/p/r/worker:1",
+        "IMAGE_EMBEDDINGS_DATAFLOW_SETUP_FILE": "/opt/beam_jobs/setup.py",
+        "IMAGE_EMBEDDINGS_DATAFLOW_SERVICE_ACCOUNT": "worker@my-project.iam.gserviceaccount.com",
+        "IMAGE_EMBEDDINGS_DATAFLOW_NETWORK": "vpc",
+        "IMAGE_EMBEDDINGS_DATAFLOW_SUBNETWORK": "regions/europe-west1/subnetworks/s",
+    }
+
+    settings = load_settings(environ)
+
+    assert settings == Settings(
+        input_root="gs://photos-bucket/images",
+        output_root="/srv/embeddings",
+        runner="DataflowRunner",
+        model="resnet50",
+        weights="random",
+        batch_size=64,
+        max_failure_rate=0.2,
+        pca_components=8,
+        pca_sample_size=1000,
+        start_date="2025-01-31",
+        gcp_conn_id="gcp_prod",
+        gcp_project="my-project",
+        gcp_region="europe-west1",
+        dataflow_temp_location="gs://tmp-bucket/temp",
+        dataflow_staging_location="gs://tmp-bucket/staging",
+        dataflow_machine_type="n2-standard-4",
+        dataflow_max_workers=10,
+        dataflow_sdk_container_image="europe-docker.pkg.dev/p/r/worker:1",
+        dataflow_setup_file="/opt/beam_jobs/setup.py",
+        dataflow_service_account="worker@my-project.iam.gserviceaccount.com",
+        dataflow_network="vpc",
+        dataflow_subnetwork="regions/europe-west1/subnetworks/s",
+    )
+    on_gcs = dataclasses.replace(settings, output_root="gs://photos-bucket/embeddings")
+    assert validate_dataflow(on_gcs) is on_gcs
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.runner = "DirectRunner"
+
+
+def test_settings_table_documents_every_field():
+    variables = [row.variable for row in SETTINGS]
+
+    assert variables[0] == "IMAGE_EMBEDDINGS_DATA"
+    assert variables[1:] == [
+        "IMAGE_EMBEDDINGS_" + field.name.upper() for field in dataclasses.fields(Settings)
+    ]
+    assert all(row.description.endswith(".") and row.section for row in SETTINGS)
+    assert {row.section for row in SETTINGS} == {"Data", "Pipeline", "Quality", "DAG", "Dataflow"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("RUNNER", "SparkRunner", "IMAGE_EMBEDDINGS_RUNNER: runner must be one of DirectRunner"),
+        ("START_DATE", "11/28/2026", "IMAGE_EMBEDDINGS_START_DATE: date must be a calendar day"),
+        ("INPUT_ROOT", "s3://bucket/x", "IMAGE_EMBEDDINGS_INPUT_ROOT: input root must be a local"),
+        ("MAX_FAILURE_RATE", "5%", "IMAGE_EMBEDDINGS_MAX_FAILURE_RATE: maximum failure rate"),
+        ("PCA_COMPONENTS", "0", "IMAGE_EMBEDDINGS_PCA_COMPONENTS: number of PCA components"),
+        ("BATCH_SIZE", "-1", "IMAGE_EMBEDDINGS_BATCH_SIZE: batch size must be a positive"),
+        ("MODEL", "vgg16", "IMAGE_EMBEDDINGS_MODEL: model must be one of resnet50"),
+        ("WEIGHTS", "http://x/w.h5", "IMAGE_EMBEDDINGS_WEIGHTS: weights (one of imagenet, random"),
+        ("DATAFLOW_MAX_WORKERS", "many", "IMAGE_EMBEDDINGS_DATAFLOW_MAX_WORKERS: Dataflow max"),
+    ],
+)
+def test_bad_variable_is_refused_by_name(variable, value, message):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
+        load_settings({f"IMAGE_EMBEDDINGS_{variable}": value})
+
+
+@pytest.mark.parametrize("text", ["2026-11-28", " 2026-02-28 ", "2024-02-29"])
+def test_validate_date_accepts_calendar_days(text):
+    assert validate_date(text) == text.strip()
+
+
+@pytest.mark.parametrize("text", ["2026-02-30", "20261128", "2026-11-28T00:00", "", "yesterday"])
+def test_validate_date_says_what_is_expected(text):
+    with pytest.raises(ValueError) as error:
+        validate_date(text)
+    assert str(error.value) == (
+        f"date must be a calendar day written YYYY-MM-DD (e.g. 2026-11-28), got {text!r}"
+    )
+
+
+def test_validate_runner():
+    assert validate_runner("DataflowRunner") == "DataflowRunner"
+    with pytest.raises(ValueError) as error:
+        validate_runner("directrunner")
+    assert str(error.value) == (
+        "runner must be one of DirectRunner, DataflowRunner, got 'directrunner'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "normalised"),
+    [
+        ("gs://bucket-1/images/", "gs://bucket-1/images"),
+        ("gs://bucket-1", "gs://bucket-1"),
+        ("file:///data/images", "/data/images"),
+        ("/data/images/", "/data/images"),
+    ],
+)
+def test_validate_uri_normalises(uri, normalised):
+    assert validate_uri(uri, "input root") == normalised
+
+
+def test_validate_uri_makes_local_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert validate_uri("data/images", "input root") == str(tmp_path / "data" / "images")
+
+
+@pytest.mark.parametrize(
+    ("uri", "detail"),
+    [
+        ("s3://bucket/images", "got 's3://bucket/images'"),
+        ("https://example.com/images", "got 'https://example.com/images'"),
+        ("", "got an empty value"),
+        ("gs://Bad_Bucket!/x", "'Bad_Bucket!' is not a valid bucket name"),
+        ("gs:///images", "'' is not a valid bucket name"),
+        ("file://relative/path", "file:// URIs need an absolute path"),
+    ],
+)
+def test_validate_uri_says_what_is_expected(uri, detail):
+    with pytest.raises(ValueError) as error:
+        validate_uri(uri, "output root")
+    message = str(error.value)
+    assert message.startswith(
+        "output root must be a local path, a file:// URI or a gs://BUCKET/... URI"
+    )
+    assert detail in message
+
+
+@pytest.mark.parametrize(("value", "rate"), [(0, 0.0), (1, 1.0), ("0.05", 0.05), (0.5, 0.5)])
+def test_validate_failure_rate_accepts_fractions(value, rate):
+    assert validate_failure_rate(value) == rate
+
+
+@pytest.mark.parametrize("value", [-0.01, 1.5, "nan", "five", None, True])
+def test_validate_failure_rate_says_what_is_expected(value):
+    with pytest.raises(ValueError) as error:
+        validate_failure_rate(value)
+    assert str(error.value) == (
+        f"maximum failure rate must be a fraction between 0 and 1 (0.05 allows 5%), got {value!r}"
+    )
+
+
+def test_validate_components_and_sample_size():
+    assert validate_components("12") == 12
+    assert validate_sample_size(500) == 500
+    for bad in (0, -3, "2.5", "ten", False):
+        with pytest.raises(ValueError) as error:
+            validate_components(bad)
+        assert str(error.value) == (
+            f"number of PCA components must be a positive whole number, got {bad!r}"
+        )
+    with pytest.raises(ValueError, match="PCA sample size must be a positive whole number"):
+        validate_sample_size(0)
+
+
+def test_validate_weights():
+    assert validate_weights("imagenet") == "imagenet"
+    assert validate_weights("gs://models/resnet50.weights.h5") == "gs://models/resnet50.weights.h5"
+    with pytest.raises(ValueError, match="weights \\(one of imagenet, random or a file\\)"):
+        validate_weights("s3://models/w.h5")
+
+
+def test_validate_dataflow_lists_every_problem():
+    settings = load_settings({"IMAGE_EMBEDDINGS_RUNNER": "DataflowRunner"})
+
+    with pytest.raises(ValueError) as error:
+        validate_dataflow(settings)
+
+    message = str(error.value)
+    assert message.startswith("the DataflowRunner needs: IMAGE_EMBEDDINGS_GCP_PROJECT is required")
+    assert "IMAGE_EMBEDDINGS_GCP_REGION is required" in message
+    assert "IMAGE_EMBEDDINGS_DATAFLOW_TEMP_LOCATION is required" in message
+    assert "IMAGE_EMBEDDINGS_INPUT_ROOT must be a gs:// URI on Dataflow" in message
+
+
+def test_day_dir():
+    assert day_dir("gs://bucket/embeddings/", "2026-11-28") == "gs://bucket/embeddings/2026-11-28"
+    assert day_dir("/data/images", "2026-11-28") == "/data/images/2026-11-28"
+    with pytest.raises(ValueError, match="date must be a calendar day"):
+        day_dir("/data/images", "../etc")
+
+
+def test_airflow_side_imports_neither_tensorflow_nor_beam():
+    code = (
+        "import sys\n"
+        "import image_embeddings.settings, image_embeddings.storage, image_embeddings.manifest\n"
+        "import image_embeddings.validation, image_embeddings.reduction\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={"PYTHONPATH": f"{REPO}:{REPO / 'plugins'}", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == ""
