@@ -66,7 +66,11 @@ def matching(pattern: str) -> list[str]:
 
 
 def top_folders(root: str, paths: list[str]) -> list[str]:
-    """The distinct first-level folders of `root` that hold `paths`, each ending with `/`."""
+    """The distinct first-level folders of `root` that hold `paths` (files below `root`)."""
     prefix = root.rstrip("/") + "/"
-    firsts = {path[len(prefix) :].split("/", 1)[0] for path in paths if path.startswith(prefix)}
-    return sorted(posixpath.join(prefix, first) + "/" for first in firsts if first)
+    firsts = {
+        path[len(prefix) :].split("/", 1)[0]
+        for path in paths
+        if path.startswith(prefix) and "/" in path[len(prefix) :]
+    }
+    return sorted(posixpath.join(prefix, first) for first in firsts)

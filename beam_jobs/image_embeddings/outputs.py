@@ -217,12 +217,12 @@ class _CommitFn(beam.DoFn):
         if missing:
             raise RuntimeError(f"shards reported written are missing: {missing}")
         stale = stale_files(existing, expected)
-        leftovers = io.top_folders(
-            self._output, io.matching(join(self._output, _TEMP_FOLDER.format(prefix=prefix)))
-        )
+        leftovers = io.matching(join(self._output, _TEMP_FOLDER.format(prefix=prefix)))
         if stale or leftovers:
             LOGGER.info("removing files of an earlier run: %s", stale + leftovers)
         io.delete(stale + leftovers)
+        # Object stores have no folders left once their objects are gone; local disks do.
+        io.delete(io.top_folders(self._output, leftovers))
         return [posixpath.basename(path) for path in expected]
 
 

@@ -38,6 +38,18 @@ def format_duration(seconds: float) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
+# A rate measured over less time than this is mostly noise: the first batch lands all at once.
+MIN_RATE_WINDOW_S = 1.0
+
+
+def rate_text(done: int, busy_s: float) -> tuple[float | None, str]:
+    """Images per second over `busy_s` (None while too short to tell), and how to print it."""
+    if busy_s < MIN_RATE_WINDOW_S:
+        return None, "rate not measured yet"
+    rate = done / busy_s
+    return rate, f"{rate:.1f} images/s"
+
+
 def progress_line(done: int, total: int | None, busy_s: float, elapsed_s: float) -> str:
     """One progress line: done/total, images per second over `busy_s`, ETA at that rate.
 
@@ -45,15 +57,23 @@ def progress_line(done: int, total: int | None, busy_s: float, elapsed_s: float)
     not drag the rate down; `elapsed_s` is the time since launch.
     """
     if done == 0:
-        return f"progress: 0/{total or '?'} images, waiting for the first results, " + (
-            f"{format_duration(elapsed_s)} elapsed"
-        )
-    rate = done / busy_s if busy_s > 0 else 0.0
+        waited = format_duration(elapsed_s)
+        return f"progress: 0/{total or '?'} images, waiting for the first results, {waited} elapsed"
+    rate, rate_shown = rate_text(done, busy_s)
     if not total:
-        return f"progress: {done} images done, {rate:.1f} images/s"
+        return f"progress: {done} images done, {rate_shown}"
     percent = 100.0 * done / total
-    eta = format_duration((total - done) / rate) if rate > 0 else "unknown"
-    return f"progress: {done}/{total} images ({percent:.0f}%), {rate:.1f} images/s, ETA {eta}"
+    eta = format_duration((total - done) / rate) if rate else "unknown"
+    return f"progress: {done}/{total} images ({percent:.0f}%), {rate_shown}, ETA {eta}"
+
+
+def worker_line(pid: int, done: int, total: int | None, busy_s: float) -> str:
+    """A worker process's own progress, for runners where the launcher cannot see it."""
+    of_total = f" (of {total} in the job)" if total else ""
+    return (
+        f"progress in worker process {pid}: {done} images done here{of_total}, "
+        + (rate_text(done, busy_s)[1])
+    )
 
 
 def summary_line(marker: Mapping[str, Any], batches: Mapping[str, float] | None = None) -> str:
@@ -125,15 +145,7 @@ class TrackProgress(beam.DoFn):
         if os.getpid() != self._launcher_pid and TALLY.due(self._interval_s):
             done, first_at = TALLY.snapshot()
             busy = time.monotonic() - first_at if first_at is not None else 0.0
-            of_total = f" (of {self._total} in the job)" if self._total else ""
-            rate = done / busy if busy > 0 else 0.0
-            LOGGER.info(
-                "progress in worker process %d: %d images done here%s, %.1f images/s",
-                os.getpid(),
-                done,
-                of_total,
-                rate,
-            )
+            LOGGER.info(worker_line(os.getpid(), done, self._total, busy))
 
 
 class ProgressReporter:

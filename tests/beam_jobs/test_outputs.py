@@ -1,0 +1,150 @@
+"""Parquet sinks and the commit step: exactly one run's files, `_SUCCESS` last and consistent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from beam_jobs.image_embeddings.contract import SUCCESS_KEYS, failures_schema
+from beam_jobs.image_embeddings.outputs import (
+    CommitOutput,
+    WriteEmbeddings,
+    WriteFailures,
+    embedding_row,
+    failure_row,
+    remove_success_marker,
+    shard_count,
+    shard_paths,
+    single_dim,
+    stale_files,
+)
+
+RUN_INFO = {"model": "toy", "weights": "random", "started_at": "2026-11-28T10:00:00.000+00:00"}
+
+
+def test_shard_paths_follow_beams_names():
+    assert shard_paths("gs://b/out", "embeddings", 2) == [
+        "gs://b/out/embeddings-00000-of-00002.parquet",
+        "gs://b/out/embeddings-00001-of-00002.parquet",
+    ]
+
+
+def test_shard_count_reads_the_written_names():
+    assert shard_count(["/o/failures-00000-of-00001.parquet"]) == 1
+    assert shard_count(shard_paths("/o", "embeddings", 12)[3:5]) == 12
+
+
+def test_shard_count_refuses_what_it_cannot_tell():
+    with pytest.raises(RuntimeError, match="rerun"):
+        shard_count([])
+    with pytest.raises(RuntimeError, match=r"\[2, 3\]"):
+        shard_count(["/o/e-00000-of-00002.parquet", "/o/e-00000-of-00003.parquet"])
+    with pytest.raises(ValueError, match="unexpected shard name"):
+        shard_count(["/o/embeddings.parquet"])
+
+
+def test_stale_files_are_the_existing_ones_not_expected():
+    existing = shard_paths("/o", "embeddings", 3) + shard_paths("/o", "embeddings", 2)
+    assert stale_files(existing, shard_paths("/o", "embeddings", 2)) == shard_paths(
+        "/o", "embeddings", 3
+    )
+
+
+def test_single_dim():
+    assert single_dim([2048, 2048], 2048) == 2048
+    assert single_dim([576], None) == 576
+    assert single_dim([], 1280) == 1280
+    with pytest.raises(RuntimeError, match="different lengths"):
+        single_dim([3, 4], None)
+    with pytest.raises(RuntimeError, match="declares 4"):
+        single_dim([3], 4)
+
+
+def test_embedding_row_stores_the_requested_float_type():
+    row = embedding_row("a.jpg", 640, 480, np.array([0.5, 1.5], np.float32), "m", "float16")
+    assert row["embedding"].dtype == np.float16
+    assert (row["uri"], row["width"], row["height"], row["model"]) == ("a.jpg", 640, 480, "m")
+
+
+def test_failure_row_names_every_column_of_the_schema():
+    row = failure_row({"uri": "x", "stage": "read", "error": "file not found"}, "m")
+    assert list(row) == failures_schema().names
+
+
+def _rows(count: int, dim: int) -> list[dict]:
+    return [
+        embedding_row(f"img-{i}.jpg", 10 + i, 20, np.full(dim, i, np.float32), "toy", "float32")
+        for i in range(count)
+    ]
+
+
+def _write_and_commit(
+    output: str, rows: list[dict], failures: list[dict], num_shards: int = 0, extra_uris=()
+):
+    with beam.Pipeline() as pipeline:
+        embeddings = pipeline | "Rows" >> beam.Create(rows)
+        failed = pipeline | "Failures" >> beam.Create(failures)
+        listed = [r["uri"] for r in rows + failures] + list(extra_uris)
+        uris = pipeline | "Uris" >> beam.Create(listed)
+        _ = {
+            "embeddings_files": embeddings
+            | "WriteEmbeddings" >> WriteEmbeddings(output, 4, "float32", num_shards),
+            "failures_files": failed | "WriteFailures" >> WriteFailures(output),
+            "uris": uris,
+            "embeddings": embeddings,
+            "failures": failed,
+            "duplicates": pipeline | "Duplicates" >> beam.Create([2]),
+        } | "CommitOutput" >> CommitOutput(output, RUN_INFO, 4)
+
+
+def test_commit_leaves_exactly_this_runs_files(tmp_path: Path):
+    output = tmp_path / "out"
+    failure = failure_row({"uri": "bad.jpg", "stage": "decode", "error": "not an image"}, "toy")
+    _write_and_commit(str(output), _rows(7, 4), [failure], num_shards=3)
+    first = json.loads((output / "_SUCCESS").read_text())
+    assert len(first["embeddings_files"]) == 3
+    # An interrupted attempt's staging folder, then a rerun with fewer shards and no failures.
+    (output / "beam-temp-embeddings-0123abcd").mkdir()
+    (output / "beam-temp-embeddings-0123abcd" / "partial").write_bytes(b"x")
+
+    _write_and_commit(str(output), _rows(5, 4), [], num_shards=2)
+
+    marker = json.loads((output / "_SUCCESS").read_text())
+    assert set(SUCCESS_KEYS) <= set(marker)
+    assert (marker["images"], marker["embedded"], marker["failed"]) == (5, 5, 0)
+    assert (marker["duplicates"], marker["dim"], marker["model"]) == (2, 4, "toy")
+    assert marker["started_at"] == RUN_INFO["started_at"]
+    assert marker["duration_s"] > 0
+    names = sorted(path.name for path in output.iterdir())
+    assert names == [
+        "_SUCCESS",
+        "embeddings-00000-of-00002.parquet",
+        "embeddings-00001-of-00002.parquet",
+        "failures-00000-of-00001.parquet",
+    ]
+    assert marker["embeddings_files"] == names[1:3]
+    assert marker["failures_files"] == names[3:]
+    table = pq.read_table([str(output / name) for name in names[1:3]])
+    assert sorted(table.column("uri").to_pylist()) == [f"img-{i}.jpg" for i in range(5)]
+    failures = pq.read_table(output / names[3])
+    assert failures.num_rows == 0
+    assert failures.schema.equals(failures_schema())
+
+
+def test_commit_refuses_counts_that_do_not_add_up(tmp_path: Path):
+    output = tmp_path / "out"
+    with pytest.raises(Exception, match="not writing _SUCCESS"):
+        _write_and_commit(str(output), _rows(2, 4), [], extra_uris=["lost.jpg"])
+    assert not (output / "_SUCCESS").exists()
+
+
+def test_remove_success_marker(tmp_path: Path):
+    assert remove_success_marker(str(tmp_path)) is False
+    (tmp_path / "_SUCCESS").write_text("{}")
+    assert remove_success_marker(str(tmp_path)) is True
+    assert not (tmp_path / "_SUCCESS").exists()
