@@ -1,0 +1,159 @@
+"""Reuse on retry, fail fast, cancel on kill: against a fake Dataflow REST API behind the hook."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+
+import pytest
+
+from image_embeddings.dag_tasks import resolve_run
+from image_embeddings.dataflow import (
+    DataflowJobWaitTrigger,
+    JobStillStopping,
+    find_reusable_job,
+    reusable_job,
+)
+from tests.dags.conftest import PROJECT, REGION
+from tests.dags.test_run_plan import DATAFLOW, NOV_28
+
+NAME = "image-embeddings-20261128"
+
+
+def _job(job_id, state, name=NAME, created="2026-11-28T01:00:00Z"):
+    return {"id": job_id, "name": name, "currentState": state, "createTime": created}
+
+
+def test_the_newest_queued_or_running_job_of_the_exact_name_is_reused():
+    jobs = [
+        _job("old", "JOB_STATE_RUNNING", created="2026-11-28T01:00:00Z"),
+        _job("new", "JOB_STATE_QUEUED", created="2026-11-28T02:00:00Z"),
+        _job("other", "JOB_STATE_RUNNING", name=NAME + "-copy", created="2026-11-28T03:00:00Z"),
+        _job("done", "JOB_STATE_DONE", created="2026-11-28T04:00:00Z"),
+    ]
+    assert reusable_job(jobs, NAME)["id"] == "new"
+
+
+@pytest.mark.parametrize(
+    "state", ["JOB_STATE_DONE", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_DRAINED"]
+)
+def test_an_ended_job_is_not_reused(state):
+    assert reusable_job([_job("ended", state)], NAME) is None
+
+
+@pytest.mark.parametrize("state", ["JOB_STATE_CANCELLING", "JOB_STATE_DRAINING"])
+def test_a_stopping_job_makes_the_launch_retry_later(state):
+    with pytest.raises(JobStillStopping, match=f"{NAME} \\(stopping\\) is {state}"):
+        reusable_job([_job("stopping", state)], NAME)
+
+
+def test_the_hook_lists_active_jobs_over_every_page(dataflow_api):
+    from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
+
+    dataflow_api.add_job(NAME, "JOB_STATE_DONE")
+    dataflow_api.add_job("image-embeddings-20261127", "JOB_STATE_RUNNING")
+    dataflow_api.add_job(NAME + "-copy", "JOB_STATE_RUNNING")
+    dataflow_api.add_job("image-embeddings-20261129", "JOB_STATE_PENDING")
+    running = dataflow_api.add_job(NAME, "JOB_STATE_RUNNING")
+
+    job = find_reusable_job(DataflowHook(), NAME, PROJECT, REGION)
+
+    assert job["id"] == running
+    lists = dataflow_api.served("GET")
+    assert len(lists) == 2  # four active jobs, two a page
+    assert all(request.query["filter"] == ["ACTIVE"] for request in lists)
+    assert all(request.query["name"] == [NAME] for request in lists)
+
+
+def test_no_active_job_means_a_new_launch(dataflow_api):
+    from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
+
+    dataflow_api.add_job(NAME, "JOB_STATE_FAILED")
+    assert find_reusable_job(DataflowHook(), NAME, PROJECT, REGION) is None
+
+
+def _in_dag(operator_class, **kwargs):
+    from airflow.sdk import DAG
+
+    with DAG("image_embeddings", schedule=None):
+        operator = operator_class(**kwargs)
+    operator.render_template_fields(context={})
+    return operator
+
+
+def _sensor(job_id):
+    from image_embeddings.operators import WaitForEmbeddingsSensor
+
+    return _in_dag(
+        WaitForEmbeddingsSensor,
+        task_id="wait",
+        plan=resolve_run({}, NOV_28, DATAFLOW),
+        job_id=job_id,
+    )
+
+
+def test_the_sensor_waits_while_the_job_runs_and_passes_when_done(dataflow_api):
+    job_id = dataflow_api.add_job(NAME, "JOB_STATE_RUNNING")
+    sensor = _sensor(job_id)
+    assert (sensor.project_id, sensor.location) == (PROJECT, REGION)
+    assert sensor.poke(context={}) is False
+    dataflow_api.jobs[job_id]["currentState"] = "JOB_STATE_DONE"
+    assert sensor.poke(context={}) is True
+
+
+@pytest.mark.parametrize("state", ["JOB_STATE_FAILED", "JOB_STATE_CANCELLED"])
+def test_the_sensor_fails_at_once_on_a_failed_job_with_its_console_link(dataflow_api, state):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    job_id = dataflow_api.add_job(NAME, state)
+    with pytest.raises(AirflowFailException) as failed:
+        _sensor(job_id).poke(context={})
+    message = str(failed.value)
+    assert f"Dataflow job {job_id} ended {state}, not JOB_STATE_DONE" in message
+    assert (
+        f"https://console.cloud.google.com/dataflow/jobs/{REGION}/{job_id}?project={PROJECT}"
+        in message
+    )
+    assert "clear 'embed'" in message
+
+
+def test_killing_the_sensor_cancels_the_job(dataflow_api):
+    job_id = dataflow_api.add_job(NAME, "JOB_STATE_RUNNING")
+    _sensor(job_id).on_kill()
+    assert dataflow_api.jobs[job_id]["currentState"] == "JOB_STATE_CANCELLED"
+    (update,) = dataflow_api.served("PUT")
+    assert update.body == {"requestedState": "JOB_STATE_CANCELLED"}
+
+
+def test_killing_the_deferred_sensor_cancels_the_job_from_the_triggerer(dataflow_api):
+    job_id = dataflow_api.add_job(NAME, "JOB_STATE_RUNNING")
+    trigger = DataflowJobWaitTrigger(
+        job_id=job_id,
+        expected_statuses={"JOB_STATE_DONE"},
+        project_id=PROJECT,
+        location=REGION,
+    )
+    classpath, kwargs = trigger.serialize()
+    module, _, name = classpath.rpartition(".")
+    revived = getattr(importlib.import_module(module), name)(**kwargs)
+    asyncio.run(revived.on_kill())
+    assert dataflow_api.jobs[job_id]["currentState"] == "JOB_STATE_CANCELLED"
+
+
+def test_killing_embed_cancels_the_job_it_launched_or_reused(dataflow_api):
+    """The provider's on_kill, with the hook and job id that a launch or a reuse leaves."""
+    from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
+
+    from image_embeddings.operators import EmbedImagesOperator
+
+    job_id = dataflow_api.add_job(NAME, "JOB_STATE_RUNNING")
+    embed = _in_dag(
+        EmbedImagesOperator,
+        task_id="embed",
+        plan=resolve_run({}, NOV_28, DATAFLOW),
+        manifest="gs://photos/embeddings/2026-11-28/manifest.txt",
+    )
+    embed.dataflow_hook = DataflowHook(cancel_timeout=10, poll_sleep=1)
+    embed.dataflow_job_id = job_id
+    embed.on_kill()
+    assert dataflow_api.jobs[job_id]["currentState"] == "JOB_STATE_CANCELLED"

@@ -1,0 +1,150 @@
+"""The runner decides the launch: pipeline options, Dataflow configuration, what `wait` does."""
+
+from __future__ import annotations
+
+import pytest
+
+from image_embeddings.dag_tasks import resolve_run
+from image_embeddings.launch import (
+    WaitMode,
+    console_url,
+    dataflow_job_name,
+    launch,
+    pipeline_options,
+    wait_mode,
+)
+from tests.dags.test_run_plan import DATAFLOW, LOCAL, NOV_28
+
+MANIFEST = "gs://photos/embeddings/2026-11-28/manifest.txt"
+DATAFLOW_FULL = DATAFLOW | {
+    "IMAGE_EMBEDDINGS_DATAFLOW_STAGING_LOCATION": "gs://photos/staging",
+    "IMAGE_EMBEDDINGS_DATAFLOW_MACHINE_TYPE": "n2-standard-4",
+    "IMAGE_EMBEDDINGS_DATAFLOW_MAX_WORKERS": "8",
+    "IMAGE_EMBEDDINGS_DATAFLOW_SERVICE_ACCOUNT": "embedder@photo-project.iam.gserviceaccount.com",
+    "IMAGE_EMBEDDINGS_DATAFLOW_SETUP_FILE": "/opt/app/beam_jobs/setup.py",
+    "IMAGE_EMBEDDINGS_BATCH_SIZE": "16",
+}
+
+
+@pytest.mark.parametrize(
+    ("runner", "mode"),
+    [
+        ("DataflowRunner", WaitMode.DATAFLOW_JOB),
+        ("DirectRunner", WaitMode.SUCCESS_MARKER),
+        ("PrismRunner", WaitMode.SUCCESS_MARKER),
+    ],
+)
+def test_only_dataflow_jobs_are_waited_for(runner, mode):
+    assert wait_mode(runner) is mode
+
+
+def test_the_job_name_is_one_per_dag_and_day():
+    assert dataflow_job_name("image_embeddings", "2026-11-28") == "image-embeddings-20261128"
+    assert dataflow_job_name("Image_Embeddings", "2027-01-02") == "image-embeddings-20270102"
+
+
+def test_console_url():
+    assert console_url("p", "europe-west1", "2026-11-28_01_02_03-123") == (
+        "https://console.cloud.google.com/dataflow/jobs/europe-west1/2026-11-28_01_02_03-123"
+        "?project=p"
+    )
+
+
+def test_local_options_are_the_job_options_only():
+    plan = resolve_run({"weights": "random"}, NOV_28, LOCAL)
+    assert pipeline_options(plan, "/data/embeddings/2026-11-28/manifest.txt") == {
+        "manifest": "/data/embeddings/2026-11-28/manifest.txt",
+        "output": "/data/embeddings/2026-11-28",
+        "input_root": "/data/images/2026-11-28",
+        "model": "resnet50",
+        "weights": "random",
+        "batch_size": 32,
+    }
+    assert launch(plan, MANIFEST, "image_embeddings").dataflow_config is None
+
+
+def test_dataflow_options_carry_the_worker_settings():
+    plan = resolve_run({}, NOV_28, DATAFLOW_FULL)
+    options = pipeline_options(plan, MANIFEST)
+    assert options == {
+        "manifest": MANIFEST,
+        "output": "gs://photos/embeddings/2026-11-28",
+        "input_root": "gs://photos/images/2026-11-28",
+        "model": "resnet50",
+        "weights": "imagenet",
+        "batch_size": 16,
+        "temp_location": "gs://photos/tmp",
+        "staging_location": "gs://photos/staging",
+        "machine_type": "n2-standard-4",
+        "max_num_workers": 8,
+        "setup_file": "/opt/app/beam_jobs/setup.py",
+    }
+
+
+def test_a_container_image_replaces_the_setup_file_and_sdk_staging():
+    image = "europe-docker.pkg.dev/photo-project/beam/embeddings:1"
+    plan = resolve_run(
+        {}, NOV_28, DATAFLOW_FULL | {"IMAGE_EMBEDDINGS_DATAFLOW_SDK_CONTAINER_IMAGE": image}
+    )
+    options = pipeline_options(plan, MANIFEST)
+    assert options["sdk_container_image"] == image
+    assert options["sdk_location"] == "container"
+    assert "setup_file" not in options
+
+
+def _rendered(environ, params=None):
+    from airflow.sdk import DAG
+
+    from image_embeddings.operators import EmbedImagesOperator
+
+    plan = resolve_run(params or {}, NOV_28, environ)
+    with DAG("image_embeddings", schedule=None):
+        embed = EmbedImagesOperator(task_id="embed", plan=plan, manifest=MANIFEST)
+    embed.render_template_fields(context={})
+    return embed
+
+
+def test_a_dataflow_run_renders_the_provider_operator_for_dataflow():
+    from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
+
+    embed = _rendered(DATAFLOW_FULL)
+    assert embed.runner == "DataflowRunner"
+    assert embed.py_file == "beam_jobs.image_embeddings"
+    assert embed.py_options == ["-m"]
+    assert embed.pipeline_options["output"] == "gs://photos/embeddings/2026-11-28"
+    assert embed.pipeline_options["max_num_workers"] == 8
+    config = embed.dataflow_config
+    assert isinstance(config, DataflowConfiguration)
+    assert config.job_name == "image-embeddings-20261128"
+    assert config.append_job_name is False
+    assert config.wait_until_finished is False
+    assert config.project_id == "photo-project"
+    assert config.location == "europe-west1"
+    assert config.gcp_conn_id == "google_cloud_default"
+    assert config.service_account == "embedder@photo-project.iam.gserviceaccount.com"
+    assert config.cancel_timeout == 300
+
+
+def test_the_provider_adds_project_region_job_name_and_service_account(google_connection):
+    """The command line the provider builds from the rendered operator (no launch)."""
+    from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
+
+    embed = _rendered(DATAFLOW_FULL)
+    embed._cast_dataflow_config()
+    embed.dataflow_hook = DataflowHook(gcp_conn_id="google_cloud_default")
+    _, job_name, options, _, _ = embed._init_pipeline_options(
+        format_pipeline_options=True, job_name_variable_key="job_name"
+    )
+    assert job_name == "image-embeddings-20261128"
+    assert options["job_name"] == "image-embeddings-20261128"
+    assert options["project"] == "photo-project"
+    assert options["region"] == "europe-west1"
+    assert options["service_account_email"] == "embedder@photo-project.iam.gserviceaccount.com"
+
+
+def test_a_local_run_renders_a_direct_launch():
+    embed = _rendered(LOCAL, {"weights": "random"})
+    assert embed.runner == "DirectRunner"
+    assert embed.pipeline_options["manifest"] == MANIFEST
+    assert embed.pipeline_options["weights"] == "random"
+    assert embed.dataflow_config == {}

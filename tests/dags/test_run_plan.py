@@ -1,0 +1,107 @@
+"""A run's plan: the day from params or logical date, params over settings, early refusals."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from image_embeddings.dag_tasks import resolve_run
+from image_embeddings.params import resolve_plan, run_day, schedule_start
+from image_embeddings.settings import load_settings
+
+LOCAL = {
+    "IMAGE_EMBEDDINGS_INPUT_ROOT": "/data/images",
+    "IMAGE_EMBEDDINGS_OUTPUT_ROOT": "/data/embeddings",
+}
+DATAFLOW = {
+    "IMAGE_EMBEDDINGS_INPUT_ROOT": "gs://photos/images",
+    "IMAGE_EMBEDDINGS_OUTPUT_ROOT": "gs://photos/embeddings",
+    "IMAGE_EMBEDDINGS_RUNNER": "DataflowRunner",
+    "IMAGE_EMBEDDINGS_GCP_PROJECT": "photo-project",
+    "IMAGE_EMBEDDINGS_GCP_REGION": "europe-west1",
+    "IMAGE_EMBEDDINGS_DATAFLOW_TEMP_LOCATION": "gs://photos/tmp",
+}
+NOV_28 = datetime(2026, 11, 28, tzinfo=UTC)
+
+
+def test_the_day_is_the_logical_date_unless_the_date_param_is_set():
+    assert run_day(None, NOV_28) == "2026-11-28"
+    assert run_day("", datetime(2026, 11, 28, 23, 59, tzinfo=UTC)) == "2026-11-28"
+    assert run_day("2026-10-01", NOV_28) == "2026-10-01"
+    assert run_day("2026-10-01", None) == "2026-10-01"
+
+
+def test_a_run_without_logical_date_needs_the_date_param():
+    with pytest.raises(ValueError, match="set the 'date' param"):
+        run_day(None, None)
+
+
+def test_params_override_settings_and_fix_the_day_folders():
+    plan = resolve_plan(
+        load_settings(LOCAL),
+        {"date": "2026-11-27", "output_root": "gs://other-bucket/out", "pca_components": 8},
+        NOV_28,
+    )
+    assert plan.day == "2026-11-27"
+    assert plan.input_dir == "/data/images/2026-11-27"
+    assert plan.output_dir == "gs://other-bucket/out/2026-11-27"
+    assert plan.pca_components == 8
+    assert plan.runner == "DirectRunner"
+    assert plan.as_dict()["max_failure_rate"] == 0.05
+
+
+def test_empty_params_keep_the_settings():
+    settings = load_settings(LOCAL | {"IMAGE_EMBEDDINGS_WEIGHTS": "random"})
+    plan = resolve_plan(settings, {"runner": None, "weights": None, "model": ""}, NOV_28)
+    assert (plan.runner, plan.weights, plan.model) == ("DirectRunner", "random", "resnet50")
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"date": "2026-13-01"}, "YYYY-MM-DD"),
+        ({"runner": "SparkRunner"}, "runner must be one of DirectRunner, DataflowRunner"),
+        ({"input_root": "s3://bucket/images"}, "param 'input_root'.*gs://BUCKET"),
+        ({"output_root": "gs://Bad_Bucket/x"}, "not a valid bucket name"),
+        ({"max_failure_rate": -0.5}, "between 0 and 1"),
+        ({"max_failure_rate": 2}, "between 0 and 1"),
+        ({"pca_components": 0}, "positive whole number"),
+        ({"runner": "DataflowRunner"}, "IMAGE_EMBEDDINGS_GCP_PROJECT is required"),
+    ],
+)
+def test_bad_values_are_refused_with_what_is_expected(params, expected):
+    with pytest.raises(ValueError, match=expected):
+        resolve_plan(load_settings(LOCAL), params, NOV_28)
+
+
+def test_dataflow_needs_cloud_roots():
+    settings = load_settings(DATAFLOW | {"IMAGE_EMBEDDINGS_OUTPUT_ROOT": "/local/out"})
+    with pytest.raises(ValueError, match="OUTPUT_ROOT must be a gs:// URI on Dataflow"):
+        resolve_plan(settings, {}, NOV_28)
+
+
+def test_resolve_run_fails_the_task_without_retries_and_says_why():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="refused before anything ran: .*runner"):
+        resolve_run({"runner": "Flink"}, NOV_28, LOCAL)
+    with pytest.raises(AirflowFailException, match="IMAGE_EMBEDDINGS_MAX_FAILURE_RATE"):
+        resolve_run({}, NOV_28, LOCAL | {"IMAGE_EMBEDDINGS_MAX_FAILURE_RATE": "7"})
+
+
+def test_resolve_run_returns_a_plan_for_xcom():
+    plan = resolve_run({"date": None}, NOV_28, DATAFLOW)
+    assert plan["day"] == "2026-11-28"
+    assert plan["runner"] == "DataflowRunner"
+    assert plan["input_dir"] == "gs://photos/images/2026-11-28"
+    assert plan["gcp_project"] == "photo-project"
+
+
+def test_schedule_start_comes_from_the_setting():
+    assert schedule_start({}) == datetime(2026, 11, 1, tzinfo=UTC)
+    assert schedule_start({"IMAGE_EMBEDDINGS_START_DATE": "2025-01-31"}) == datetime(
+        2025, 1, 31, tzinfo=UTC
+    )
+    with pytest.raises(ValueError, match="IMAGE_EMBEDDINGS_START_DATE"):
+        schedule_start({"IMAGE_EMBEDDINGS_START_DATE": "yesterday"})
