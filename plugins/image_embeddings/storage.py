@@ -22,6 +22,7 @@ LIST_PAGE_SIZE = 1000
 # Reads and writes of gs:// objects buffer this much: large enough for few requests, small enough
 # that a task holding a reader and a writer stays far below its memory budget.
 GCS_CHUNK_SIZE = 8 * 1024 * 1024
+PARQUET_BUFFER = 4 * 1024 * 1024
 
 
 def is_gcs(uri: str) -> bool:
@@ -206,6 +207,31 @@ def open_file(uri: str, mode: str = "rb") -> Iterator[IO[Any]]:
     else:
         with open(uri, mode, encoding=_encoding(mode)) as handle:
             yield handle
+
+
+def parquet_batches(uri: str, columns: list[str], batch_rows: int) -> Iterator[Any]:
+    """Stream a Parquet file's `columns` as RecordBatches of `batch_rows` rows.
+
+    Raises ValueError when a column is absent. Pre-buffering is off and reads go through a small
+    buffer: with pyarrow's defaults a 2048-d shard took 2.5x the memory (530 MB against 220 MB
+    peak for 64 MB row groups), whatever the batch size.
+    """
+    import pyarrow.parquet as pq
+
+    with open_file(uri, "rb") as handle:
+        parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=PARQUET_BUFFER)
+        absent = [name for name in columns if name not in parquet.schema_arrow.names]
+        if absent:
+            raise ValueError(f"no column {', '.join(absent)}")
+        yield from parquet.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
+
+
+def parquet_rows(uri: str) -> int:
+    """The row count of a Parquet file, from its footer."""
+    import pyarrow.parquet as pq
+
+    with open_file(uri, "rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
 
 
 def read_bytes(uri: str) -> bytes:

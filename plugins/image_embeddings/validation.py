@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
@@ -233,15 +232,10 @@ def _list_shards(output_dir: str, prefix: str, marker: dict[str, Any] | None, ch
 
 def _batches(uri: str, columns: list[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(first row number, batch) of a Parquet file's columns, `BATCH_ROWS` rows at a time."""
-    with storage.open_file(uri, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
-        absent = [name for name in columns if name not in parquet.schema_arrow.names]
-        if absent:
-            raise ValueError(f"no column {', '.join(absent)}")
-        first = 0
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            yield first, batch
-            first += batch.num_rows
+    first = 0
+    for batch in storage.parquet_batches(uri, columns, BATCH_ROWS):
+        yield first, batch
+        first += batch.num_rows
 
 
 def _row_flags(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
