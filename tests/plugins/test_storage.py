@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from image_embeddings import storage
@@ -114,3 +116,49 @@ def test_split_gcs_names_the_problem():
         storage.split_gcs("gs:///a.jpg")
     with pytest.raises(ValueError, match="expected a gs://"):
         storage.split_gcs("/local/a.jpg")
+
+
+def service_account_key(project: str) -> dict:
+    """A syntactically valid service-account key (freshly generated; it opens nothing)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return {
+        "type": "service_account",
+        "project_id": project,
+        "private_key_id": "0",
+        "private_key": pem,
+        "client_email": f"embedder@{project}.iam.gserviceaccount.com",
+        "client_id": "0",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+
+
+def test_production_client_comes_from_the_airflow_connection(monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    extra = {
+        "keyfile_dict": json.dumps(service_account_key("photos-prod")),
+        "project": "photos-prod",
+    }
+    connection = {"conn_type": "google_cloud_platform", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_EMBEDDINGS_STORAGE_TEST", json.dumps(connection))
+    monkeypatch.setenv("IMAGE_EMBEDDINGS_GCP_CONN_ID", "image_embeddings_storage_test")
+
+    client = storage.gcs_client()
+
+    assert client.project == "photos-prod"
+    assert client._credentials.service_account_email == (
+        "embedder@photos-prod.iam.gserviceaccount.com"
+    )
+
+
+def test_emulator_gets_an_anonymous_client(gcs_emulator):
+    from google.auth.credentials import AnonymousCredentials
+
+    assert isinstance(storage.gcs_client("any_connection")._credentials, AnonymousCredentials)
