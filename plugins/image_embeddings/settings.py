@@ -17,6 +17,8 @@ PREFIX = "IMAGE_EMBEDDINGS_"
 DATA_VARIABLE = f"{PREFIX}DATA"
 REPO_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_DIR / "data"
+DEFAULT_GCP_CONN_ID = "google_cloud_default"
+GCP_CONN_VARIABLE = f"{PREFIX}GCP_CONN_ID"
 
 RUNNERS = ("DirectRunner", "DataflowRunner")
 MODELS = ("resnet50",)
@@ -67,7 +69,7 @@ class Settings:
     )
     start_date: str = _doc("First day the daily schedule covers (YYYY-MM-DD).", "2026-11-01", "DAG")
     gcp_conn_id: str = _doc(
-        "Airflow connection used for gs:// and Dataflow.", "google_cloud_default", "DAG"
+        "Airflow connection used for gs:// and Dataflow.", DEFAULT_GCP_CONN_ID, "DAG"
     )
     gcp_project: str | None = _doc("Google Cloud project of the Dataflow jobs.", "", "Dataflow")
     gcp_region: str | None = _doc("Dataflow region, e.g. europe-west1.", "", "Dataflow")

@@ -14,9 +14,9 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
+from image_embeddings.settings import DEFAULT_GCP_CONN_ID, GCP_CONN_VARIABLE
+
 GCS_SCHEME = "gs://"
-CONN_VARIABLE = "IMAGE_EMBEDDINGS_GCP_CONN_ID"
-DEFAULT_CONN_ID = "google_cloud_default"
 EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
 LIST_PAGE_SIZE = 1000
 # Reads and writes of gs:// objects buffer this much: large enough for few requests, small enough
@@ -47,6 +47,7 @@ def absolute(uri: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _hook_client(gcp_conn_id: str):
+    """One client per Airflow connection, built by the Google provider's hook."""
     from airflow.providers.google.cloud.hooks.gcs import GCSHook
 
     return GCSHook(gcp_conn_id=gcp_conn_id).get_conn()
@@ -54,6 +55,7 @@ def _hook_client(gcp_conn_id: str):
 
 @functools.lru_cache(maxsize=4)
 def _anonymous_client(emulator_host: str):
+    """One client per emulator address (the client reads the address from the environment)."""
     from google.cloud import storage
 
     return storage.Client.create_anonymous_client()
@@ -69,7 +71,7 @@ def gcs_client(gcp_conn_id: str | None = None):
         # An emulator takes anonymous requests; the provider hook would look for real credentials
         # (a key, ADC, the metadata server) and fail or stall on retries before any request.
         return _anonymous_client(emulator)
-    return _hook_client(gcp_conn_id or os.environ.get(CONN_VARIABLE) or DEFAULT_CONN_ID)
+    return _hook_client(gcp_conn_id or os.environ.get(GCP_CONN_VARIABLE) or DEFAULT_GCP_CONN_ID)
 
 
 def _blob(uri: str):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import logging
 import posixpath
 import re
@@ -56,10 +58,13 @@ class Check:
     def passed(self) -> bool:
         return self.count == 0
 
-    def fail(self, example: str, times: int = 1) -> None:
-        self.count += times
-        if len(self.examples) < EXAMPLES:
-            self.examples.append(example)
+    def fail(self, example: str) -> None:
+        self.fail_many(1, [example])
+
+    def fail_many(self, count: int, examples: Iterable[str]) -> None:
+        """Count `count` violations; keep examples (formatted lazily) up to EXAMPLES in all."""
+        self.count += count
+        self.examples += itertools.islice(examples, max(EXAMPLES - len(self.examples), 0))
 
     def summary(self) -> str:
         more = ", ..." if self.count > len(self.examples) else ""
@@ -257,31 +262,41 @@ def _describe_nonfinite(row: np.ndarray) -> str:
 def _check_vectors(batch: pa.RecordBatch, where: str, first: int, dim: int, checks) -> None:
     embeddings = batch.column("embedding")
     valid = np.asarray(pc.is_valid(embeddings))
-    for row in np.flatnonzero(~valid):
-        checks["rows"].fail(f"row {first + row} of {where} has no embedding")
+    absent = np.flatnonzero(~valid)
+    checks["rows"].fail_many(
+        len(absent), (f"row {first + row} of {where} has no embedding" for row in absent)
+    )
     rows = np.flatnonzero(valid)
     present = embeddings.filter(pa.array(valid))
     lengths = np.asarray(pc.list_value_length(present), dtype=np.int64)
     values = np.asarray(present.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-    for index in np.flatnonzero(lengths != dim):
-        checks["dimension"].fail(
-            f"row {first + rows[index]} of {where} has {lengths[index]} values"
-        )
-    nonfinite, zero = _row_flags(values, lengths)
     starts = np.cumsum(lengths) - lengths
-    for index in np.flatnonzero(nonfinite):
-        row_values = values[starts[index] : starts[index] + lengths[index]]
-        checks["finite"].fail(
-            f"row {first + rows[index]} of {where} has {_describe_nonfinite(row_values)}"
-        )
-    for index in np.flatnonzero(zero):
-        checks["nonzero"].fail(f"row {first + rows[index]} of {where} is all zeros")
+    wrong = np.flatnonzero(lengths != dim)
+    checks["dimension"].fail_many(
+        len(wrong), (f"row {first + rows[i]} of {where} has {lengths[i]} values" for i in wrong)
+    )
+    nonfinite, zero = _row_flags(values, lengths)
+    bad = np.flatnonzero(nonfinite)
+    checks["finite"].fail_many(
+        len(bad),
+        (
+            f"row {first + rows[i]} of {where} has "
+            + _describe_nonfinite(values[starts[i] : starts[i] + lengths[i]])
+            for i in bad
+        ),
+    )
+    zeros = np.flatnonzero(zero)
+    checks["nonzero"].fail_many(
+        len(zeros), (f"row {first + rows[i]} of {where} is all zeros" for i in zeros)
+    )
 
 
 def _uri_hashes_of(batch: pa.RecordBatch, where: str, first: int, checks) -> np.ndarray:
     uris = batch.column("uri")
-    for row in np.flatnonzero(np.asarray(pc.is_null(uris))):
-        checks["rows"].fail(f"row {first + row} of {where} has no uri")
+    absent = np.flatnonzero(np.asarray(pc.is_null(uris)))
+    checks["rows"].fail_many(
+        len(absent), (f"row {first + row} of {where} has no uri" for row in absent)
+    )
     return uri_hashes(uri for uri in uris.to_pylist() if uri is not None)
 
 
@@ -362,8 +377,10 @@ def _uris_with(hashes: np.ndarray, uris: Iterable[str]) -> list[str]:
 
 def _shard_uris(shards: list[str]) -> Iterator[str]:
     for shard in shards:
-        for _, batch in _batches(shard, ["uri"]):
-            yield from (uri for uri in batch.column("uri").to_pylist() if uri is not None)
+        # A shard that cannot be read is already reported; examples come from the others.
+        with contextlib.suppress(pa.ArrowException, OSError, ValueError):
+            for _, batch in _batches(shard, ["uri"]):
+                yield from (uri for uri in batch.column("uri").to_pylist() if uri is not None)
 
 
 def _manifest_uris(output_dir: str) -> Iterator[str]:
@@ -375,9 +392,10 @@ def _report_set(check: Check, hashes: np.ndarray, uris: Iterable[str], suffix: s
     """Fail `check` once per digest, with the URIs of the first few as examples."""
     if not len(hashes):
         return
-    check.count += len(hashes)
-    room = EXAMPLES - len(check.examples)
-    check.examples += [uri + suffix for uri in _uris_with(hashes, uris)][:room]
+    if len(check.examples) >= EXAMPLES:
+        check.fail_many(len(hashes), [])
+    else:
+        check.fail_many(len(hashes), (uri + suffix for uri in _uris_with(hashes, uris)))
 
 
 def _check_coverage(output_dir: str, expected: np.ndarray, shards: dict, scans: dict, checks):

@@ -248,12 +248,16 @@ def test_marker_counts_that_do_not_add_up_are_named(tmp_path):
 
 def test_unreadable_shard_is_named(tmp_path):
     day = str(tmp_path / "day")
-    write_outputs(day, random_vectors(4))
+    uris = write_outputs(day, random_vectors(4))
     storage.write_bytes(f"{day}/{EMB0}", b"PAR1 truncated")
+    extra = {"uri": "/elsewhere/extra.jpg", "stage": STAGE_READ, "error": "gone", "model": "m"}
+    write_table(f"{day}/{FAILURES}", [extra], failures_schema())
 
     message = problems_of(day)
 
     assert f"{EMB0} cannot be read:" in message
+    assert f"2 manifest entries missing from the outputs: {uris[0]}, {uris[2]}" in message
+    assert "1 output URIs not in the manifest: /elsewhere/extra.jpg" in message
 
 
 def test_report_lists_examples_and_counts(tmp_path):
