@@ -64,7 +64,8 @@ def _vector_batches(shards: list[str]) -> Iterator[tuple[list[str], np.ndarray]]
     """(URIs, float32 matrix) for every `BATCH_ROWS` embeddings, shard by shard."""
     for shard in shards:
         for batch in storage.parquet_batches(shard, ["uri", "embedding"], BATCH_ROWS):
-            yield batch.column("uri").to_pylist(), _matrix(batch.column("embedding"), shard)
+            if batch.num_rows:
+                yield batch.column("uri").to_pylist(), _matrix(batch.column("embedding"), shard)
 
 
 def _matrix(embeddings: pa.Array, shard: str) -> np.ndarray:

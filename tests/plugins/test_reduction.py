@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from beam_jobs.image_embeddings.contract import embeddings_schema
 from image_embeddings import storage
 from image_embeddings.reduction import (
     ReductionResult,
@@ -18,7 +19,7 @@ from image_embeddings.reduction import (
     reduce_dimensions,
     sample_rows,
 )
-from tests.plugins.test_validation import write_outputs
+from tests.plugins.test_validation import write_outputs, write_table
 
 DIM = 2048
 
@@ -129,6 +130,14 @@ def test_same_seed_same_outputs(tmp_path):
 
     assert first == second
     assert read_projection(second.projection_uri).equals(table)
+
+
+def test_empty_shards_are_harmless(tmp_path):
+    day = str(tmp_path / "day")
+    write_outputs(day, clustered(5), shards=2)
+    write_table(f"{day}/embeddings-00002-of-00003.parquet", [], embeddings_schema())
+
+    assert reduce_dimensions(day, n_components=2, sample_size=100).rows == 15
 
 
 def test_sample_rows_picks_exact_rows(tmp_path):
