@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import posixpath
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs.image_embeddings.gcs import bound_beam_gcs_requests
+
+from beam_jobs.image_embeddings.contract import join
 
 
 def use_emulator_credentials() -> None:
@@ -23,6 +28,7 @@ def use_emulator_credentials() -> None:
 
 
 use_emulator_credentials()
+bound_beam_gcs_requests()
 
 
 def check_supported(uri: str) -> str:
@@ -65,7 +71,7 @@ def matching(pattern: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
-def top_folders(root: str, paths: list[str]) -> list[str]:
+def _first_level_folders(root: str, paths: list[str]) -> list[str]:
     """The distinct first-level folders of `root` that hold `paths` (files below `root`)."""
     prefix = root.rstrip("/") + "/"
     firsts = {
@@ -74,3 +80,26 @@ def top_folders(root: str, paths: list[str]) -> list[str]:
         if path.startswith(prefix) and "/" in path[len(prefix) :]
     }
     return sorted(posixpath.join(prefix, first) for first in firsts)
+
+
+def is_local(uri: str) -> bool:
+    return FileSystems.get_scheme(uri) in (None, "file")
+
+
+def folders_matching(root: str, pattern: str) -> list[str]:
+    """Folders directly under `root` whose name matches the glob `pattern`, empty ones included.
+
+    An object store knows a folder only as the prefix of its objects; a local disk also keeps
+    empty folders, which Beam's match does not list, so those come from the disk itself.
+    """
+    if is_local(root):
+        local_root = root.removeprefix("file://")
+        found = glob.glob(os.path.join(glob.escape(local_root), pattern))
+        return sorted(path for path in found if os.path.isdir(path))
+    return _first_level_folders(root, matching(join(root, pattern, "**")))
+
+
+def delete_folders(folders: list[str]) -> None:
+    """Delete folders with everything in them, local or on an object store."""
+    # Beam deletes a local folder recursively by its path, an object-store one by its prefix.
+    delete([folder if is_local(folder) else folder.rstrip("/") + "/" for folder in folders])

@@ -31,7 +31,7 @@ LOGGER = logging.getLogger(__name__)
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 _SHARD_NAME = re.compile(r"-(\d+)-of-(\d+)" + re.escape(SHARD_SUFFIX))
 # FileBasedSink stages each write in `<output>/beam-temp-<prefix>-<uuid>/`.
-_TEMP_FOLDER = "beam-temp-{prefix}-*/**"
+_TEMP_FOLDERS = "beam-temp-{prefix}-*"
 
 
 def utc_now() -> str:
@@ -217,12 +217,11 @@ class _CommitFn(beam.DoFn):
         if missing:
             raise RuntimeError(f"shards reported written are missing: {missing}")
         stale = stale_files(existing, expected)
-        leftovers = io.matching(join(self._output, _TEMP_FOLDER.format(prefix=prefix)))
+        leftovers = io.folders_matching(self._output, _TEMP_FOLDERS.format(prefix=prefix))
         if stale or leftovers:
             LOGGER.info("removing files of an earlier run: %s", stale + leftovers)
-        io.delete(stale + leftovers)
-        # Object stores have no folders left once their objects are gone; local disks do.
-        io.delete(io.top_folders(self._output, leftovers))
+        io.delete(stale)
+        io.delete_folders(leftovers)
         return [posixpath.basename(path) for path in expected]
 
 

@@ -108,9 +108,10 @@ def test_commit_leaves_exactly_this_runs_files(tmp_path: Path):
     _write_and_commit(str(output), _rows(7, 4), [failure], num_shards=3)
     first = json.loads((output / "_SUCCESS").read_text())
     assert len(first["embeddings_files"]) == 3
-    # An interrupted attempt's staging folder, then a rerun with fewer shards and no failures.
+    # Staging folders of interrupted attempts, then a rerun with fewer shards and no failures.
     (output / "beam-temp-embeddings-0123abcd").mkdir()
     (output / "beam-temp-embeddings-0123abcd" / "partial").write_bytes(b"x")
+    (output / "beam-temp-failures-4567ef").mkdir()
 
     _write_and_commit(str(output), _rows(5, 4), [], num_shards=2)
 

@@ -1,0 +1,341 @@
+"""Whole pipeline runs on the DirectRunner, local and on gs://, looked at through their outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from beam_jobs.image_embeddings.contract import SUCCESS_KEYS, embeddings_schema, failures_schema
+from beam_jobs.image_embeddings.images import load_image
+from beam_jobs.image_embeddings.models import build_model, resolve_model
+from beam_jobs.image_embeddings.pipeline import parse_line, run
+from tests.image_factory import BAD_INPUT_STAGES, write_bad_inputs, write_image, write_images
+
+pytestmark = pytest.mark.slow
+
+RESNET_INPUT = (224, 224)
+BAD_ENTRIES = (
+    "zero_byte",
+    "text_named_jpg",
+    "header_corrupted_jpeg",
+    "truncated_png",
+    "decompression_bomb_png",
+    "directory_named_jpg",
+    "missing_file",
+    "cmyk_jpeg",
+    "exif_rotated_jpeg",
+    "name_with_spaces",
+    "name_with_hash",
+    "name_unicode",
+)
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory) -> str:
+    """Seeded random ResNet50 weights saved as a file: runs load them through --weights URI."""
+    path = tmp_path_factory.mktemp("weights") / "resnet50-random.weights.h5"
+    build_model(resolve_model("resnet50"), "random").save_weights(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference_model(weights_file):
+    return build_model(resolve_model("resnet50"), weights_file)
+
+
+def direct_embeddings(model, images: list[bytes]) -> np.ndarray:
+    """The model applied straight to each image's preprocessed pixels, outside any pipeline."""
+    from keras.applications.resnet50 import preprocess_input
+
+    pixels = np.stack([load_image(data, RESNET_INPUT).pixels for data in images])
+    return np.asarray(model(preprocess_input(pixels.astype(np.float32)), training=False))
+
+
+class LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def run_logged(argv: list[str]) -> list[str]:
+    """Run the pipeline; return the log lines it wrote at INFO and above."""
+    capture = LogCapture()
+    root = logging.getLogger()
+    saved_level = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.INFO)
+    try:
+        run(argv)
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(saved_level)
+    return capture.lines
+
+
+def read_rows(paths: list[Path | str | io.BytesIO]) -> list[dict]:
+    return pa.concat_tables([pq.read_table(path) for path in paths]).to_pylist()
+
+
+@dataclass
+class LocalRun:
+    output: Path
+    images: dict[str, Path]  # uri -> file, for every entry expected to embed
+    failing: dict[str, str]  # uri -> stage, for every entry expected to fail
+    sizes: dict[str, tuple[int, int]]  # uri -> upright (width, height)
+    duplicates: int
+    logs: list[str]
+
+
+def _manifest_text(uris: list[str]) -> str:
+    """Manifest lines with what real ones hold: a comment, blanks, CRLF, padding, repeats."""
+    lines = ["# images of the day", ""]
+    for index, uri in enumerate(uris):
+        lines.append(f"  {uri}  \r" if index % 3 == 0 else uri)
+    lines += ["", uris[0], uris[1], "# end"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, weights_file) -> LocalRun:
+    root = tmp_path_factory.mktemp("local")
+    sizes: dict[str, tuple[int, int]] = {}
+    formats = [
+        ("JPEG", 8, (64, 48)),
+        ("PNG", 4, (120, 40)),
+        ("WEBP", 3, (30, 90)),
+        ("BMP", 2, (50, 50)),
+        ("TIFF", 2, (33, 77)),
+    ]
+    images: dict[str, Path] = {}
+    for index, (fmt, count, size) in enumerate(formats):
+        for path in write_images(root / fmt.lower(), count, size, fmt, seed=1000 + 100 * index):
+            images[str(path)] = path
+            sizes[str(path)] = size
+    camera = write_image(root / "camera.jpg", size=(1600, 1200), seed=2000)
+    images[str(camera)] = camera
+    sizes[str(camera)] = (1600, 1200)
+
+    corpus = write_bad_inputs(root / "corpus")
+    failing = {}
+    for name in BAD_ENTRIES:
+        uri = str(corpus[name])
+        if BAD_INPUT_STAGES[name] is None:
+            images[uri] = corpus[name]
+            sizes[uri] = (64, 48)
+        else:
+            failing[uri] = BAD_INPUT_STAGES[name]
+    manifest = root / "manifest.txt"
+    manifest.write_bytes(_manifest_text([*images, *failing]).encode("utf-8"))
+
+    output = root / "out"
+    logs = run_logged(
+        [
+            f"--manifest={manifest}",
+            f"--output={output}",
+            f"--weights={weights_file}",
+            "--batch_size=4",
+            "--num_shards=2",
+            "--progress_interval_secs=1",
+        ]
+    )
+    return LocalRun(output, images, failing, sizes, duplicates=2, logs=logs)
+
+
+def marker(output: Path) -> dict:
+    return json.loads((output / "_SUCCESS").read_text())
+
+
+def test_every_entry_ends_exactly_once(local_run):
+    embedded = [row["uri"] for row in read_rows(sorted(local_run.output.glob("embeddings-*")))]
+    failed = [row["uri"] for row in read_rows(sorted(local_run.output.glob("failures-*")))]
+    assert len(local_run.images) >= 20
+    assert sorted(embedded) == sorted(local_run.images)
+    assert sorted(failed) == sorted(local_run.failing)
+
+
+def test_embeddings_equal_the_model_applied_to_each_image(local_run, reference_model):
+    rows = read_rows(sorted(local_run.output.glob("embeddings-*")))
+    uris = [row["uri"] for row in rows]
+    stored = np.array([row["embedding"] for row in rows], dtype=np.float32)
+    expected = direct_embeddings(
+        reference_model, [local_run.images[uri].read_bytes() for uri in uris]
+    )
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(stored, expected, rtol=1e-3, atol=1e-4 * scale)
+    # Images are far apart compared with that tolerance: a swapped pair could not pass.
+    distances = np.linalg.norm(stored[:, None, :] - expected[None, :, :], axis=-1)
+    assert (distances.argmin(axis=1) == np.arange(len(uris))).all()
+    off_diagonal = distances + np.diag(np.full(len(uris), np.inf))
+    assert off_diagonal.min() > 10 * np.diag(distances).max()
+
+
+def test_outputs_keep_the_contract_schemas(local_run):
+    shards = sorted(local_run.output.glob("embeddings-*"))
+    assert [path.name for path in shards] == [
+        "embeddings-00000-of-00002.parquet",
+        "embeddings-00001-of-00002.parquet",
+    ]
+    for path in shards:
+        assert pq.read_schema(path).equals(embeddings_schema(2048))
+    assert pq.read_schema(local_run.output / "failures-00000-of-00001.parquet").equals(
+        failures_schema()
+    )
+    rows = read_rows(shards)
+    assert {row["model"] for row in rows} == {"resnet50"}
+    assert {row["uri"]: (row["width"], row["height"]) for row in rows} == local_run.sizes
+
+
+def test_failures_name_their_stage_and_reason(local_run):
+    rows = read_rows(sorted(local_run.output.glob("failures-*")))
+    assert {row["uri"]: row["stage"] for row in rows} == local_run.failing
+    assert all(row["error"].strip() and row["model"] == "resnet50" for row in rows)
+    errors = {Path(row["uri"]).name: row["error"] for row in rows}
+    assert errors["missing.jpg"] == "file not found"
+    assert "bomb" in errors["bomb.png"]
+
+
+def test_success_marker_counts_add_up(local_run):
+    record = marker(local_run.output)
+    assert set(SUCCESS_KEYS) <= set(record)
+    images, failed = len(local_run.images), len(local_run.failing)
+    assert (record["images"], record["embedded"], record["failed"]) == (
+        images + failed,
+        images,
+        failed,
+    )
+    assert record["embedded"] + record["failed"] == record["images"]
+    assert record["duplicates"] == local_run.duplicates
+    assert (record["model"], record["dim"], record["runner"]) == ("resnet50", 2048, "direct")
+    assert (record["precision"], record["embedding_dtype"]) == ("float32", "float32")
+    assert record["weights"].endswith("resnet50-random.weights.h5")
+    assert record["beam_version"] == "2.77.0"
+    assert record["started_at"] < record["finished_at"]
+    assert record["duration_s"] > 0
+    files = sorted(path.name for path in local_run.output.iterdir())
+    assert files == ["_SUCCESS", *record["embeddings_files"], *record["failures_files"]]
+
+
+def test_progress_and_summary_are_logged(local_run):
+    total = len(local_run.images) + len(local_run.failing)
+    progress = [line for line in local_run.logs if line.startswith("progress: ")]
+    assert progress, "no progress line"
+    assert all(f"/{total} images" in line for line in progress)
+    (summary,) = [line for line in local_run.logs if line.startswith("summary: ")]
+    expected = f"{total} images, {len(local_run.images)} embedded, {len(local_run.failing)} failed"
+    assert expected in summary
+    assert "images/s" in summary
+
+
+def test_manifest_lines_parse_like_the_contract():
+    assert parse_line("  gs://b/a.jpg \r") == ["gs://b/a.jpg"]
+    assert parse_line("# gs://b/a.jpg") == []
+    assert parse_line("   ") == []
+    assert parse_line("/x/hash#1.jpg") == ["/x/hash#1.jpg"]
+
+
+def test_rerun_replaces_the_output(local_run, tmp_path, weights_file):
+    output = tmp_path / "out"
+    shutil.copytree(local_run.output, output)
+    (output / "beam-temp-embeddings-0123abcd").mkdir()
+    (output / "beam-temp-embeddings-0123abcd" / "partial.parquet").write_bytes(b"partial")
+    first = sorted(local_run.images)[:3]
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("\n".join(first) + "\n")
+    argv = [f"--manifest={manifest}", f"--output={output}", "--num_shards=1"]
+
+    # A run that fails after launch leaves no marker behind, not the earlier run's.
+    with pytest.raises(Exception, match="missing.weights.h5"):
+        run([*argv, f"--weights={tmp_path / 'missing.weights.h5'}"])
+    assert not (output / "_SUCCESS").exists()
+
+    run([*argv, f"--weights={weights_file}"])
+    assert sorted(path.name for path in output.iterdir()) == [
+        "_SUCCESS",
+        "embeddings-00000-of-00001.parquet",
+        "failures-00000-of-00001.parquet",
+    ]
+    record = marker(output)
+    assert (record["images"], record["embedded"], record["failed"]) == (3, 3, 0)
+    rows = read_rows([output / "embeddings-00000-of-00001.parquet"])
+    assert sorted(row["uri"] for row in rows) == first
+    assert read_rows([output / "failures-00000-of-00001.parquet"]) == []
+
+
+@pytest.fixture(scope="module")
+def gcs_run(gcs_emulator, tmp_path_factory, weights_file):
+    """A run whose images, manifest and output all live on the emulated GCS."""
+    from google.cloud import storage
+
+    bucket = storage.Client.create_anonymous_client().bucket(gcs_emulator)
+    prefix = "pipeline-test"
+    root = f"gs://{gcs_emulator}/{prefix}"
+    folder = tmp_path_factory.mktemp("gcs")
+    files = write_images(folder, 4, size=(80, 60), seed=500)
+    files += write_images(folder, 2, size=(48, 96), fmt="PNG", seed=600)
+    images = {}
+    for path in files:
+        bucket.blob(f"{prefix}/images/{path.name}").upload_from_filename(path)
+        images[f"{root}/images/{path.name}"] = path.read_bytes()
+    bucket.blob(f"{prefix}/images/notes.jpg").upload_from_string(b"not an image")
+    bucket.blob(f"{prefix}/elsewhere/outside.jpg").upload_from_filename(files[0])
+    failing = {
+        f"{root}/images/notes.jpg": "decode",
+        f"{root}/images/missing.jpg": "read",
+        f"{root}/elsewhere/outside.jpg": "input",
+    }
+    manifest = "\n".join([*images, *failing, *list(images)[:1]]) + "\n"
+    bucket.blob(f"{prefix}/manifest.txt").upload_from_string(manifest)
+    # What an earlier run with more shards, and an interrupted one, left behind.
+    for name in ("_SUCCESS", "embeddings-00003-of-00004.parquet", "beam-temp-failures-9/x"):
+        bucket.blob(f"{prefix}/out/{name}").upload_from_string(b"stale")
+
+    run(
+        [
+            f"--manifest={root}/manifest.txt",
+            f"--output={root}/out",
+            f"--input_root={root}/images",
+            f"--weights={weights_file}",
+            "--batch_size=4",
+        ]
+    )
+    blobs = {
+        blob.name.removeprefix(f"{prefix}/out/"): blob
+        for blob in bucket.list_blobs(prefix=f"{prefix}/out/")
+    }
+    return images, failing, blobs
+
+
+def test_gcs_run_keeps_the_contract(gcs_run, reference_model):
+    images, failing, blobs = gcs_run
+    assert sorted(blobs) == [
+        "_SUCCESS",
+        "embeddings-00000-of-00001.parquet",
+        "failures-00000-of-00001.parquet",
+    ]
+    record = json.loads(blobs["_SUCCESS"].download_as_bytes())
+    assert (record["images"], record["embedded"], record["failed"]) == (9, 6, 3)
+    assert record["duplicates"] == 1
+
+    def table(name: str) -> list[dict]:
+        return read_rows([io.BytesIO(blobs[name].download_as_bytes())])
+
+    failures = table("failures-00000-of-00001.parquet")
+    assert {row["uri"]: row["stage"] for row in failures} == failing
+    rows = table("embeddings-00000-of-00001.parquet")
+    uris = [row["uri"] for row in rows]
+    assert sorted(uris) == sorted(images)
+    stored = np.array([row["embedding"] for row in rows], dtype=np.float32)
+    expected = direct_embeddings(reference_model, [images[uri] for uri in uris])
+    np.testing.assert_allclose(stored, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
