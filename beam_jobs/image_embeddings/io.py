@@ -9,9 +9,8 @@ import posixpath
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.image_embeddings.gcs import bound_beam_gcs_requests
-
 from beam_jobs.image_embeddings.contract import join
+from beam_jobs.image_embeddings.gcs import bound_beam_gcs_requests
 
 
 def use_emulator_credentials() -> None:
