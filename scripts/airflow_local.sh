@@ -13,6 +13,8 @@ export AIRFLOW__CORE__LOAD_EXAMPLES="${AIRFLOW__CORE__LOAD_EXAMPLES:-False}"
 export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
 # The scheduler's log server holds 8793 and the triggerer's 8794.
 export AIRFLOW__API__PORT="${AIRFLOW__API__PORT:-8080}"
+# Workers reach the execution API through the base URL: it must name the port above.
+export AIRFLOW__API__BASE_URL="${AIRFLOW__API__BASE_URL:-http://localhost:$AIRFLOW__API__PORT}"
 mkdir -p "$AIRFLOW_HOME"
 
 # `airflow db migrate` takes seconds: run it once per database and locked dependency set.

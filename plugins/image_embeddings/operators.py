@@ -1,5 +1,4 @@
-"""The DAG's `embed` and `wait` operators: the Beam provider's launch and the Dataflow job sensor,
-driven by the run plan so that one DAG serves the DirectRunner and Dataflow."""
+"""The `embed` and `wait` operators: one DAG shape for the DirectRunner and for Dataflow."""
 
 from __future__ import annotations
 
