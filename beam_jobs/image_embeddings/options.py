@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from beam_jobs.image_embeddings.images import DEFAULT_MAX_IMAGE_BYTES
 from beam_jobs.image_embeddings.io import check_supported
+from beam_jobs.image_embeddings.models import PRECISIONS, check_weights, resolve_model
 
-PRECISIONS = ("float32", "bfloat16")
 EMBEDDING_DTYPES = ("float32", "float16")
 
 USAGE = "python -m beam_jobs.image_embeddings --manifest URI --output URI [options] [Beam options]"
@@ -81,12 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     job = parser.add_argument_group("job options")
     job.add_argument(
         "--manifest",
+        metavar="URI",
         required=True,
         type=_location,
         help="text file listing one image URI per line; blank lines and '#' lines are ignored",
     )
     job.add_argument(
         "--output",
+        metavar="URI",
         required=True,
         type=_location,
         help="folder for embeddings-*.parquet, failures-*.parquet and _SUCCESS; "
@@ -94,37 +96,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     job.add_argument(
         "--model",
+        metavar="NAME|URI",
         default=JobOptions.model,
         help="keras.applications model name (resnet50, efficientnetb0, mobilenetv3small, ...) "
         "or the URI of a .keras model file (default: %(default)s)",
     )
     job.add_argument(
         "--weights",
+        metavar="imagenet|random|URI",
         default=JobOptions.weights,
         help="'imagenet' (downloaded by Keras), 'random' (seeded, for offline runs) or the URI "
         "of a Keras weights file (default: %(default)s)",
     )
     job.add_argument(
         "--batch_size",
+        metavar="N",
         type=_positive_int,
         default=JobOptions.batch_size,
         help="images per model call (default: %(default)s)",
     )
     job.add_argument(
         "--max_image_bytes",
+        metavar="BYTES",
         type=_positive_int,
         default=JobOptions.max_image_bytes,
         help="larger files are failures at the read stage, never read whole (default: %(default)s)",
     )
     job.add_argument(
         "--input_root",
+        metavar="URI",
         type=_location,
         default=None,
         help="when given, entries outside this folder are failures and are never opened",
     )
     job.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=tuple(PRECISIONS),
         default=JobOptions.precision,
         help="arithmetic of the model call; bfloat16 is faster on CPUs that support it "
         "(default: %(default)s)",
@@ -137,12 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     job.add_argument(
         "--num_shards",
+        metavar="N",
         type=_non_negative_int,
         default=JobOptions.num_shards,
         help="number of embeddings files; 0 lets the runner decide (default: %(default)s)",
     )
     job.add_argument(
         "--progress_interval_secs",
+        metavar="SECONDS",
         type=_positive_float,
         default=JobOptions.progress_interval_secs,
         help="seconds between progress lines on the DirectRunner (default: %(default)s)",
@@ -157,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_known_args(argv: Sequence[str] | None) -> tuple[JobOptions, list[str]]:
-    """Split `argv` into the job's options and the arguments left for Beam."""
-    known, beam_args = build_parser().parse_known_args(argv)
-    return JobOptions(**vars(known)), beam_args
+    """Split `argv` into the job's options and the arguments left for Beam.
+
+    An unknown model, or weights that cannot apply to it, end the program with a usage error.
+    """
+    parser = build_parser()
+    known, beam_args = parser.parse_known_args(argv)
+    job = JobOptions(**vars(known))
+    try:
+        check_weights(resolve_model(job.model), job.weights)
+    except (ValueError, OSError) as error:
+        parser.error(f"argument --model/--weights: {error}")
+    return job, beam_args
