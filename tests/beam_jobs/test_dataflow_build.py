@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -138,3 +140,22 @@ def test_setup_file_is_added_only_where_needed():
     given = pipeline_options([*dataflow, "--setup_file=/elsewhere/setup.py"])
     assert given.view_as(SetupOptions).setup_file == "/elsewhere/setup.py"
     assert pipeline_options(["--runner=DirectRunner"]).view_as(SetupOptions).setup_file is None
+
+
+def test_command_line_logs_beams_info_lines():
+    """Airflow's Beam provider reads the job id from Beam's INFO line "Created job with id"."""
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beam_jobs.image_embeddings",
+            *DATAFLOW_ARGS,
+            f"--sdk_container_image={CONTAINER}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert " INFO apache_beam." in finished.stderr
+    assert "dry run: the job was built and not submitted" in finished.stderr

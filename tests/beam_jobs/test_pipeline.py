@@ -339,3 +339,31 @@ def test_gcs_run_keeps_the_contract(gcs_run, reference_model):
     stored = np.array([row["embedding"] for row in rows], dtype=np.float32)
     expected = direct_embeddings(reference_model, [images[uri] for uri in uris])
     np.testing.assert_allclose(stored, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+
+
+def test_multi_process_direct_runner(local_run, tmp_path, weights_file, reference_model):
+    """Worker processes of their own load images and the model, and report their progress."""
+    chosen = sorted(local_run.images)[:3]
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("\n".join([*chosen, str(tmp_path / "missing.jpg")]) + "\n")
+    output = tmp_path / "out"
+    logs = run_logged(
+        [
+            f"--manifest={manifest}",
+            f"--output={output}",
+            f"--weights={weights_file}",
+            "--progress_interval_secs=0.001",
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        ]
+    )
+    record = marker(output)
+    assert (record["images"], record["embedded"], record["failed"]) == (4, 3, 1)
+    rows = read_rows(sorted(output.glob("embeddings-*")))
+    uris = [row["uri"] for row in rows]
+    assert sorted(uris) == chosen
+    stored = np.array([row["embedding"] for row in rows], dtype=np.float32)
+    expected = direct_embeddings(reference_model, [local_run.images[u].read_bytes() for u in uris])
+    np.testing.assert_allclose(stored, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+    assert any("progress in worker process" in line for line in logs)
+    assert any(line.startswith("summary: 4 images, 3 embedded, 1 failed") for line in logs)
