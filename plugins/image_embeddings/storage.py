@@ -23,6 +23,12 @@ LIST_PAGE_SIZE = 1000
 # that a task holding a reader and a writer stays far below its memory budget.
 GCS_CHUNK_SIZE = 8 * 1024 * 1024
 PARQUET_BUFFER = 4 * 1024 * 1024
+# Bounds of every gs:// request: seconds to connect and to wait for the next bytes of an answer.
+# Then the operation is retried (429, 5xx, timeouts, dropped connections) with back-off from
+# 0.5 s doubling to 16 s, for at most GCS_RETRY_DEADLINE_S. Uploads are retried too: each
+# replaces a whole object, so a repeated one leaves the same result.
+GCS_TIMEOUT_S = (10.0, 60.0)
+GCS_RETRY_DEADLINE_S = 300.0
 
 
 def is_gcs(uri: str) -> bool:
@@ -74,6 +80,14 @@ def gcs_client(gcp_conn_id: str | None = None):
     return _hook_client(gcp_conn_id or os.environ.get(GCP_CONN_VARIABLE) or DEFAULT_GCP_CONN_ID)
 
 
+def _bounds() -> dict[str, Any]:
+    """The `timeout` and `retry` arguments of one google-cloud-storage call."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    retry = DEFAULT_RETRY.with_delay(initial=0.5, maximum=16.0, multiplier=2.0)
+    return {"timeout": GCS_TIMEOUT_S, "retry": retry.with_timeout(GCS_RETRY_DEADLINE_S)}
+
+
 def _blob(uri: str):
     bucket, name = split_gcs(uri)
     return gcs_client().bucket(bucket).blob(name, chunk_size=GCS_CHUNK_SIZE)
@@ -91,6 +105,7 @@ def _list_gcs(prefix: str, recursive: bool) -> Iterator[str]:
         prefix=_gcs_prefix(name),
         delimiter=None if recursive else "/",
         page_size=LIST_PAGE_SIZE,
+        **_bounds(),
     )
     for blob in blobs:
         if not blob.name.endswith("/"):
@@ -143,7 +158,7 @@ def glob(pattern: str) -> list[str]:
 def exists(uri: str) -> bool:
     """True when a file (not a folder) exists at `uri`."""
     if is_gcs(uri):
-        return _blob(uri).exists()
+        return _blob(uri).exists(**_bounds())
     return os.path.isfile(uri)
 
 
@@ -167,7 +182,7 @@ def _staged_write(uri: str, mode: str) -> Iterator[IO[Any]]:
         with open(descriptor, mode, encoding=_encoding(mode)) as handle:
             yield handle
         if is_gcs(uri):
-            _blob(uri).upload_from_filename(partial)
+            _blob(uri).upload_from_filename(partial, **_bounds())
         else:
             os.replace(partial, uri)
     finally:
@@ -181,14 +196,14 @@ def _open_gcs_reader(uri: str, mode: str) -> IO[Any]:
 
     blob = _blob(uri)
     try:
-        blob.reload()
+        blob.reload(**_bounds())
     except NotFound:
         raise FileNotFoundError(f"no such object: {uri}") from None
     if not blob.size:
         # Ranged reads of an empty object get a malformed Content-Range from the GCS emulator;
         # an empty object needs no download at all.
         return io.BytesIO() if "b" in mode else io.StringIO()
-    return blob.open(mode, encoding=_encoding(mode))
+    return blob.open(mode, encoding=_encoding(mode), **_bounds())
 
 
 @contextlib.contextmanager
@@ -264,7 +279,7 @@ def delete(uri: str) -> bool:
         from google.api_core.exceptions import NotFound
 
         try:
-            _blob(uri).delete()
+            _blob(uri).delete(**_bounds())
         except NotFound:
             return False
         return True
@@ -283,6 +298,6 @@ def delete_prefix(prefix: str) -> int:
         return count
     deleted = 0
     for uri in list_files(prefix):
-        _blob(uri).delete()
+        _blob(uri).delete(**_bounds())
         deleted += 1
     return deleted
