@@ -1,0 +1,164 @@
+"""`airflow dags test` of the whole DAG as `make run` runs it: local, gs://, a Dataflow retry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
+from image_embeddings import storage
+from tests.e2e.conftest import DEFAULT_MODEL, REPO, SMALL_MODEL, airflow_local, write_day
+from tests.e2e.fake_dataflow import FakeDataflow, serving
+from tests.e2e.outputs import check_day_outputs
+
+pytestmark = pytest.mark.slow
+
+
+def _roots(environ, input_root, output_root, **settings):
+    return environ | {
+        "IMAGE_EMBEDDINGS_INPUT_ROOT": input_root,
+        "IMAGE_EMBEDDINGS_OUTPUT_ROOT": output_root,
+        **{f"IMAGE_EMBEDDINGS_{key.upper()}": value for key, value in settings.items()},
+    }
+
+
+def _succeeded(done: subprocess.CompletedProcess) -> str:
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-6000:]
+    assert "state=success" in log, log[-6000:]
+    return log
+
+
+def test_make_run_embeds_a_local_day_with_resnet50(airflow_environ, tmp_path):
+    day = "2026-11-28"
+    environ = _roots(
+        airflow_environ, str(tmp_path / "images"), str(tmp_path / "out"), model=DEFAULT_MODEL[0]
+    )
+    good, bad = write_day(environ["IMAGE_EMBEDDINGS_INPUT_ROOT"], day, good=5, bad=1)
+
+    done = subprocess.run(
+        ["make", "--no-print-directory", "run", f"DATE={day}"],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+    log = _succeeded(done)
+    check_day_outputs(str(tmp_path / "out" / day), good, bad, *DEFAULT_MODEL)
+    # DirectRunner: the pipeline ran with the worker's own interpreter.
+    assert f"Running command: {sys.executable} -m beam_jobs.image_embeddings" in log
+    assert f"Plot of day {day}: {tmp_path / 'out' / day / 'projection.png'}" in log
+    assert f"Summary of day {day}: 6 images, 5 embedded, 1 failed" in log
+
+
+def test_a_day_without_images_ends_cleanly_with_downstream_skipped(airflow_environ, tmp_path):
+    day = "2026-11-20"
+    environ = _roots(airflow_environ, str(tmp_path / "images"), str(tmp_path / "out"))
+
+    log = _succeeded(airflow_local(environ, "dags", "test", "image_embeddings", day))
+
+    assert f"No images under {tmp_path / 'images' / day} for {day}: nothing to embed" in log
+    assert "Running command:" not in log
+    assert not (tmp_path / "out" / day / SUCCESS_MARKER).exists()
+
+
+def test_dags_test_on_gcs(gcs_environ, gcs_bucket):
+    day = "2026-11-27"
+    bucket = gcs_bucket.name
+    environ = _roots(gcs_environ, f"gs://{bucket}/images", f"gs://{bucket}/embeddings")
+    good, bad = write_day(environ["IMAGE_EMBEDDINGS_INPUT_ROOT"], day, good=6, bad=1)
+
+    log = _succeeded(airflow_local(environ, "dags", "test", "image_embeddings", day))
+
+    check_day_outputs(f"gs://{bucket}/embeddings/{day}", good, bad, *SMALL_MODEL)
+    assert f"Plot of day {day}: gs://{bucket}/embeddings/{day}/projection.png" in log
+
+
+class DataflowStandIn:
+    """Does the work of the day's Dataflow job when the job is first polled: runs the same
+    pipeline locally, then reports the job DONE (or FAILED)."""
+
+    def __init__(self, manifest: str, output: str, input_root: str, model: str) -> None:
+        self.command = [
+            sys.executable,
+            "-m",
+            "beam_jobs.image_embeddings",
+            f"--manifest={manifest}",
+            f"--output={output}",
+            f"--input_root={input_root}",
+            f"--model={model}",
+            "--weights=random",
+        ]
+        self.lock = threading.Lock()
+        self.runs = 0
+
+    def __call__(self, job: dict) -> None:
+        with self.lock:
+            if job["currentState"] != "JOB_STATE_RUNNING":
+                return
+            self.runs += 1
+            done = subprocess.run(self.command, capture_output=True, text=True, timeout=600)
+            job["currentState"] = "JOB_STATE_DONE" if done.returncode == 0 else "JOB_STATE_FAILED"
+
+
+def test_a_retried_dataflow_launch_attaches_to_the_running_job(gcs_environ, gcs_bucket):
+    """The first attempt's job is still running: the retry's `embed` reuses it, `wait` polls it."""
+    day = "2026-11-26"
+    bucket = gcs_bucket.name
+    environ = _roots(
+        gcs_environ,
+        f"gs://{bucket}/images",
+        f"gs://{bucket}/embeddings",
+        runner="DataflowRunner",
+        gcp_project="photo-project",
+        gcp_region="europe-west1",
+        dataflow_temp_location=f"gs://{bucket}/tmp",
+    )
+    good, bad = write_day(environ["IMAGE_EMBEDDINGS_INPUT_ROOT"], day, good=6, bad=1)
+    output = f"gs://{bucket}/embeddings/{day}"
+    stand_in = DataflowStandIn(
+        join(output, "manifest.txt"), output, f"gs://{bucket}/images/{day}", SMALL_MODEL[0]
+    )
+    fake = FakeDataflow("photo-project", "europe-west1", on_poll=stand_in)
+    running = fake.add_job("image-embeddings-20261126", "JOB_STATE_RUNNING")
+    fake.add_job("image-embeddings-20261125", "JOB_STATE_RUNNING")
+
+    with serving(fake):
+        airflow_local(environ, "version")  # the Airflow database, once
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("airflow_with_fake_dataflow.py")),
+                fake.url,
+                *("dags", "test", "image_embeddings", day),
+            ],
+            env=environ
+            | {
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            },
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+
+    log = _succeeded(done)
+    assert f"Dataflow job image-embeddings-20261126 ({running}) for this day is " in log
+    assert "attaching to it instead of launching another" in log
+    assert "Running command:" not in log  # no second launch
+    assert fake.served("POST") == []
+    assert stand_in.runs == 1
+    assert fake.jobs[running]["currentState"] == "JOB_STATE_DONE"
+    polled = {request.path.rsplit("/", 1)[1] for request in fake.served("GET")}
+    assert running in polled
+    check_day_outputs(output, good, bad, *SMALL_MODEL)
+    assert storage.exists(join(output, "projection.png"))
