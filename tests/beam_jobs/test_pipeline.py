@@ -245,7 +245,7 @@ def test_manifest_lines_parse_like_the_contract():
     assert parse_line("/x/hash#1.jpg") == ["/x/hash#1.jpg"]
 
 
-def test_rerun_replaces_the_output(local_run, tmp_path, weights_file):
+def test_rerun_replaces_the_output(local_run, tmp_path, weights_file, reference_model):
     output = tmp_path / "out"
     shutil.copytree(local_run.output, output)
     (output / "beam-temp-embeddings-0123abcd").mkdir()
@@ -260,7 +260,7 @@ def test_rerun_replaces_the_output(local_run, tmp_path, weights_file):
         run([*argv, f"--weights={tmp_path / 'missing.weights.h5'}"])
     assert not (output / "_SUCCESS").exists()
 
-    run([*argv, f"--weights={weights_file}"])
+    run([*argv, f"--weights={weights_file}", "--embedding_dtype=float16"])
     assert sorted(path.name for path in output.iterdir()) == [
         "_SUCCESS",
         "embeddings-00000-of-00001.parquet",
@@ -268,8 +268,15 @@ def test_rerun_replaces_the_output(local_run, tmp_path, weights_file):
     ]
     record = marker(output)
     assert (record["images"], record["embedded"], record["failed"]) == (3, 3, 0)
-    rows = read_rows([output / "embeddings-00000-of-00001.parquet"])
-    assert sorted(row["uri"] for row in rows) == first
+    assert record["embedding_dtype"] == "float16"
+    shard = output / "embeddings-00000-of-00001.parquet"
+    assert pq.read_schema(shard).equals(embeddings_schema(2048, "float16"))
+    rows = read_rows([shard])
+    uris = [row["uri"] for row in rows]
+    assert sorted(uris) == first
+    stored = np.array([row["embedding"] for row in rows], dtype=np.float32)
+    expected = direct_embeddings(reference_model, [local_run.images[u].read_bytes() for u in uris])
+    np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=1e-3 * np.abs(expected).max())
     assert read_rows([output / "failures-00000-of-00001.parquet"]) == []
 
 
