@@ -85,12 +85,6 @@ def failed_batch(element: tuple[list, tuple]) -> Iterator[dict[str, str]]:
         yield inference_failure(uri, f"model call failed: {error}")
 
 
-def failed_record(element: tuple[tuple, tuple]) -> dict[str, str]:
-    """The failure of one record that a pre- or post-processing function raised on."""
-    ((uri, _, _), _), (_, error, _) = element
-    return inference_failure(uri, f"processing failed: {error}")
-
-
 class ReadManifest(beam.PTransform):
     """Manifest URI -> (distinct image URIs, number of duplicate lines as one int).
 
@@ -168,18 +162,11 @@ class EmbedImages(beam.PTransform):
         rows = embedded | "ToEmbeddingRows" >> beam.ParDo(
             ToEmbeddingRows(spec.name, job.embedding_dtype)
         ).with_outputs(FAILED_TAG, main="rows")
-        record_failures = [
-            failed | f"FailedRecords{index}" >> beam.Map(failed_record)
-            for index, failed in enumerate(
-                [*dead_letters.failed_preprocessing, *dead_letters.failed_postprocessing]
-            )
-        ]
         failures = (
             (
                 loaded[FAILED_TAG],
                 dead_letters.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch),
                 rows[FAILED_TAG],
-                *record_failures,
             )
             | "AllFailures" >> beam.Flatten()
             | "ToFailureRows" >> beam.Map(failure_row, spec.name)
@@ -253,6 +240,26 @@ def count_entries(manifest: str) -> int:
     return len(set(manifest_entries(io.read_text(manifest).splitlines())))
 
 
+def prepare_launch(job: JobOptions, count: bool) -> int | None:
+    """Check the manifest, remove the earlier run's `_SUCCESS`; count the entries if asked."""
+    if not io.exists(job.manifest):
+        raise FileNotFoundError(f"manifest not found: {job.manifest}")
+    remove_success_marker(job.output)
+    return count_entries(job.manifest) if count else None
+
+
+def run_info(job: JobOptions, spec: ModelSpec, options: PipelineOptions) -> dict[str, Any]:
+    """What the `_SUCCESS` marker records about how the run was made."""
+    return {
+        "model": spec.name,
+        "weights": job.weights,
+        "precision": job.precision,
+        "embedding_dtype": job.embedding_dtype,
+        "runner": runner_name(options),
+        "started_at": utc_now(),
+    }
+
+
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None):
     """argv -> options -> build -> run; wait unless the job runs remotely and no wait is asked.
 
@@ -262,39 +269,26 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     spec = resolve_model(job.model)
     pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
     options = pipeline.options
-    dry_run = options.view_as(TestOptions).dry_run
-    remote = is_dataflow(options)
-    waits = not remote or job.wait_until_finish
-    if not dry_run:
-        if not io.exists(job.manifest):
-            raise FileNotFoundError(f"manifest not found: {job.manifest}")
-        remove_success_marker(job.output)
-    total = count_entries(job.manifest) if waits and not dry_run else None
-    run_info = {
-        "model": spec.name,
-        "weights": job.weights,
-        "precision": job.precision,
-        "embedding_dtype": job.embedding_dtype,
-        "runner": runner_name(options),
-        "started_at": utc_now(),
-    }
-    build_pipeline(pipeline, job, spec, run_info, total)
+    # A dry run builds the job offline: it must not touch the manifest or the output.
+    dry_run = bool(options.view_as(TestOptions).dry_run)
+    waits = not is_dataflow(options) or job.wait_until_finish
+    total = None if dry_run else prepare_launch(job, count=waits)
+    build_pipeline(pipeline, job, spec, run_info(job, spec, options), total)
     LOGGER.info(
         "embedding %s entries of %s into %s with %s (%s weights, %s)",
-        total if total is not None else "the",
+        "the" if total is None else total,
         job.manifest,
         job.output,
         spec.name,
         job.weights,
         job.precision,
     )
-    show_progress = in_launcher_process(options) and not dry_run
-    reporter = (
+    shows_progress = in_launcher_process(options) and not dry_run
+    with (
         ProgressReporter(total, job.progress_interval_secs)
-        if show_progress
+        if shows_progress
         else contextlib.nullcontext()
-    )
-    with reporter:
+    ):
         result = pipeline.run()
         if waits:
             result.wait_until_finish()

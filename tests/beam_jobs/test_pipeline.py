@@ -9,15 +9,23 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs.image_embeddings.contract import SUCCESS_KEYS, embeddings_schema, failures_schema
+from beam_jobs.image_embeddings.contract import (
+    STAGE_INFERENCE,
+    SUCCESS_KEYS,
+    embeddings_schema,
+    failures_schema,
+)
 from beam_jobs.image_embeddings.images import load_image
 from beam_jobs.image_embeddings.models import build_model, resolve_model
-from beam_jobs.image_embeddings.pipeline import parse_line, run
+from beam_jobs.image_embeddings.pipeline import ToEmbeddingRows, failed_batch, parse_line, run
 from tests.image_factory import BAD_INPUT_STAGES, write_bad_inputs, write_image, write_images
 
 pytestmark = pytest.mark.slow
@@ -243,6 +251,51 @@ def test_manifest_lines_parse_like_the_contract():
     assert parse_line("# gs://b/a.jpg") == []
     assert parse_line("   ") == []
     assert parse_line("/x/hash#1.jpg") == ["/x/hash#1.jpg"]
+
+
+class RefusesOddPixels(ModelHandler):
+    """A model that sums pixels in batches of four, and raises on a batch with an odd pixel."""
+
+    def load_model(self):
+        return None
+
+    def run_inference(self, batch, model, inference_args=None):
+        if any(int(example.flat[0]) % 2 for example in batch):
+            raise ValueError("odd pixel")
+        return [example.sum(keepdims=True).astype(np.float32) for example in batch]
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 4, "max_batch_size": 4}
+
+
+def test_a_failing_batch_becomes_one_failure_per_image():
+    """RunInference's dead letters, as Beam really emits them, name every image of the batch."""
+    good = [((f"good-{n}.jpg", 8, 8), np.full((2, 2, 3), n, np.uint8)) for n in (2, 4, 6, 8)]
+    bad = [((f"bad-{n}.jpg", 8, 8), np.full((2, 2, 3), n, np.uint8)) for n in (10, 1, 12, 14)]
+    error = "model call failed: ValueError('odd pixel')"
+    with beam.Pipeline() as pipeline:
+        embedded, dead_letters = (
+            pipeline
+            | beam.Create(good + bad)
+            | RunInference(KeyedModelHandler(RefusesOddPixels())).with_exception_handling()
+        )
+        failures = dead_letters.failed_inferences | beam.FlatMap(failed_batch)
+        expected = [{"uri": key[0], "stage": STAGE_INFERENCE, "error": error} for key, _ in bad]
+        assert_that(failures, equal_to(expected), label="CheckFailures")
+        assert_that(embedded | beam.Keys(), equal_to([key for key, _ in good]), label="CheckRows")
+
+
+def test_a_non_finite_embedding_is_a_failure_not_a_row():
+    to_rows = ToEmbeddingRows("resnet50", "float32")
+    (row,) = to_rows.process((("a.jpg", 3, 2), np.array([0.5, 1.0], np.float32)))
+    assert (row["uri"], row["width"], row["height"]) == ("a.jpg", 3, 2)
+    (tagged,) = to_rows.process((("b.jpg", 3, 2), np.array([np.nan, 1.0], np.float32)))
+    assert tagged.tag == "failed"
+    assert tagged.value == {
+        "uri": "b.jpg",
+        "stage": STAGE_INFERENCE,
+        "error": "model output is not finite (NaN or inf)",
+    }
 
 
 def test_rerun_replaces_the_output(local_run, tmp_path, weights_file, reference_model):
