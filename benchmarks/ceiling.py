@@ -1,0 +1,77 @@
+"""The model's own limit: its compiled call on pre-decoded uint8 batches, no I/O, after warm-up.
+
+`python -m benchmarks.ceiling --manifest M [--precision bfloat16]` prints a BENCH_RESULT line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from beam_jobs.image_embeddings.contract import manifest_entries
+from beam_jobs.image_embeddings.images import load_image
+from beam_jobs.image_embeddings.models import KerasModelHandler, resolve_model
+from benchmarks.measure import print_result
+
+
+def decoded_batch(uris: Sequence[str], size: tuple[int, int], batch_size: int) -> np.ndarray:
+    """`batch_size` images ready for the model, cycling through `uris`: uint8 (n, h, w, 3)."""
+    loaded = [load_image(Path(uri).read_bytes(), size).pixels for uri in uris[:batch_size]]
+    return np.stack([loaded[index % len(loaded)] for index in range(batch_size)])
+
+
+def seconds_since_process_start() -> float:
+    return time.time() - psutil.Process().create_time()
+
+
+def images_per_second(embed, batch: np.ndarray, batches: int) -> float:
+    started = time.perf_counter()
+    for _ in range(batches):
+        embed(batch)
+    return batches * len(batch) / (time.perf_counter() - started)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ceiling", description=__doc__)
+    parser.add_argument("--manifest", required=True, help="images to pre-decode (local paths)")
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--weights", default="random")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
+    parser.add_argument("--batches", type=int, default=10, help="timed calls")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    spec = resolve_model(args.model)
+    with open(args.manifest) as handle:
+        uris = list(manifest_entries(handle))
+    handler = KerasModelHandler(args.model, args.weights, precision=args.precision)
+    loading = time.perf_counter()
+    embedder = handler.load_model()
+    load_s = time.perf_counter() - loading
+    startup_s = seconds_since_process_start()
+    batch = decoded_batch(uris, spec.input_size, args.batch_size)
+    for _ in range(args.warmup):
+        embedder(batch)
+    print_result(
+        {
+            "images_per_s": images_per_second(embedder, batch, args.batches),
+            "timed_images": args.batches * args.batch_size,
+            "startup_s": startup_s,
+            "load_s": load_s,
+            "precision": args.precision,
+            "batch_size": args.batch_size,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
