@@ -54,5 +54,9 @@ demo: setup ## Demo images for three days, one DAG run each; prints where output
 airflow: setup ## Local Airflow (UI, API, scheduler) with this DAG; prints how to log in
 	scripts/airflow_local.sh standalone
 
+.PHONY: bench
+bench: setup ## Benchmarks: model ceiling, pipeline, seed's way, bf16, daily steps, storage (BENCH_ARGS=--quick)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
 clean: ## Remove generated data, Airflow state and caches (keeps .venv)
 	rm -rf data .airflow .pytest_cache .ruff_cache test-artifacts benchmarks/out

@@ -1,0 +1,346 @@
+"""Figures from measured runs: throughput by difference, ratios, targets and Markdown tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from benchmarks.measure import Measured
+
+MB_LIMIT_PIPELINE = 3072
+MB_LIMIT_DAILY = 1536
+
+
+def throughput(n_small: int, t_small: float, n_large: int, t_large: float) -> float:
+    """Images per second between a small and a large run: fixed start-up cost cancels out.
+
+    NaN when the large run was not slower: too few images for the noise of the machine.
+    """
+    if n_large <= n_small:
+        raise ValueError(f"the large run ({n_large}) must hold more images than the small one")
+    if t_large <= t_small:
+        return math.nan
+    return (n_large - n_small) / (t_large - t_small)
+
+
+def startup_seconds(n_small: int, t_small: float, images_per_s: float) -> float:
+    """The small run's time less the time its images took at the measured throughput."""
+    return t_small - n_small / images_per_s
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator; None when either is missing, NaN when either is NaN."""
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def is_number(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
+def row_cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `first` with the same row of `second` (float64)."""
+    first = np.asarray(first, dtype=np.float64)
+    second = np.asarray(second, dtype=np.float64)
+    norms = np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)
+    dots = np.einsum("ij,ij->i", first, second)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, dots / norms, np.where(dots == 0, 1.0, 0.0))
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A small and a large run of one command."""
+
+    n_small: int
+    n_large: int
+    small: Measured
+    large: Measured
+
+    @property
+    def images_per_s(self) -> float:
+        return throughput(self.n_small, self.small.seconds, self.n_large, self.large.seconds)
+
+    @property
+    def startup_s(self) -> float:
+        return startup_seconds(self.n_small, self.small.seconds, self.images_per_s)
+
+    @property
+    def peak_growth(self) -> float:
+        return self.large.peak_rss_bytes / self.small.peak_rss_bytes
+
+
+@dataclass
+class Row:
+    """One line of the main table; `key` is `ceiling_<precision>`, `pipeline_<precision>_<set>`
+    or `seed_<set>`."""
+
+    key: str
+    name: str
+    images: str
+    images_per_s: float
+    startup_s: float
+    peak_mb: float
+    peak_large_mb: float | None = None
+    vs_ceiling: float | None = None
+    vs_seed: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def pair_row(key: str, name: str, pair: Pair, **extra) -> Row:
+    return Row(
+        key=key,
+        name=name,
+        images=f"{pair.n_small} → {pair.n_large}",
+        images_per_s=pair.images_per_s,
+        startup_s=pair.startup_s,
+        peak_mb=pair.small.peak_rss_mb,
+        peak_large_mb=pair.large.peak_rss_mb,
+        extra=extra,
+    )
+
+
+def with_ratios(rows: dict[str, Row]) -> None:
+    """Fill in each row's ratio to the ceiling of its precision and to the seed's way on its set.
+
+    The seed's way runs at float32, so its ratio is to the float32 ceiling.
+    """
+    for row in rows.values():
+        kind, *rest = row.key.split("_")
+        precision = rest[0] if kind in ("ceiling", "pipeline") else "float32"
+        ceiling = rows.get(f"ceiling_{precision}")
+        row.vs_ceiling = ratio(row.images_per_s, ceiling.images_per_s if ceiling else None)
+        if kind == "pipeline":
+            seed = rows.get(f"seed_{rest[1]}")
+            row.vs_seed = ratio(row.images_per_s, seed.images_per_s if seed else None)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One figure against its limit: `value >= limit` (at_least) or `value <= limit`."""
+
+    name: str
+    value: float | None
+    limit: float
+    at_least: bool
+    unit: str = ""
+    note: str = ""
+    digits: str = ".3g"
+
+    @property
+    def status(self) -> str:
+        if not is_number(self.value):
+            return "n/a"
+        met = self.value >= self.limit if self.at_least else self.value <= self.limit
+        return "PASS" if met else "FAIL"
+
+    def line(self) -> str:
+        shown = f"{self.value:{self.digits}}{self.unit}" if is_number(self.value) else "-"
+        sign = ">=" if self.at_least else "<="
+        note = f"  ({self.note})" if self.note else ""
+        return f"{self.status:4}  {self.name}: {shown} {sign} {self.limit:g}{self.unit}{note}"
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "value": self.value if is_number(self.value) else None,
+            "limit": self.limit,
+            "at_least": self.at_least,
+            "unit": self.unit,
+            "status": self.status,
+            "note": self.note,
+        }
+
+
+def _value(row: Row | None, attribute: str) -> float | None:
+    return getattr(row, attribute) if row is not None else None
+
+
+def _growth(pairs: dict[str, Pair], key: str) -> tuple[float | None, str]:
+    pair = pairs.get(key)
+    if pair is None:
+        return None, ""
+    return pair.peak_growth, f"{pair.n_large / pair.n_small:g}x the images"
+
+
+def _daily_ratio(daily: list[dict], step: str) -> tuple[float | None, str]:
+    runs = [entry for entry in daily if entry["step"] == step]
+    if len(runs) != 2:
+        return None, ""
+    return runs[1]["seconds"] / runs[0]["seconds"], f"{runs[1]['rows']:,} / {runs[0]['rows']:,}"
+
+
+def targets(
+    rows: dict[str, Row], pairs: dict[str, Pair], cosine: dict | None, daily: list[dict]
+) -> list[Target]:
+    """Every target of the issue, PASS, FAIL or n/a (not measured, or too noisy to tell)."""
+    photos, camera = rows.get("pipeline_float32_photos"), rows.get("pipeline_float32_camera")
+    pipeline_runs = [
+        run
+        for key, pair in pairs.items()
+        if key.startswith("pipeline_")
+        for run in (pair.small, pair.large)
+    ]
+    startups = [row.startup_s for key, row in rows.items() if key.startswith("pipeline_")]
+    startups = [value for value in startups if is_number(value)]
+    bf16 = ratio(
+        _value(rows.get("pipeline_bfloat16_photos"), "images_per_s"),
+        _value(photos, "images_per_s"),
+    )
+    photos_growth, photos_note = _growth(pairs, "pipeline_float32_photos")
+    camera_growth, camera_note = _growth(pairs, "pipeline_float32_camera")
+    validate_ratio, validate_note = _daily_ratio(daily, "validate")
+    reduce_ratio, reduce_note = _daily_ratio(daily, "reduce")
+    return [
+        Target("pipeline / ceiling, 640x480, fp32", _value(photos, "vs_ceiling"), 0.85, True),
+        Target("pipeline / seed's way, 640x480", _value(photos, "vs_seed"), 2.5, True),
+        Target("pipeline / seed's way, 4032x3024", _value(camera, "vs_seed"), 4, True),
+        Target(
+            "pipeline peak memory, any run",
+            max((run.peak_rss_mb for run in pipeline_runs), default=None),
+            MB_LIMIT_PIPELINE,
+            False,
+            " MB",
+            digits=",.0f",
+        ),
+        Target("pipeline peak memory growth, 640x480", photos_growth, 1.10, False, "", photos_note),
+        Target(
+            "pipeline peak memory growth, 4032x3024", camera_growth, 1.10, False, "", camera_note
+        ),
+        Target(
+            "pipeline start-up, slowest",
+            max(startups, default=None),
+            20,
+            False,
+            " s",
+            digits=".1f",
+        ),
+        Target("bf16 / fp32 pipeline throughput, 640x480", bf16, 1.3, True),
+        Target(
+            "lowest cosine of a bf16 embedding to its fp32 one",
+            cosine["min"] if cosine else None,
+            0.99,
+            True,
+            note=f"{cosine['images']} images" if cosine else "",
+        ),
+        Target(
+            "validation and reduction peak memory",
+            max((entry["peak_mb"] for entry in daily), default=None),
+            MB_LIMIT_DAILY,
+            False,
+            " MB",
+            digits=",.0f",
+        ),
+        Target("validation time ratio", validate_ratio, 2.3, False, "", validate_note),
+        Target("reduction time ratio", reduce_ratio, 2.3, False, "", reduce_note),
+    ]
+
+
+def scaling(rows: dict[str, Row], cores: int) -> list[dict]:
+    """Pipeline throughput per core, and the core-hours a million images would take."""
+    entries = []
+    for key, row in rows.items():
+        if key.startswith("pipeline_") and is_number(row.images_per_s):
+            per_core = row.images_per_s / cores
+            entries.append(
+                {
+                    "run": row.name.split(" (")[0],
+                    "images_per_s_per_core": per_core,
+                    "core_hours_per_million": 1e6 / per_core / 3600,
+                }
+            )
+    return entries
+
+
+# --- Markdown -------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}" if is_number(value) else ""
+
+
+def fmt_pair(first: float | None, second: float | None, digits: int = 0) -> str:
+    """`a → b`, or just `a` when there is no second figure."""
+    if second is None:
+        return fmt(first, digits)
+    return f"{fmt(first, digits)} → {fmt(second, digits)}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
+    """A Markdown table; `align` has one letter per column, `l` or `r`."""
+    rule = ["---" if side == "l" else "---:" for side in align]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in (header, rule, *rows))
+
+
+def main_table(rows: dict[str, Row]) -> str:
+    header = ["run", "images", "images/s", "/ ceiling", "/ seed's way", "start-up s"]
+    header.append("peak MB (small → large)")
+    lines = [
+        [
+            row.name,
+            row.images,
+            fmt(row.images_per_s),
+            fmt(row.vs_ceiling, 2),
+            fmt(row.vs_seed, 1),
+            fmt(row.startup_s),
+            fmt_pair(row.peak_mb, row.peak_large_mb),
+        ]
+        for row in rows.values()
+    ]
+    return markdown_table(header, lines, "lrrrrrr")
+
+
+def scaling_table(entries: list[dict]) -> str:
+    lines = [
+        [
+            entry["run"],
+            fmt(entry["images_per_s_per_core"], 2),
+            fmt(entry["core_hours_per_million"], 0),
+        ]
+        for entry in entries
+    ]
+    header = ["per core (vCPU)", "images/s", "core-hours per million images"]
+    return markdown_table(header, lines, "lrr")
+
+
+def storage_table(storage: list[dict]) -> str:
+    lines = [
+        [entry["output"], f"{entry['bytes_per_image']:,.0f}", f"{entry['vs_seed']:.3f}"]
+        for entry in storage
+    ]
+    return markdown_table(["stored per image", "bytes", "/ seed's .npy"], lines, "lrr")
+
+
+def daily_table(daily: list[dict]) -> str:
+    lines = [
+        [
+            entry["step"],
+            f"{entry['rows']:,}",
+            fmt(entry["seconds"]),
+            fmt(entry["wall_s"]),
+            fmt(entry["peak_mb"], 0),
+        ]
+        for entry in daily
+    ]
+    header = ["daily step (2048-d embeddings)", "rows", "seconds", "process s", "peak MB"]
+    return markdown_table(header, lines, "lrrrr")
+
+
+def render(results: dict) -> str:
+    """The whole report: machine line, tables, targets."""
+    about = results["machine"]
+    heading = (
+        f"{about['cpu']}, {about['cores']} cores, {about['memory_gb']} GB; load average "
+        f"{about['load_average_at_start'][0]} at start, {about['load_average_at_end'][0]} at "
+        f"end; {results['total_s'] / 60:.1f} min"
+    )
+    if results["quick"]:
+        heading += " (--quick: too few images for meaningful figures)"
+    tables = results["tables"]
+    parts = [heading, tables["main"], tables["scaling"], tables["storage"], tables["daily"]]
+    parts += ["Targets:", tables["targets"]]
+    return "\n\n".join(part for part in parts if part) + "\n"

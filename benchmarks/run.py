@@ -1,0 +1,553 @@
+"""`make bench`: model ceiling, pipeline, the seed's way, bfloat16, daily steps and storage.
+
+Every figure comes from child processes, so each one's start-up and peak memory are its own.
+Throughput is the difference between a small and a large run of the same command; start-up is
+what remains of the small run. Results print as Markdown and go to `benchmarks/out/results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import imagesets
+from benchmarks.daily import write_synthetic_day
+from benchmarks.measure import (
+    Measured,
+    child_environment,
+    python_command,
+    run_measured,
+)
+from benchmarks.report import (
+    Pair,
+    Row,
+    daily_table,
+    main_table,
+    pair_row,
+    render,
+    row_cosines,
+    scaling,
+    scaling_table,
+    storage_table,
+    targets,
+    with_ratios,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "out"
+MODEL = "resnet50"
+WEIGHTS = "random"  # the same arithmetic as ImageNet's; nothing to download
+SECTIONS = ("camera", "seed", "bf16", "daily", "storage")
+SMALL_SET = ("photos", (640, 480))
+CAMERA_SET = ("camera", (4032, 3024))
+# What the seed stored per image: a 7x7x2048 float32 .npy (128-byte header).
+SEED_NPY_BYTES = 7 * 7 * 2048 * 4 + 128
+WARMUP_IMPORTS = (
+    "import tensorflow, keras, apache_beam, pyarrow.parquet, pandas, matplotlib.figure; "
+    "import beam_jobs.image_embeddings.pipeline, image_embeddings.validation, "
+    "image_embeddings.reduction, benchmarks.ceiling, benchmarks.seed_way"
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many images (small, large) each pair of runs embeds, and the other workloads."""
+
+    images: tuple[int, int] = (96, 384)
+    camera_images: tuple[int, int] = (32, 128)
+    seed_images: tuple[int, int] = (32, 128)
+    seed_camera_images: tuple[int, int] = (16, 64)
+    ceiling_batches: int = 10
+    daily_rows: tuple[int, int] = (200_000, 400_000)
+
+
+QUICK = Sizes(
+    images=(4, 8),
+    camera_images=(2, 4),
+    seed_images=(2, 4),
+    seed_camera_images=(1, 2),
+    ceiling_batches=2,
+    daily_rows=(2_000, 4_000),
+)
+
+
+@dataclass
+class Bench:
+    """Where runs write, how children are started, and what has been measured so far."""
+
+    out: Path
+    sizes: Sizes
+    batch_size: int
+    environment: dict
+    timeout_s: float
+    pipeline_args: tuple[str, ...] = ()
+    log_progress: bool = True
+    rows: dict[str, Row] = field(default_factory=dict)
+    pairs: dict[str, Pair] = field(default_factory=dict)
+
+    def say(self, message: str) -> None:
+        if self.log_progress:
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    def measure(self, name: str, command: Sequence[str]) -> Measured:
+        measured = run_measured(
+            command, self.out / "logs" / f"{name}.log", self.environment, self.timeout_s
+        )
+        self.say(f"{name}: {measured.seconds:.1f} s, peak {measured.peak_rss_mb:,.0f} MB")
+        return measured
+
+    def manifest(self, images: imagesets.ImageSet, count: int) -> Path:
+        paths = [images.path(index) for index in range(count)]
+        return imagesets.write_manifest(
+            paths, self.out / "manifests" / f"{images.name}-{count}.txt"
+        )
+
+    def run_dir(self, name: str) -> Path:
+        return self.out / "runs" / name
+
+
+def parse_pair(text: str) -> tuple[int, int]:
+    small, large = (int(part) for part in text.split(","))
+    if not 0 < small < large:
+        raise argparse.ArgumentTypeError(f"expected SMALL,LARGE with 0 < SMALL < LARGE: {text}")
+    return small, large
+
+
+def parse_sections(text: str) -> frozenset[str]:
+    chosen = frozenset(part for part in text.split(",") if part)
+    unknown = chosen - set(SECTIONS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown sections {sorted(unknown)}: use {SECTIONS}")
+    return chosen
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    defaults = Sizes()
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it works")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="cache and results folder")
+    parser.add_argument(
+        "--images", type=parse_pair, help=f"640x480 pipeline runs (default {defaults.images})"
+    )
+    parser.add_argument(
+        "--camera-images",
+        type=parse_pair,
+        help=f"4032x3024 pipeline runs (default {defaults.camera_images})",
+    )
+    parser.add_argument(
+        "--seed-images",
+        type=parse_pair,
+        help=f"640x480 runs of the seed's way (default {defaults.seed_images})",
+    )
+    parser.add_argument(
+        "--seed-camera-images",
+        type=parse_pair,
+        help=f"4032x3024 runs of the seed's way (default {defaults.seed_camera_images})",
+    )
+    parser.add_argument(
+        "--ceiling-batches",
+        type=int,
+        help=f"timed model calls for the ceiling (default {defaults.ceiling_batches})",
+    )
+    parser.add_argument(
+        "--daily-rows",
+        type=parse_pair,
+        help=f"embeddings validated and reduced (default {defaults.daily_rows})",
+    )
+    parser.add_argument("--batch_size", type=int, default=32, help="images per model call")
+    parser.add_argument(
+        "--skip", type=parse_sections, default=frozenset(), help=f"any of {','.join(SECTIONS)}"
+    )
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="measure cold imports: no warm-up run, and PYTHONDONTWRITEBYTECODE left as it is",
+    )
+    parser.add_argument(
+        "--pipeline-args",
+        default="",
+        help="more arguments for every pipeline run, e.g. "
+        "'--direct_running_mode multi_threading --direct_num_workers 2'",
+    )
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per child run")
+    return parser.parse_args(argv)
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    base = QUICK if args.quick else Sizes()
+    chosen = {
+        name: getattr(args, name)
+        for name in (
+            "images",
+            "camera_images",
+            "seed_images",
+            "seed_camera_images",
+            "ceiling_batches",
+            "daily_rows",
+        )
+        if getattr(args, name) is not None
+    }
+    return replace(base, **chosen)
+
+
+def environment_for_children(warm: bool) -> dict[str, str]:
+    """PYTHONPATH for the packages; a warm run lets Python cache bytecode as installs do."""
+    environment = child_environment([ROOT, ROOT / "plugins"])
+    if warm:
+        environment.pop("PYTHONDONTWRITEBYTECODE", None)
+    return environment
+
+
+def machine() -> dict:
+    """The machine and software the figures were measured with."""
+    import psutil
+
+    cpu = ""
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and not cpu:
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    packages = ("tensorflow-cpu", "keras", "apache-beam", "pillow", "numpy", "pyarrow")
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in packages},
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# --- the runs -------------------------------------------------------------------------------
+
+
+def prepare_images(bench: Bench, skip: frozenset[str]) -> dict[str, imagesets.ImageSet]:
+    sizes = bench.sizes
+    wanted = {SMALL_SET: max(sizes.images[1], sizes.seed_images[1] if "seed" not in skip else 0)}
+    if "camera" not in skip:
+        camera_seed = sizes.seed_camera_images[1] if "seed" not in skip else 0
+        wanted[CAMERA_SET] = max(sizes.camera_images[1], camera_seed)
+    sets = {}
+    for (name, size), count in wanted.items():
+        images = imagesets.image_set(bench.out, name, size)
+        started = time.perf_counter()
+        paths = imagesets.ensure_images(images, count)
+        info = imagesets.describe(images, paths)
+        bench.say(
+            f"image set {images.label}: {count} JPEGs of {info['mean_file_bytes'] / 1e3:,.0f} kB "
+            f"on average, ready in {time.perf_counter() - started:.1f} s"
+        )
+        sets[name] = images
+    return sets
+
+
+def warm_up(bench: Bench) -> None:
+    """One unmeasured child that imports the whole stack: caches warm, as on a running worker."""
+    bench.measure("warmup", [sys.executable, "-c", WARMUP_IMPORTS])
+
+
+def measure_ceiling(bench: Bench, photos: imagesets.ImageSet, precision: str) -> Row:
+    # The batch cycles through these images: decoding them is not part of what is timed.
+    manifest = bench.manifest(photos, min(bench.batch_size, bench.sizes.images[1]))
+    measured = bench.measure(
+        f"ceiling-{precision}",
+        python_command(
+            "benchmarks.ceiling",
+            "--manifest",
+            str(manifest),
+            "--weights",
+            WEIGHTS,
+            "--precision",
+            precision,
+            "--batch_size",
+            str(bench.batch_size),
+            "--batches",
+            str(bench.sizes.ceiling_batches),
+        ),
+    )
+    result = measured.result
+    return Row(
+        key=f"ceiling_{precision}",
+        name=f"model ceiling, {precision} (compiled call, uint8 batches of "
+        f"{bench.batch_size}, no I/O)",
+        images=str(result["timed_images"]),
+        images_per_s=result["images_per_s"],
+        startup_s=result["startup_s"],
+        peak_mb=measured.peak_rss_mb,
+    )
+
+
+def pipeline_command(
+    manifest: Path,
+    output: Path,
+    batch_size: int,
+    precision: str,
+    dtype: str,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    return python_command(
+        "beam_jobs.image_embeddings",
+        "--manifest",
+        str(manifest),
+        "--output",
+        str(output),
+        "--model",
+        MODEL,
+        "--weights",
+        WEIGHTS,
+        "--batch_size",
+        str(batch_size),
+        "--precision",
+        precision,
+        "--embedding_dtype",
+        dtype,
+        *extra,
+    )
+
+
+def check_success(output: Path, count: int) -> dict:
+    """The run's `_SUCCESS` marker, after checking that every image was embedded."""
+    marker = json.loads((output / "_SUCCESS").read_text())
+    if marker["embedded"] != count or marker["failed"]:
+        raise RuntimeError(
+            f"{output}: {marker['embedded']} of {count} images embedded, "
+            f"{marker['failed']} failed; see failures-*.parquet"
+        )
+    return marker
+
+
+def run_pipeline(
+    bench: Bench, images: imagesets.ImageSet, count: int, precision: str, dtype: str = "float32"
+) -> tuple[Measured, Path]:
+    name = f"pipeline-{precision}-{dtype}-{images.name}-{count}"
+    manifest = bench.manifest(images, count)
+    output = bench.run_dir(name)
+    measured = bench.measure(
+        name,
+        pipeline_command(manifest, output, bench.batch_size, precision, dtype, bench.pipeline_args),
+    )
+    check_success(output, count)
+    return measured, output
+
+
+def measure_pipeline(
+    bench: Bench, images: imagesets.ImageSet, counts: tuple[int, int], precision: str
+) -> Row:
+    small, _ = run_pipeline(bench, images, counts[0], precision)
+    large, _ = run_pipeline(bench, images, counts[1], precision)
+    key = f"pipeline_{precision}_{images.name}"
+    bench.pairs[key] = Pair(counts[0], counts[1], small, large)
+    name = f"pipeline, {precision}, {images.label} (DirectRunner, manifest to Parquet)"
+    return pair_row(key, name, bench.pairs[key])
+
+
+def run_seed_way(bench: Bench, images: imagesets.ImageSet, count: int) -> Measured:
+    name = f"seed-way-{images.name}-{count}"
+    output = bench.run_dir(name)
+    return bench.measure(
+        name,
+        python_command(
+            "benchmarks.seed_way",
+            "--manifest",
+            str(bench.manifest(images, count)),
+            "--output",
+            str(output),
+            "--weights",
+            WEIGHTS,
+        ),
+    )
+
+
+def measure_seed_way(bench: Bench, images: imagesets.ImageSet, counts: tuple[int, int]) -> Row:
+    small = run_seed_way(bench, images, counts[0])
+    large = run_seed_way(bench, images, counts[1])
+    key = f"seed_{images.name}"
+    bench.pairs[key] = Pair(counts[0], counts[1], small, large)
+    name = f"seed's way, {images.label} (batch-1 predict, full decode, LANCZOS, .npy)"
+    return pair_row(key, name, bench.pairs[key], bytes_per_image=large.result["bytes_per_image"])
+
+
+def embeddings_by_uri(output: Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    vectors = {}
+    for shard in sorted(output.glob("embeddings-*.parquet")):
+        table = pq.read_table(shard, columns=["uri", "embedding"])
+        matrix = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+        vectors.update(zip(table.column("uri").to_pylist(), matrix, strict=True))
+    return vectors
+
+
+def bf16_agreement(fp32_output: Path, bf16_output: Path) -> dict:
+    """Cosine of every image's bfloat16 embedding to its float32 one."""
+    reference = embeddings_by_uri(fp32_output)
+    reduced = embeddings_by_uri(bf16_output)
+    uris = sorted(reference)
+    if sorted(reduced) != uris:
+        raise RuntimeError(f"{fp32_output} and {bf16_output} embedded different images")
+    cosines = row_cosines(
+        np.stack([reference[uri] for uri in uris]), np.stack([reduced[uri] for uri in uris])
+    )
+    return {"images": len(uris), "min": float(cosines.min()), "mean": float(cosines.mean())}
+
+
+def stored_bytes_per_image(output: Path) -> float:
+    marker = json.loads((output / "_SUCCESS").read_text())
+    stored = sum(path.stat().st_size for path in output.glob("embeddings-*.parquet"))
+    return stored / marker["embedded"]
+
+
+def measure_storage(bench: Bench, photos: imagesets.ImageSet, seed_row: Row | None) -> list:
+    # The large run: the sink's dictionary pages weigh less per image as a file grows.
+    count = bench.sizes.images[1]
+    float32_output = bench.run_dir(f"pipeline-float32-float32-{photos.name}-{count}")
+    _, float16_output = run_pipeline(bench, photos, count, "float32", "float16")
+    seed_bytes = seed_row.extra["bytes_per_image"] if seed_row else SEED_NPY_BYTES
+    entries = [
+        ("seed's way: one .npy of 7x7x2048 float32", seed_bytes),
+        ("pipeline: Parquet, 2048 float32", stored_bytes_per_image(float32_output)),
+        ("pipeline: Parquet, 2048 float16", stored_bytes_per_image(float16_output)),
+    ]
+    return [
+        {"output": name, "bytes_per_image": value, "vs_seed": value / seed_bytes}
+        for name, value in entries
+    ]
+
+
+def measure_daily(bench: Bench) -> list[dict]:
+    entries = []
+    for rows in bench.sizes.daily_rows:
+        started = time.perf_counter()
+        day = write_synthetic_day(bench.out / "days" / f"rows-{rows}", rows)
+        bench.say(
+            f"synthetic day of {rows:,} embeddings ready in {time.perf_counter() - started:.1f} s"
+        )
+        for step in ("validate", "reduce"):
+            measured = bench.measure(
+                f"daily-{step}-{rows}", python_command("benchmarks.daily", step, str(day))
+            )
+            entries.append(
+                {
+                    "step": step,
+                    "rows": rows,
+                    "seconds": measured.result["seconds"],
+                    "wall_s": measured.seconds,
+                    "peak_mb": measured.peak_rss_mb,
+                }
+            )
+    return entries
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict:
+    sizes = sizes_from(args)
+    skip = args.skip
+    bench = Bench(
+        out=args.out.resolve(),
+        sizes=sizes,
+        batch_size=args.batch_size,
+        environment=environment_for_children(warm=not args.no_warmup),
+        timeout_s=args.timeout,
+        pipeline_args=tuple(shlex.split(args.pipeline_args)),
+    )
+    about = machine()
+    started = time.perf_counter()
+    sets = prepare_images(bench, skip)
+    photos, camera = sets["photos"], sets.get("camera")
+    if not args.no_warmup:
+        warm_up(bench)
+    rows = bench.rows
+    for precision in ("float32", *(() if "bf16" in skip else ("bfloat16",))):
+        rows[f"ceiling_{precision}"] = measure_ceiling(bench, photos, precision)
+    rows["pipeline_float32_photos"] = measure_pipeline(bench, photos, sizes.images, "float32")
+    cosine = None
+    if "bf16" not in skip:
+        rows["pipeline_bfloat16_photos"] = measure_pipeline(bench, photos, sizes.images, "bfloat16")
+        cosine = bf16_agreement(
+            bench.run_dir(f"pipeline-float32-float32-photos-{sizes.images[1]}"),
+            bench.run_dir(f"pipeline-bfloat16-float32-photos-{sizes.images[1]}"),
+        )
+    if camera is not None:
+        rows["pipeline_float32_camera"] = measure_pipeline(
+            bench, camera, sizes.camera_images, "float32"
+        )
+    if "seed" not in skip:
+        rows["seed_photos"] = measure_seed_way(bench, photos, sizes.seed_images)
+        if camera is not None:
+            rows["seed_camera"] = measure_seed_way(bench, camera, sizes.seed_camera_images)
+    with_ratios(rows)
+    storage = [] if "storage" in skip else measure_storage(bench, photos, rows.get("seed_photos"))
+    daily = [] if "daily" in skip else measure_daily(bench)
+    checks = targets(rows, bench.pairs, cosine, daily)
+    per_core = scaling(rows, about["cores"])
+    about["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
+    return {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "warm_imports": not args.no_warmup,
+        "total_s": time.perf_counter() - started,
+        "machine": about,
+        "sizes": asdict(sizes),
+        "batch_size": args.batch_size,
+        "pipeline_args": args.pipeline_args,
+        "rows": [asdict(row) for row in rows.values()],
+        "bf16_cosine": cosine,
+        "storage": storage,
+        "daily": daily,
+        "scaling": per_core,
+        "targets": [target.to_dict() for target in checks],
+        "tables": {
+            "main": main_table(rows),
+            "daily": daily_table(daily) if daily else "",
+            "storage": storage_table(storage) if storage else "",
+            "scaling": scaling_table(per_core) if per_core else "",
+            "targets": "\n".join(target.line() for target in checks),
+        },
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = run(args)
+    text = render(results)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    name = "results-quick" if args.quick else "results"
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
