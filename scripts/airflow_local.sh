@@ -15,11 +15,13 @@ export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
 export AIRFLOW__API__PORT="${AIRFLOW__API__PORT:-8080}"
 # Workers reach the execution API through the base URL: it must name the port above.
 export AIRFLOW__API__BASE_URL="${AIRFLOW__API__BASE_URL:-http://localhost:$AIRFLOW__API__PORT}"
+# Scheduler, workers, API server and the CLI share one SQLite file: wait for its lock (60 s)
+# instead of failing after SQLite's default 5 s.
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db?timeout=60}"
 mkdir -p "$AIRFLOW_HOME"
 
 # `airflow db migrate` takes seconds: run it once per database and locked dependency set.
-database="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite}"
-stamp="$AIRFLOW_HOME/.migrated-$(cat "$repo/requirements.txt" <(echo "$database") | cksum | cut -d' ' -f1)"
+stamp="$AIRFLOW_HOME/.migrated-$(cat "$repo/requirements.txt" <(echo "$AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") | cksum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" ]]; then
     airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || {
         cat "$AIRFLOW_HOME/db-migrate.log" >&2
