@@ -73,7 +73,9 @@ def check_day_outputs(
     assert sorted(projection.column("uri").to_pylist()) == sorted(embedded)
     components = [name for name in projection.column_names if name != "uri"]
     assert components[:2] == ["pc1", "pc2"]
-    with np.load(io.BytesIO(storage.read_bytes(join(output_dir, "pca.npz")))) as pca:
+    with np.load(
+        io.BytesIO(storage.read_bytes(join(output_dir, "pca.npz"))), allow_pickle=False
+    ) as pca:
         assert pca["components"].shape == (len(components), dim)
         assert pca["mean"].shape == (dim,)
     assert storage.read_bytes(join(output_dir, "projection.png")).startswith(PNG_MAGIC)
