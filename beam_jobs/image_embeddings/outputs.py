@@ -117,6 +117,25 @@ def remove_success_marker(output: str) -> bool:
     return True
 
 
+def remove_earlier_shards(output: str) -> list[str]:
+    """Delete the shards an earlier run left under `output`, before this run writes its own.
+
+    Beam's file sink takes a final shard that already exists with the same checksum (for local
+    files: the same size) as its own earlier attempt: it keeps that file, deletes the new one and
+    reports no path for it. A rerun would then keep the earlier run's file, and a day without
+    failures (one empty failures shard, as before) could not be rerun at all.
+    """
+    earlier = [
+        path
+        for prefix in (EMBEDDINGS_PREFIX, FAILURES_PREFIX)
+        for path in io.matching(shard_glob(output, prefix))
+    ]
+    if earlier:
+        LOGGER.info("removing the earlier run's shards: %s", earlier)
+        io.delete(earlier)
+    return earlier
+
+
 def read_success_marker(output: str) -> dict[str, Any]:
     return json.loads(io.read_text(marker_path(output)))
 

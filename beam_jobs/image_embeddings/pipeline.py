@@ -39,6 +39,7 @@ from beam_jobs.image_embeddings.outputs import (
     embedding_row,
     failure_row,
     read_success_marker,
+    remove_earlier_shards,
     remove_success_marker,
     utc_now,
 )
@@ -241,10 +242,12 @@ def count_entries(manifest: str) -> int:
 
 
 def prepare_launch(job: JobOptions, count: bool) -> int | None:
-    """Check the manifest, remove the earlier run's `_SUCCESS`; count the entries if asked."""
+    """Check the manifest, remove the earlier run's `_SUCCESS`, then its shards; count the
+    entries if asked."""
     if not io.exists(job.manifest):
         raise FileNotFoundError(f"manifest not found: {job.manifest}")
     remove_success_marker(job.output)
+    remove_earlier_shards(job.output)
     return count_entries(job.manifest) if count else None
 
 
