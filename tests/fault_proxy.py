@@ -48,15 +48,19 @@ class FaultPlan:
 
 @dataclass(frozen=True)
 class Hold:
-    """Hold requests whose path contains `fragment`, from its `occurrence`-th one on.
+    """Hold `method` requests whose path contains `fragment`, from the `occurrence`-th one on.
 
     A held request gets no answer for at most `hold_s`: the client sits in a known place, so a
     test can kill it there. Retries of the held request are held too.
     """
 
+    method: str
     fragment: str
     occurrence: int = 1
     hold_s: float = 120.0
+
+    def matches(self, method: str, path: str) -> bool:
+        return method == self.method and self.fragment in path
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,11 @@ class FaultProxy:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: threading.Event = field(default_factory=threading.Event)
 
-    def decide(self, path: str) -> tuple[str, float]:
+    def decide(self, method: str, path: str) -> tuple[str, float]:
         """What to do with the next request (FORWARDED, HELD or a fault kind), and how many
         seconds at most to keep it unanswered."""
         with self._lock:
-            if self.hold is not None and self.hold.fragment in path:
+            if self.hold is not None and self.hold.matches(method, path):
                 self._hold_matches += 1
                 if self._hold_matches >= self.hold.occurrence:
                     return HELD, self.hold.hold_s
@@ -177,7 +181,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             body = _read_body(self)
-            outcome, silent_s = proxy.decide(self.path)
+            outcome, silent_s = proxy.decide(self.command, self.path)
             proxy.record(self.command, self.path, outcome)
             if outcome in (STALL, HELD):
                 # Nothing reaches the server: the client's retry is the first real attempt.

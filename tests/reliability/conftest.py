@@ -8,11 +8,15 @@ import re
 import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pytest
 
+from beam_jobs.image_embeddings.contract import STAGE_DECODE, STAGE_READ
+from tests.e2e.conftest import airflow_environ  # noqa: F401 - reused: `make run`'s environment
 from tests.fault_proxy import FaultPlan, FaultProxy, serving
-from tests.reliability.runs import REPO, Accounting
+from tests.image_factory import write_images
+from tests.reliability.runs import REPO, Accounting, Outputs, read_outputs, run_pipeline
 
 # `make reliability` prints the table that scripts/reliability_report.py makes of these files.
 RESULTS = REPO / "test-artifacts" / "reliability"
@@ -44,6 +48,10 @@ class Observation:
         self.unexpected += accounting.unexpected
         return accounting
 
+    def to_dict(self) -> dict:
+        # asdict() would rebuild the Counter from its items, counting (kind, n) pairs.
+        return {**asdict(self), "faults": dict(self.faults)}
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_results():
@@ -67,7 +75,7 @@ def observe(request):
     yield observation
     observation.outcome = getattr(request.node, "reliability_outcome", "not run")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)
-    (RESULTS / f"{name}.json").write_text(json.dumps(asdict(observation), indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(observation.to_dict(), indent=2) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +98,48 @@ def faulty_gcs(gcs_emulator):
         # looking for credentials that the emulator does not need.
         io.use_emulator_credentials()
         yield proxy
+
+
+DAY = "2026-11-29"
+# A plain day: photo-like images in every format the pipeline reads, one text file named .jpg
+# and one listed file that does not exist.
+DAY_IMAGES = (("JPEG", 6, (160, 120)), ("PNG", 3, (96, 64)), ("WEBP", 2, (64, 96)))
+DAY_IMAGES += (("BMP", 1, (50, 50)), ("TIFF", 1, (33, 77)), ("GIF", 1, (80, 60)))
+
+
+@dataclass
+class ReferenceDay:
+    """Day DAY's images and the outputs of one uninterrupted run: what faulty runs must equal."""
+
+    images: Path  # INPUT_ROOT/DAY
+    files: list[Path]  # every file of the day, the text one included
+    expected: dict[str, str | None]  # manifest entry -> failure stage, None when it embeds
+    output: str  # the uninterrupted run's OUTPUT_ROOT/DAY (tests copy it, never change it)
+    outputs: Outputs
+    run_args: tuple[str, ...]
+
+
+def write_day_images(images: Path) -> tuple[list[Path], dict[str, str | None]]:
+    files = []
+    for index, (fmt, count, size) in enumerate(DAY_IMAGES):
+        files += write_images(images / fmt.lower(), count, size, fmt, seed=300 + 20 * index)
+    notes = images / "notes.jpg"
+    notes.write_bytes(b"minutes of the meeting, not a photo\n")
+    expected: dict[str, str | None] = {str(path): None for path in files}
+    expected |= {str(notes): STAGE_DECODE, str(images / "missing.jpg"): STAGE_READ}
+    return [*files, notes], expected
+
+
+@pytest.fixture(scope="session")
+def reference_day(tmp_path_factory) -> ReferenceDay:
+    base = tmp_path_factory.mktemp("reference")
+    images = base / "images" / DAY
+    files, expected = write_day_images(images)
+    output = base / "embeddings" / DAY
+    output.mkdir(parents=True)
+    (output / "manifest.txt").write_text("".join(f"{uri}\n" for uri in sorted(expected)))
+    run_args = ("--input_root", str(images), "--num_shards", "2")
+
+    run_pipeline(str(output), *run_args)
+
+    return ReferenceDay(images, files, expected, str(output), read_outputs(str(output)), run_args)
