@@ -11,6 +11,8 @@ export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$repo/dags}"
 export AIRFLOW__CORE__PLUGINS_FOLDER="${AIRFLOW__CORE__PLUGINS_FOLDER:-$repo/plugins}"
 export AIRFLOW__CORE__LOAD_EXAMPLES="${AIRFLOW__CORE__LOAD_EXAMPLES:-False}"
 export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
+# Each task may run a Beam pipeline: a laptop runs a few at a time, not Airflow's default 32.
+export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
 # The scheduler's log server holds 8793 and the triggerer's 8794.
 export AIRFLOW__API__PORT="${AIRFLOW__API__PORT:-8080}"
 # Workers reach the execution API through the base URL: it must name the port above.
@@ -35,14 +37,13 @@ if [[ "${1:-}" != "standalone" ]]; then
     exec airflow "$@"
 fi
 
-airflow standalone &
-standalone=$!
-trap 'kill "$standalone" 2>/dev/null; wait "$standalone"' INT TERM
-url="http://localhost:$AIRFLOW__API__PORT"
-passwords="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
-for _ in $(seq 180); do
-    if curl -fs "$url/api/v2/monitor/health" >/dev/null 2>&1 && [[ -s "$passwords" ]]; then
-        cat <<MESSAGE
+# Prints how to log in once the UI answers; gives up when Airflow ($1) has stopped.
+announce() {
+    local url="http://localhost:$AIRFLOW__API__PORT"
+    local passwords="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
+    while kill -0 "$1" 2>/dev/null; do
+        if curl -fs "$url/api/v2/monitor/health" >/dev/null 2>&1 && [[ -s "$passwords" ]]; then
+            cat <<MESSAGE
 
   Airflow is up: $url (DAG: $url/dags/image_embeddings)
   Log in as admin with the password in $passwords:
@@ -51,9 +52,12 @@ for _ in $(seq 180); do
   Ctrl-C stops Airflow.
 
 MESSAGE
-        break
-    fi
-    kill -0 "$standalone" 2>/dev/null || break
-    sleep 1
-done
-wait "$standalone"
+            return
+        fi
+        sleep 1
+    done
+}
+
+announce $$ &
+# In the foreground, so that Ctrl-C reaches Airflow and it stops its components.
+exec airflow standalone
