@@ -6,6 +6,7 @@ from typing import Any
 
 from apache_beam.io.gcp import gcsio, gcsio_retry
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.utils.plugin import BeamPlugin
 from google.auth.transport.requests import AuthorizedSession
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -98,7 +99,16 @@ def bound_beam_gcs_requests() -> None:
     """Make every GcsIO that Beam builds (one per filesystem call) use the bounded client.
 
     Beam's GCS filesystem offers no option for request timeouts or retry bounds, and builds its
-    client through these two module functions; called at import, so workers get it too.
+    client through these two module functions. Done at import of this module.
     """
     gcsio.create_storage_client = create_storage_client
     gcsio_retry.get_retry = get_retry
+
+
+class BoundedGcsRequests(BeamPlugin):
+    """Beam's runners list every imported BeamPlugin, and Dataflow workers import each one at
+    startup: so this module, and the bounds, are in place before any stage touches gs://, even
+    a stage of Beam's own transforms only."""
+
+
+bound_beam_gcs_requests()

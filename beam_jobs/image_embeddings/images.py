@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from beam_jobs.image_embeddings import gcs  # noqa: F401 - bounds this process's GCS requests
 from beam_jobs.image_embeddings.contract import (
     STAGE_DECODE,
     STAGE_INPUT,
