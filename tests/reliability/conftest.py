@@ -34,6 +34,7 @@ class Observation:
     lost: int = 0
     duplicated: int = 0
     unexpected: int = 0
+    reruns: int = 0
     tampered: int = 0
     caught: int = 0
     secrets_searched: int = 0
@@ -68,9 +69,10 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def observe(request):
-    """The test's Observation, written out whether the test passes or fails."""
+    """The test's Observation, written out whether the test passes or fails (every test of this
+    folder has one, so the report counts them all)."""
     observation = Observation(test=request.node.nodeid)
     yield observation
     observation.outcome = getattr(request.node, "reliability_outcome", "not run")

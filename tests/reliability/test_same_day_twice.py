@@ -28,7 +28,7 @@ def test_second_run_of_a_day_equals_the_first(reference_day, tmp_path, observe):
     run_pipeline(output, *reference_day.run_args)
 
     second = read_outputs(output)
-    observe.faults["rerun"] += 1
+    observe.reruns += 1
     accounting = observe.add(account(reference_day.expected, second))
     assert accounting.lost == accounting.duplicated == accounting.unexpected == 0
     assert_same_results(second, first)
@@ -53,7 +53,7 @@ def test_a_day_without_failures_can_be_run_again(tmp_path, reference_day, observ
     run_pipeline(str(output), *reference_day.run_args)
     second = read_outputs(str(output))
 
-    observe.faults["rerun"] += 1
+    observe.reruns += 1
     accounting = observe.add(account(good, second))
     assert accounting.lost == accounting.duplicated == accounting.unexpected == 0
     assert (second.marker["embedded"], second.marker["failed"]) == (len(good), 0)
