@@ -29,11 +29,12 @@ def seconds_since_process_start() -> float:
     return time.time() - psutil.Process().create_time()
 
 
-def images_per_second(embed, batch: np.ndarray, batches: int) -> float:
-    started = time.perf_counter()
+def timed_calls(embed, batch: np.ndarray, batches: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of `batches` calls on `batch`."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         embed(batch)
-    return batches * len(batch) / (time.perf_counter() - started)
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -61,10 +62,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     batch = decoded_batch(uris, spec.input_size, args.batch_size)
     for _ in range(args.warmup):
         embedder(batch)
+    seconds, cpu_seconds = timed_calls(embedder, batch, args.batches)
+    images = args.batches * args.batch_size
     print_result(
         {
-            "images_per_s": images_per_second(embedder, batch, args.batches),
-            "timed_images": args.batches * args.batch_size,
+            "images_per_s": images / seconds,
+            "cpu_s_per_image": cpu_seconds / images,
+            "timed_images": images,
             "startup_s": startup_s,
             "load_s": load_s,
             "precision": args.precision,

@@ -22,9 +22,11 @@ LOG_TAIL_CHARS = 3000
 
 @dataclass(frozen=True)
 class Measured:
-    """One finished child process: seconds from start to exit, peak memory, its printed result."""
+    """One finished child process: seconds from start to exit, CPU seconds (user and system, its
+    whole process tree), peak memory, its printed result."""
 
     seconds: float
+    cpu_seconds: float
     peak_rss_bytes: int
     result: dict | None
     log: Path
@@ -149,6 +151,7 @@ def run_measured(
         )
     return Measured(
         seconds=seconds,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
         peak_rss_bytes=max(sampled_peak, usage.ru_maxrss * 1024),
         result=parse_result(text),
         log=log,

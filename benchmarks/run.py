@@ -302,6 +302,7 @@ def measure_ceiling(bench: Bench, photos: imagesets.ImageSet, precision: str) ->
         images_per_s=result["images_per_s"],
         startup_s=result["startup_s"],
         peak_mb=measured.peak_rss_mb,
+        cpu_s_per_image=result["cpu_s_per_image"],
     )
 
 
