@@ -137,6 +137,12 @@ def run_measured(
         try:
             # wait4 reaps the child itself, so Popen never sees its status: record it by hand.
             _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            # The child has its own session, so an interrupt here never reached it.
+            os.killpg(process.pid, signal.SIGKILL)
+            os.waitpid(process.pid, 0)
+            sampler.stop()
+            raise
         finally:
             timer.cancel()
         seconds = time.perf_counter() - started
