@@ -1,8 +1,4 @@
-"""A stateful fake of the Dataflow REST API (v1b3 jobs) on loopback, and the hook pointed at it.
-
-It answers the provider's `DataflowHook` the way the service does (list with the ACTIVE filter and
-pages, get, update to cancel), so that the real hook, operator and sensor code runs against it.
-"""
+"""A stateful fake of the Dataflow REST API (v1b3 jobs) on loopback, for the provider's hook."""
 
 from __future__ import annotations
 
