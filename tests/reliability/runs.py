@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -56,13 +57,6 @@ def run_pipeline(output: str, *extra: str) -> None:
     from beam_jobs.image_embeddings.pipeline import run
 
     run(pipeline_argv(output, *extra))
-
-
-def write_manifest(output: str, lines: Iterable[str], newline: str = "\n") -> None:
-    """Write the day's manifest as the DAG stages it: `output/manifest.txt`."""
-    storage.write_bytes(
-        join(output, MANIFEST_NAME), "".join(f"{line}{newline}" for line in lines).encode()
-    )
 
 
 @dataclass
@@ -197,10 +191,22 @@ class LaunchedPipeline:
                 return line
         raise AssertionError("the awaited line never came:\n" + "".join(self.log[-40:]))
 
+    def wait_for(self, event: threading.Event, timeout_s: float) -> None:
+        """Wait until `event` is set; fail if the process ends first, or after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while not event.wait(0.5):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the awaited point never came:\n" + "".join(self.log[-40:]))
+
     def kill(self) -> int:
         """SIGKILL the whole process group; return the exit status."""
-        os.killpg(self.process.pid, 9)
+        os.killpg(self.process.pid, signal.SIGKILL)
         return self.process.wait(timeout=60)
 
-    def finish(self, timeout_s: float) -> int:
-        return self.process.wait(timeout=timeout_s)
+    def __enter__(self) -> LaunchedPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # A test that failed before its kill leaves no pipeline running behind it.
+        if self.process.poll() is None:
+            self.kill()

@@ -75,10 +75,10 @@ def test_local_run_killed_after_it_started_then_rerun(reference_day, tmp_path, o
     shutil.copytree(reference_day.output, output)
     argv = pipeline_argv(output, *reference_day.run_args, "--progress_interval_secs", "0.5")
 
-    pipeline = LaunchedPipeline(argv)
-    pipeline.wait_for_line(lambda line: "progress: " in line, START_TIMEOUT_S)
-    killed(pipeline)
-    observe.faults["SIGKILL"] += 1
+    with LaunchedPipeline(argv) as pipeline:
+        pipeline.wait_for_line(lambda line: "progress: " in line, START_TIMEOUT_S)
+        killed(pipeline)
+        observe.faults["SIGKILL"] += 1
 
     # Never the earlier run's marker over a run that did not finish: validation says so.
     assert not storage.exists(join(output, SUCCESS_MARKER))
@@ -133,10 +133,10 @@ def test_gcs_run_killed_at_a_known_point_then_rerun(
     argv = pipeline_argv(output, *run_args)
     faulty_gcs.reset(hold=hold)
     try:
-        pipeline = LaunchedPipeline(argv)
-        assert faulty_gcs.held.wait(START_TIMEOUT_S), "".join(pipeline.log[-40:])
-        killed(pipeline)
-        observe.faults["SIGKILL"] += 1
+        with LaunchedPipeline(argv) as pipeline:
+            pipeline.wait_for(faulty_gcs.held, START_TIMEOUT_S)
+            killed(pipeline)
+            observe.faults["SIGKILL"] += 1
     finally:
         faulty_gcs.reset()
 
