@@ -41,8 +41,13 @@ format: setup ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: setup lint ## Set up, lint and run every test
-	$(BIN)/python -m pytest
+test: setup lint reliability ## Set up, lint and run every test (the reliability ones first)
+	$(BIN)/python -m pytest --ignore=tests/reliability
+
+.PHONY: reliability
+reliability: setup ## Bad inputs, kills, GCS faults, reruns, tampering, secrets: tests, then their table
+	@status=0; $(BIN)/python -m pytest tests/reliability || status=$$?; \
+	$(BIN)/python scripts/reliability_report.py || status=1; exit $$status
 
 run: setup ## One DAG run for DATE=YYYY-MM-DD (`airflow dags test`, local SQLite Airflow)
 	@[[ "$(DATE)" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$$ ]] || { echo "usage: make run DATE=YYYY-MM-DD" >&2; exit 2; }
