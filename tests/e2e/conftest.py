@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from beam_jobs.image_embeddings.contract import join
 from image_embeddings import storage
+from tests.gcs_emulator import free_port
 from tests.image_factory import write_images
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW_LOCAL = REPO / "scripts" / "airflow_local.sh"
 DEFAULT_MODEL = ("resnet50", 2048)
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
 def _small_model() -> tuple[str, int]:
@@ -95,3 +100,110 @@ def airflow_local(
         timeout=timeout,
         check=False,
     )
+
+
+class AirflowApi:
+    """The REST API of the running Airflow, as the admin user (JWT from /auth/token)."""
+
+    def __init__(self, url: str, password: str) -> None:
+        self.url = url
+        self.token = self.request(
+            "POST", "/auth/token", {"username": "admin", "password": password}
+        )["access_token"]
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if getattr(self, "token", None):
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers=headers,
+            method=method,
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"{}")
+
+
+def wait_for(what: str, check, timeout_s: float, logs: Path):
+    """check()'s first truthy result, polled every 2 s; on timeout, fail with the logs' tails."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (OSError, KeyError, ValueError):
+            result = None
+        if result:
+            return result
+        time.sleep(2)
+    tails = "\n".join(
+        f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+        for log in sorted(logs.glob("*.log"))
+    )
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+@pytest.fixture(scope="session")
+def airflow(airflow_environ, tmp_path_factory):
+    """Airflow's four long-running components, shared by the session: (API, environ, data, home)."""
+    home = tmp_path_factory.mktemp("scheduler-home")
+    data = tmp_path_factory.mktemp("scheduler-data")
+    port = free_port()
+    environ = airflow_environ | {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
+        # Other Airflows on this machine may hold the default log server ports.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+        "IMAGE_EMBEDDINGS_INPUT_ROOT": str(data / "images"),
+        "IMAGE_EMBEDDINGS_OUTPUT_ROOT": str(data / "embeddings"),
+    }
+    migrated = airflow_local(environ, "version")
+    assert migrated.returncode == 0, migrated.stderr
+    processes = []
+    for component in COMPONENTS:
+        log = open(home / f"{component}.log", "w")  # noqa: SIM115 - closed at teardown
+        processes.append(
+            (
+                subprocess.Popen(
+                    [str(AIRFLOW_LOCAL), component],
+                    env=environ,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ),
+                log,
+            )
+        )
+    try:
+        url = f"http://localhost:{port}"
+        passwords = home / "simple_auth_manager_passwords.json.generated"
+        wait_for(
+            "the API server",
+            lambda: (
+                urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5).status == 200
+                and passwords.exists()
+            ),
+            180,
+            home,
+        )
+        api = AirflowApi(url, json.loads(passwords.read_text())["admin"])
+        wait_for(
+            "the DAG to be parsed",
+            lambda: api.request("GET", "/api/v2/dags/image_embeddings")["dag_id"],
+            180,
+            home,
+        )
+        yield api, environ, data, home
+    finally:
+        for process, _ in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process, log in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            log.close()
