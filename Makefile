@@ -13,7 +13,7 @@ export IMAGE_EMBEDDINGS_OUTPUT_ROOT ?= $(IMAGE_EMBEDDINGS_DATA)/embeddings
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock lint format test run demo airflow clean
+.PHONY: help setup lock lint format browser test run demo airflow clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,7 +41,10 @@ format: setup ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: setup lint reliability ## Set up, lint and run every test (the reliability ones first)
+browser: ## Install Debian's Chromium for the UI test (skips without root/apt)
+	scripts/install_browser.sh
+
+test: setup lint browser reliability ## Set up, lint and run every test (the reliability ones first)
 	$(BIN)/python -m pytest --ignore=tests/reliability
 
 .PHONY: reliability
