@@ -87,5 +87,6 @@ def test_a_triggered_day_and_a_backfill_all_succeed(airflow):
     for day, (good, bad) in days.items():
         check_day_outputs(str(data / "embeddings" / day), good, bad, *SMALL_MODEL)
     events = api.request("GET", "/api/v2/assets/events?limit=100")["asset_events"]
-    published = sorted(event["extra"]["day"] for event in events)
-    assert published == sorted(days)
+    # Once per day; other modules sharing this Airflow may publish days of their own.
+    published = [event["extra"]["day"] for event in events]
+    assert sorted(day for day in published if day in days) == sorted(days)
