@@ -13,6 +13,28 @@ SUCCESS_MARKER = "_SUCCESS"
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 
+# `--model` takes one of these `keras.applications` names (any case) or a `.keras` file URI.
+MODEL_NAMES = (
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnet50v2",
+    "efficientnetb0",
+    "efficientnetb1",
+    "efficientnetb2",
+    "efficientnetb3",
+    "efficientnetv2b0",
+    "mobilenetv2",
+    "mobilenetv3small",
+    "mobilenetv3large",
+    "densenet121",
+    "inceptionv3",
+    "xception",
+    "convnexttiny",
+    "vgg16",
+)
+KERAS_FILE_SUFFIX = ".keras"
+
 # Where a manifest entry failed, as recorded in the `stage` column of the failures output.
 STAGE_INPUT = "input"  # refused before any read: not a valid URI, outside the input root
 STAGE_READ = "read"  # missing, a directory, unreadable, larger than the byte cap

@@ -11,7 +11,7 @@ from datetime import date
 from functools import partial
 from pathlib import Path
 
-from beam_jobs.image_embeddings.contract import join
+from beam_jobs.image_embeddings.contract import KERAS_FILE_SUFFIX, MODEL_NAMES, join
 
 PREFIX = "IMAGE_EMBEDDINGS_"
 DATA_VARIABLE = f"{PREFIX}DATA"
@@ -21,7 +21,6 @@ DEFAULT_GCP_CONN_ID = "google_cloud_default"
 GCP_CONN_VARIABLE = f"{PREFIX}GCP_CONN_ID"
 
 RUNNERS = ("DirectRunner", "DataflowRunner")
-MODELS = ("resnet50",)
 WEIGHTS = ("imagenet", "random")
 _DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 _BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
@@ -158,10 +157,16 @@ def validate_runner(name: str) -> str:
 
 
 def validate_model(name: str) -> str:
-    """Return the model name if the pipeline knows it; raise ValueError otherwise."""
-    if name not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
-    return name
+    """Return a model the pipeline knows: a built-in name (any case) or a `.keras` file URI."""
+    value = str(name).strip()
+    if value.lower().endswith(KERAS_FILE_SUFFIX):
+        return validate_uri(value, "model file")
+    if value.lower() not in MODEL_NAMES:
+        raise ValueError(
+            f"model must be one of {', '.join(MODEL_NAMES)} or the URI of a "
+            f"{KERAS_FILE_SUFFIX} file, got {name!r}"
+        )
+    return value.lower()
 
 
 def validate_uri(uri: str, what: str) -> str:

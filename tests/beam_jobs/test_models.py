@@ -16,6 +16,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
 from beam_jobs.image_embeddings import io as storage
+from beam_jobs.image_embeddings.contract import MODEL_NAMES
 from beam_jobs.image_embeddings.models import (
     BUILTIN_MODELS,
     KerasModelHandler,
@@ -121,6 +122,10 @@ def test_unknown_model_names_the_known_ones():
         resolve_model("resnet5")
     assert all(name in str(raised.value) for name in BUILTIN_MODELS)
     assert ".keras" in str(raised.value)
+
+
+def test_the_model_table_is_the_one_the_contract_names():
+    assert tuple(BUILTIN_MODELS) == MODEL_NAMES
 
 
 def test_resolving_a_builtin_model_imports_no_tensorflow():

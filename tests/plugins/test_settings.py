@@ -18,6 +18,7 @@ from image_embeddings.settings import (
     validate_dataflow,
     validate_date,
     validate_failure_rate,
+    validate_model,
     validate_runner,
     validate_sample_size,
     validate_uri,
@@ -132,7 +133,8 @@ def test_settings_table_documents_every_field():
         ("MAX_FAILURE_RATE", "5%", "IMAGE_EMBEDDINGS_MAX_FAILURE_RATE: maximum failure rate"),
         ("PCA_COMPONENTS", "0", "IMAGE_EMBEDDINGS_PCA_COMPONENTS: number of PCA components"),
         ("BATCH_SIZE", "-1", "IMAGE_EMBEDDINGS_BATCH_SIZE: batch size must be a positive"),
-        ("MODEL", "vgg16", "IMAGE_EMBEDDINGS_MODEL: model must be one of resnet50"),
+        ("MODEL", "resnet5", "IMAGE_EMBEDDINGS_MODEL: model must be one of resnet50"),
+        ("MODEL", "s3://m/x.keras", "IMAGE_EMBEDDINGS_MODEL: model file must be a local path"),
         ("WEIGHTS", "http://x/w.h5", "IMAGE_EMBEDDINGS_WEIGHTS: weights (one of imagenet, random"),
         ("DATAFLOW_MAX_WORKERS", "many", "IMAGE_EMBEDDINGS_DATAFLOW_MAX_WORKERS: Dataflow max"),
     ],
@@ -275,3 +277,15 @@ def test_airflow_side_imports_neither_tensorflow_nor_beam():
         check=True,
     )
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("ResNet50", "resnet50"),
+        ("mobilenetv3small", "mobilenetv3small"),
+        ("gs://models/custom.keras", "gs://models/custom.keras"),
+    ],
+)
+def test_models_the_pipeline_knows_are_accepted(name, expected):
+    assert validate_model(name) == expected
