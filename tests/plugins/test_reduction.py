@@ -39,14 +39,6 @@ def read_projection(uri: str):
         return pq.read_table(handle)
 
 
-@pytest.fixture(params=["local", "gcs"])
-def day(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "embeddings" / "2026-11-28")
-    bucket = request.getfixturevalue("gcs_bucket").name
-    return f"gs://{bucket}/embeddings/2026-11-28"
-
-
 def test_first_components_separate_the_clusters(day):
     vectors = clustered(100)
     uris = write_outputs(day, vectors, shards=3)

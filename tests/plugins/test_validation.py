@@ -92,15 +92,6 @@ def random_vectors(count: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32) + 0.1
 
 
-@pytest.fixture(params=["local", "gcs"])
-def day(request, tmp_path):
-    """A day's output folder, local or in the emulator's bucket."""
-    if request.param == "local":
-        return str(tmp_path / "embeddings" / "2026-11-28")
-    bucket = request.getfixturevalue("gcs_bucket").name
-    return f"gs://{bucket}/embeddings/2026-11-28"
-
-
 def problems_of(day: str, max_failure_rate: float = 0.5, **kwargs) -> str:
     with pytest.raises(ValidationError) as error:
         validate_output(day, max_failure_rate, **kwargs)
