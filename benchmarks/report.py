@@ -191,7 +191,11 @@ def _daily_ratio(daily: list[dict], step: str) -> tuple[float | None, str]:
 
 
 def targets(
-    rows: dict[str, Row], pairs: dict[str, Pair], cosine: dict | None, daily: list[dict]
+    rows: dict[str, Row],
+    pairs: dict[str, Pair],
+    cosine: dict | None,
+    daily: list[dict],
+    bf16_hardware: bool = True,
 ) -> list[Target]:
     """Every target of the issue, PASS, FAIL or n/a (not measured, or too noisy to tell)."""
     photos, camera = rows.get("pipeline_float32_photos"), rows.get("pipeline_float32_camera")
@@ -235,7 +239,15 @@ def targets(
             " s",
             digits=".1f",
         ),
-        Target("bf16 / fp32 pipeline throughput, 640x480", bf16, 1.3, True),
+        Target(
+            "bf16 / fp32 pipeline throughput, 640x480",
+            bf16,
+            1.3,
+            True,
+            note=""
+            if bf16_hardware
+            else "this CPU has no AVX512_BF16 or AMX: bfloat16 is emulated",
+        ),
         Target(
             "lowest cosine of a bf16 embedding to its fp32 one",
             cosine["min"] if cosine else None,
@@ -359,7 +371,8 @@ def render(results: dict) -> str:
     """The whole report: machine line, tables, targets."""
     about = results["machine"]
     heading = (
-        f"{about['cpu']}, {about['cores']} cores, {about['memory_gb']} GB; load average "
+        f"{about['cpu']} ({' '.join(about['isa'])}), {about['cores']} cores, "
+        f"{about['memory_gb']} GB; load average "
         f"{about['load_average_at_start'][0]} at start, {about['load_average_at_end'][0]} at "
         f"end; {results['total_s'] / 60:.1f} min"
     )

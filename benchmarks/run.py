@@ -50,6 +50,9 @@ DEFAULT_OUT = ROOT / "benchmarks" / "out"
 MODEL = "resnet50"
 WEIGHTS = "random"  # the same arithmetic as ImageNet's; nothing to download
 SECTIONS = ("camera", "seed", "bf16", "daily", "storage")
+# CPU flags that decide the model's speed; without one of BF16_FLAGS, bfloat16 is emulated.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 SMALL_SET = ("photos", (640, 480))
 CAMERA_SET = ("camera", (4032, 3024))
 # What the seed stored per image: a 7x7x2048 float32 .npy (128-byte header).
@@ -214,25 +217,34 @@ def environment_for_children(warm: bool) -> dict[str, str]:
     return environment
 
 
+def cpu_info(text: str) -> dict[str, str]:
+    """The fields of the first processor in /proc/cpuinfo text."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
 def machine() -> dict:
     """The machine and software the figures were measured with."""
     import psutil
 
-    cpu = ""
-    flags: set[str] = set()
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and not cpu:
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+    fields = cpu_info(cpuinfo.read_text()) if cpuinfo.exists() else {}
+    flags = set(fields.get("flags", "").split())
+    cpu = fields.get("model name") or platform.processor()
+    if "cpu family" in fields:
+        cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     packages = ("tensorflow-cpu", "keras", "apache-beam", "pillow", "numpy", "pyarrow")
     return {
-        "cpu": cpu or platform.processor(),
+        "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "avx512_bf16": "avx512_bf16" in flags,
+        "isa": [name for name in VECTOR_FLAGS if name in flags],
+        "bf16_hardware": bool(flags & BF16_FLAGS),
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in packages},
         "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
@@ -509,7 +521,7 @@ def run(args: argparse.Namespace) -> dict:
     with_ratios(rows)
     storage = [] if "storage" in skip else measure_storage(bench, photos, rows.get("seed_photos"))
     daily = [] if "daily" in skip else measure_daily(bench)
-    checks = targets(rows, bench.pairs, cosine, daily)
+    checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"])
     per_core = scaling(rows, about["cores"])
     about["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     return {
