@@ -99,6 +99,7 @@ class Bench:
     log_progress: bool = True
     rows: dict[str, Row] = field(default_factory=dict)
     pairs: dict[str, Pair] = field(default_factory=dict)
+    runs: dict[str, dict] = field(default_factory=dict)
 
     def say(self, message: str) -> None:
         if self.log_progress:
@@ -108,7 +109,16 @@ class Bench:
         measured = run_measured(
             command, self.out / "logs" / f"{name}.log", self.environment, self.timeout_s
         )
-        self.say(f"{name}: {measured.seconds:.1f} s, peak {measured.peak_rss_mb:,.0f} MB")
+        self.say(
+            f"{name}: {measured.seconds:.1f} s, {measured.cpu_seconds:.1f} CPU s, "
+            f"peak {measured.peak_rss_mb:,.0f} MB"
+        )
+        self.runs[name] = {
+            "seconds": measured.seconds,
+            "cpu_seconds": measured.cpu_seconds,
+            "peak_mb": measured.peak_rss_mb,
+            "result": measured.result,
+        }
         return measured
 
     def manifest(self, images: imagesets.ImageSet, count: int) -> Path:
@@ -534,6 +544,7 @@ def run(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "pipeline_args": args.pipeline_args,
         "rows": [asdict(row) for row in rows.values()],
+        "runs": bench.runs,
         "bf16_cosine": cosine,
         "storage": storage,
         "daily": daily,
