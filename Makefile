@@ -11,6 +11,9 @@ export IMAGE_EMBEDDINGS_DATA ?= $(CURDIR)/data
 export IMAGE_EMBEDDINGS_INPUT_ROOT ?= $(IMAGE_EMBEDDINGS_DATA)/images
 export IMAGE_EMBEDDINGS_OUTPUT_ROOT ?= $(IMAGE_EMBEDDINGS_DATA)/embeddings
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# Test processes in parallel (pytest-xdist; one test file per process). Each loads TensorFlow.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lock lint format browser test run demo airflow clean
@@ -45,11 +48,11 @@ browser: ## Install Debian's Chromium for the UI test (skips without root/apt)
 	scripts/install_browser.sh
 
 test: setup lint browser reliability ## Set up, lint and run every test (the reliability ones first)
-	$(BIN)/python -m pytest --ignore=tests/reliability
+	$(PYTEST) --ignore=tests/reliability
 
 .PHONY: reliability
 reliability: setup ## Bad inputs, kills, GCS faults, reruns, tampering, secrets: tests, then their table
-	@status=0; $(BIN)/python -m pytest tests/reliability || status=$$?; \
+	@status=0; $(PYTEST) tests/reliability || status=$$?; \
 	$(BIN)/python scripts/reliability_report.py || status=1; exit $$status
 
 run: setup ## One DAG run for DATE=YYYY-MM-DD (`airflow dags test`, local SQLite Airflow)

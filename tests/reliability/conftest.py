@@ -54,11 +54,15 @@ class Observation:
         return {**asdict(self), "faults": dict(self.faults)}
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _fresh_results():
-    """Results of this session only: a report never mixes in an earlier session's."""
-    shutil.rmtree(RESULTS, ignore_errors=True)
-    RESULTS.mkdir(parents=True)
+def pytest_sessionstart(session):
+    """Results of this run only: a report never mixes in an earlier run's.
+
+    With parallel workers only the controlling process clears them, or one worker would delete
+    what another already wrote.
+    """
+    if not hasattr(session.config, "workerinput"):
+        shutil.rmtree(RESULTS, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
