@@ -371,11 +371,13 @@ def render(results: dict) -> str:
     """The whole report: machine line, tables, targets."""
     about = results["machine"]
     heading = (
-        f"{about['cpu']} ({' '.join(about['isa'])}), {about['cores']} cores, "
+        f"{about['cpu']}, {' '.join(about['isa'])}, {about['cores']} cores, "
         f"{about['memory_gb']} GB; load average "
         f"{about['load_average_at_start'][0]} at start, {about['load_average_at_end'][0]} at "
         f"end; {results['total_s'] / 60:.1f} min"
     )
+    if results["pipeline_args"]:
+        heading += f"; pipeline runs with {results['pipeline_args']}"
     if results["quick"]:
         heading += " (--quick: too few images for meaningful figures)"
     tables = results["tables"]
