@@ -8,6 +8,7 @@ what remains of the small run. Results print as Markdown and go to `benchmarks/o
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, SUCCESS_MARKER, shard_glob
 from benchmarks import imagesets
 from benchmarks.daily import write_synthetic_day
 from benchmarks.measure import (
@@ -358,7 +360,7 @@ def pipeline_command(
 
 def check_success(output: Path, count: int) -> dict:
     """The run's `_SUCCESS` marker, after checking that every image was embedded."""
-    marker = json.loads((output / "_SUCCESS").read_text())
+    marker = json.loads((output / SUCCESS_MARKER).read_text())
     if marker["embedded"] != count or marker["failed"]:
         raise RuntimeError(
             f"{output}: {marker['embedded']} of {count} images embedded, "
@@ -418,11 +420,15 @@ def measure_seed_way(bench: Bench, images: imagesets.ImageSet, counts: tuple[int
     return pair_row(key, name, bench.pairs[key], bytes_per_image=large.result["bytes_per_image"])
 
 
+def embedding_shards(output: Path) -> list[str]:
+    return glob.glob(shard_glob(str(output), EMBEDDINGS_PREFIX))
+
+
 def embeddings_by_uri(output: Path) -> dict[str, np.ndarray]:
     import pyarrow.parquet as pq
 
     vectors = {}
-    for shard in sorted(output.glob("embeddings-*.parquet")):
+    for shard in sorted(embedding_shards(output)):
         table = pq.read_table(shard, columns=["uri", "embedding"])
         matrix = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
         vectors.update(zip(table.column("uri").to_pylist(), matrix, strict=True))
@@ -443,8 +449,8 @@ def bf16_agreement(fp32_output: Path, bf16_output: Path) -> dict:
 
 
 def stored_bytes_per_image(output: Path) -> float:
-    marker = json.loads((output / "_SUCCESS").read_text())
-    stored = sum(path.stat().st_size for path in output.glob("embeddings-*.parquet"))
+    marker = json.loads((output / SUCCESS_MARKER).read_text())
+    stored = sum(Path(path).stat().st_size for path in embedding_shards(output))
     return stored / marker["embedded"]
 
 

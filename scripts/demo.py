@@ -16,9 +16,11 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins"), str(REPO / "scripts")]
 
 from demo_images import SCENES, day_images  # noqa: E402
 
-from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join  # noqa: E402
+from beam_jobs.image_embeddings.contract import MANIFEST_NAME, SUCCESS_MARKER, join  # noqa: E402
 from image_embeddings import storage  # noqa: E402
+from image_embeddings.reduction import PCA_NAME, PROJECTION_NAME  # noqa: E402
 from image_embeddings.settings import day_dir, load_settings  # noqa: E402
+from image_embeddings.validation import REPORT_NAME  # noqa: E402
 
 DAYS = ("2026-11-26", "2026-11-27", "2026-11-28")
 PER_SCENE = 3
@@ -27,7 +29,7 @@ WEIGHTS_VARIABLE = "IMAGE_EMBEDDINGS_WEIGHTS"
 KERAS_CACHE = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 RESNET50_WEIGHTS = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 WEIGHTS_SERVER = "https://storage.googleapis.com/tensorflow/keras-applications/"
-OUTPUT_FILES = ("manifest.txt", SUCCESS_MARKER, "validation.json", "projection.parquet", "pca.npz")
+OUTPUT_FILES = (MANIFEST_NAME, SUCCESS_MARKER, REPORT_NAME, PROJECTION_NAME, PCA_NAME)
 
 RANDOM_BANNER = """
 ##########################################################################################
