@@ -155,27 +155,24 @@ def test_the_trigger_form_refuses(serialized, conf):
 
 
 PARSE_PROBE = """
-import importlib.util, json, sys, time
+import importlib.util, json, sys
 sys.path.insert(0, {plugins!r})
 import airflow.sdk
 import airflow.providers.apache.beam.operators.beam
 import airflow.providers.google.cloud.sensors.dataflow
 import airflow.providers.google.cloud.triggers.dataflow
-start = time.perf_counter()
 spec = importlib.util.spec_from_file_location("image_embeddings_dag", {dag_file!r})
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
-elapsed = time.perf_counter() - start
 heavy = ["tensorflow", "keras", "apache_beam", "sklearn", "matplotlib", "pyarrow"]
-print(json.dumps({{"elapsed": elapsed, "loaded": [m for m in heavy if m in sys.modules]}}))
+print(json.dumps({{"loaded": [m for m in heavy if m in sys.modules]}}))
 """
 
 
-def test_dag_file_parses_fast_without_heavy_imports():
-    """Beyond Airflow and the two providers, the DAG file costs well under a second."""
+def test_dag_file_parses_without_heavy_imports():
+    """Beyond Airflow and the two providers, the DAG file imports no ML or data library."""
     probe = PARSE_PROBE.format(plugins=str(REPO / "plugins"), dag_file=str(DAG_FILE))
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["loaded"] == []
-    assert result["elapsed"] < 1.0, result
