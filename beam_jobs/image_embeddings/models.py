@@ -228,19 +228,39 @@ def preprocess_function(spec: ModelSpec) -> Callable[[Any], Any] | None:
     return importlib.import_module(f"keras.applications.{spec.preprocess}").preprocess_input
 
 
-class CompiledEmbedder:
-    """A built model and its compiled call: uint8 (batch, height, width, 3) in, float32 out."""
+def padded_size(count: int, batch_size: int) -> int:
+    """The batch size a call of `count` images runs at with XLA: the next power of two, or
+    `batch_size` when that is smaller and the images fit.
 
-    def __init__(self, model: Any, spec: ModelSpec):
+    XLA compiles once per input shape; rounding up bounds the compilations to a handful while
+    a short last batch wastes at most half of its call.
+    """
+    power = 1 << max(count - 1, 0).bit_length()
+    return min(power, batch_size) if count <= batch_size else power
+
+
+class CompiledEmbedder:
+    """A built model and its compiled call: uint8 (batch, height, width, 3) in, float32 out.
+
+    With `jit_compile` the call is compiled by XLA, which runs ResNet50 about a fifth faster on
+    CPUs than TensorFlow's graph executor; batches are then padded to `padded_size`.
+    """
+
+    def __init__(self, model: Any, spec: ModelSpec, batch_size: int, jit_compile: bool = True):
         import tensorflow as tf
 
         self.model = model
         self.spec = spec
+        self.batch_size = batch_size
+        self.jit_compile = jit_compile
         preprocess = preprocess_function(spec)
         height, width = spec.input_size
 
-        # One fixed signature: every batch size reuses a single trace.
-        @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)])
+        # One signature: every batch size reuses a single trace (XLA compiles per shape below it).
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)],
+            jit_compile=jit_compile,
+        )
         def embed(images):
             pixels = tf.cast(images, tf.float32)
             if preprocess is not None:
@@ -251,7 +271,12 @@ class CompiledEmbedder:
         self.dim = int(embed.get_concrete_function().structured_outputs.shape[-1])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self._embed(images).numpy()
+        count = len(images)
+        padded = padded_size(count, self.batch_size) if self.jit_compile else count
+        if padded == count:
+            return self._embed(images).numpy()
+        padding = np.zeros((padded - count, *images.shape[1:]), images.dtype)
+        return self._embed(np.concatenate([images, padding])).numpy()[:count]
 
 
 def stack_images(batch: Sequence[np.ndarray], input_size: tuple[int, int]) -> np.ndarray:
@@ -282,6 +307,7 @@ class KerasModelHandler(ModelHandler[np.ndarray, np.ndarray, CompiledEmbedder]):
         min_batch_size: int = 1,
         max_batch_size: int = 32,
         max_batch_duration_secs: int | None = None,
+        jit_compile: bool = True,
     ):
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError(
@@ -292,6 +318,8 @@ class KerasModelHandler(ModelHandler[np.ndarray, np.ndarray, CompiledEmbedder]):
         check_weights(self.spec, weights)
         self.weights = weights
         self.precision = precision
+        self.max_batch_size = max_batch_size
+        self.jit_compile = jit_compile
         super().__init__(
             min_batch_size=min_batch_size,
             max_batch_size=max_batch_size,
@@ -300,14 +328,26 @@ class KerasModelHandler(ModelHandler[np.ndarray, np.ndarray, CompiledEmbedder]):
 
     def load_model(self) -> CompiledEmbedder:
         started = time.monotonic()
-        embedder = CompiledEmbedder(build_model(self.spec, self.weights, self.precision), self.spec)
-        # Trace and run once now, so the first real batch does not pay for it.
-        embedder(np.zeros((1, *self.spec.input_size, 3), np.uint8))
+        model = build_model(self.spec, self.weights, self.precision)
+        embedder = CompiledEmbedder(model, self.spec, self.max_batch_size, self.jit_compile)
+        # Compile and run a full batch now, so the first real batch does not pay for it.
+        try:
+            embedder(np.zeros((self.max_batch_size, *self.spec.input_size, 3), np.uint8))
+        except Exception as error:
+            if not self.jit_compile:
+                raise
+            # TensorFlow's message goes on with the Python stack of every op: its first line says it.
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise RuntimeError(
+                f"XLA cannot compile model {self.spec.name}: run it without XLA with "
+                f"--no_jit_compile ({type(error).__name__}: {reason})"
+            ) from error
         log.info(
-            "Loaded model %s (weights %s, %s): %d-d embeddings in %.1f s",
+            "Loaded model %s (weights %s, %s%s): %d-d embeddings in %.1f s",
             self.spec.name,
             self.weights,
             self.precision,
+            ", XLA" if self.jit_compile else "",
             embedder.dim,
             time.monotonic() - started,
         )

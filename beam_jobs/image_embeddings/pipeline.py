@@ -143,7 +143,10 @@ class EmbedImages(beam.PTransform):
     def expand(self, uris):
         job, spec = self._job, self._spec
         loaded = uris | "LoadImages" >> beam.ParDo(
-            LoadImageFn(spec.input_size, job.max_image_bytes, job.input_root)
+            # Two batches ahead: the next batch loads while the model embeds this one.
+            LoadImageFn(
+                spec.input_size, job.max_image_bytes, job.input_root, prefetch=2 * job.batch_size
+            )
         ).with_outputs(FAILED_TAG, main="images")
         handler = KeyedModelHandler(
             KerasModelHandler(
@@ -152,6 +155,7 @@ class EmbedImages(beam.PTransform):
                 precision=job.precision,
                 min_batch_size=job.batch_size,
                 max_batch_size=job.batch_size,
+                jit_compile=job.jit_compile,
             )
         )
         embedded, dead_letters = (

@@ -16,12 +16,14 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
 from beam_jobs.image_embeddings import io as storage
+from beam_jobs.image_embeddings import models
 from beam_jobs.image_embeddings.contract import MODEL_NAMES
 from beam_jobs.image_embeddings.models import (
     BUILTIN_MODELS,
     KerasModelHandler,
     build_model,
     input_size_from_config,
+    padded_size,
     resolve_model,
     stack_images,
 )
@@ -337,6 +339,51 @@ def test_bfloat16_embeddings_stay_close_to_float32(handlers):
     assert fast.dtype == np.float32
     assert not np.array_equal(fast, exact), "bfloat16 did not change the arithmetic"
     assert cosine(fast, exact).min() >= 0.99
+
+
+@pytest.mark.parametrize(
+    ("count", "batch_size", "padded"),
+    [(1, 32, 1), (3, 32, 4), (16, 32, 16), (17, 32, 32), (32, 32, 32), (17, 24, 24), (40, 32, 64)],
+)
+def test_xla_batches_are_padded_to_a_power_of_two_or_the_batch_size(count, batch_size, padded):
+    assert padded_size(count, batch_size) == padded
+
+
+def test_xla_and_the_graph_executor_agree(handlers):
+    handler, xla = handlers("mobilenetv3small")
+    graph_handler = KerasModelHandler(
+        "mobilenetv3small", "random", max_batch_size=4, jit_compile=False
+    )
+    graph = graph_handler.load_model()
+    images = list(realish_images(3, (224, 224), seed=13))  # XLA pads these to 4
+
+    assert xla.jit_compile and not graph.jit_compile
+    compiled = np.stack(handler.run_inference(images, xla))
+    plain = np.stack(graph_handler.run_inference(images, graph))
+    np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5 * np.abs(plain).max())
+
+
+def test_a_model_xla_cannot_compile_fails_with_advice_and_runs_without_xla(monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    class NumpyMean(keras.layers.Layer):
+        """Global average pooling through a Python function: XLA cannot compile it."""
+
+        def call(self, maps):
+            mean = tf.numpy_function(lambda a: a.mean(axis=(1, 2)), [maps], tf.float32)
+            mean.set_shape((None, maps.shape[-1]))
+            return mean
+
+    inputs = keras.Input((224, 224, 3))
+    model = keras.Model(inputs, NumpyMean()(keras.layers.Conv2D(4, 3)(inputs)))
+    monkeypatch.setattr(models, "build_model", lambda *args: model)
+    handler = KerasModelHandler("resnet50", "random", max_batch_size=2)
+
+    with pytest.raises(RuntimeError, match="XLA cannot compile model resnet50.*--no_jit_compile"):
+        handler.load_model()
+    handler = KerasModelHandler("resnet50", "random", max_batch_size=2, jit_compile=False)
+    assert handler.load_model().dim == 4
 
 
 def test_handler_settings():

@@ -52,6 +52,12 @@ def test_job_options_are_parsed_and_beam_options_pass_through_untouched():
     assert job.input_root == "gs://bucket/images/2026-11-28"
     assert (job.precision, job.embedding_dtype, job.num_shards) == ("bfloat16", "float16", 3)
     assert (job.progress_interval_secs, job.wait_until_finish) == (2.5, True)
+    assert job.jit_compile is True
+
+
+def test_xla_can_be_turned_off():
+    job, _ = parse_known_args([*REQUIRED, "--no_jit_compile"])
+    assert job.jit_compile is False
 
 
 @pytest.mark.parametrize(
@@ -89,5 +95,5 @@ def test_help_lists_every_job_option():
         check=True,
     ).stdout
     for flag in JobOptions.__dataclass_fields__:
-        assert f"--{flag}" in shown
+        assert f"--{flag}" in shown or f"--no_{flag}" in shown
     assert "Any other option goes to Apache Beam unchanged" in shown
