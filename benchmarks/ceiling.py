@@ -54,7 +54,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     spec = resolve_model(args.model)
     with open(args.manifest) as handle:
         uris = list(manifest_entries(handle))
-    handler = KerasModelHandler(args.model, args.weights, precision=args.precision)
+    handler = KerasModelHandler(
+        args.model,
+        args.weights,
+        precision=args.precision,
+        min_batch_size=args.batch_size,
+        max_batch_size=args.batch_size,
+    )
     loading = time.perf_counter()
     embedder = handler.load_model()
     load_s = time.perf_counter() - loading

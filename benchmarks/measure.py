@@ -22,9 +22,10 @@ LOG_TAIL_CHARS = 3000
 
 @dataclass(frozen=True)
 class Measured:
-    """One finished child process: seconds from start to exit, CPU seconds (user and system, its
-    whole process tree), peak memory, its printed result."""
+    """One finished child process: when it started (epoch seconds), seconds from start to exit,
+    CPU seconds (user and system, its whole process tree), peak memory, its printed result."""
 
+    started_at: float
     seconds: float
     cpu_seconds: float
     peak_rss_bytes: int
@@ -122,6 +123,7 @@ def run_measured(
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as output:
+        started_at = time.time()
         started = time.perf_counter()
         process = subprocess.Popen(
             list(command),
@@ -156,6 +158,7 @@ def run_measured(
             f"{text[-LOG_TAIL_CHARS:]}"
         )
     return Measured(
+        started_at=started_at,
         seconds=seconds,
         cpu_seconds=usage.ru_utime + usage.ru_stime,
         peak_rss_bytes=max(sampled_peak, usage.ru_maxrss * 1024),

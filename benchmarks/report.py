@@ -63,16 +63,25 @@ def row_cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Pair:
-    """A small and a large run of one command."""
+    """A small and a large run of one command.
+
+    `loading_small_s` and `loading_large_s` are the seconds each run spent before its first image
+    (imports, model load, XLA compilation), as the run itself reports them. They vary by seconds
+    from run to run, so throughput is taken from the time after them.
+    """
 
     n_small: int
     n_large: int
     small: Measured
     large: Measured
+    loading_small_s: float = 0.0
+    loading_large_s: float = 0.0
 
     @property
     def images_per_s(self) -> float:
-        return throughput(self.n_small, self.small.seconds, self.n_large, self.large.seconds)
+        small = self.small.seconds - self.loading_small_s
+        large = self.large.seconds - self.loading_large_s
+        return throughput(self.n_small, small, self.n_large, large)
 
     @property
     def cpu_s_per_image(self) -> float:

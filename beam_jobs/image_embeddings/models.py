@@ -336,7 +336,7 @@ class KerasModelHandler(ModelHandler[np.ndarray, np.ndarray, CompiledEmbedder]):
         except Exception as error:
             if not self.jit_compile:
                 raise
-            # TensorFlow's message goes on with the Python stack of every op: its first line says it.
+            # TensorFlow's message goes on with the Python stack of each op; the first line says it.
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise RuntimeError(
                 f"XLA cannot compile model {self.spec.name}: run it without XLA with "
