@@ -323,9 +323,8 @@ class LoadImageFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._pending.clear()
 
-    def process(
-        self, uri: str, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
-    ) -> Iterator[WindowedValue | beam.pvalue.TaggedOutput]:
+    # No return annotations on Beam's entry points: Beam would read them as the output type.
+    def process(self, uri: str, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         at = WindowedValue(None, timestamp, [window])
         if self._pool is None:
             yield from self._outputs(uri, at, self.load(uri))
@@ -334,7 +333,7 @@ class LoadImageFn(beam.DoFn):
         while self._pending and (len(self._pending) > self.prefetch or self._pending[0][2].done()):
             yield from self._emit_oldest()
 
-    def finish_bundle(self) -> Iterator[WindowedValue | beam.pvalue.TaggedOutput]:
+    def finish_bundle(self):
         while self._pending:
             yield from self._emit_oldest()
 

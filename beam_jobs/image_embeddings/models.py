@@ -228,6 +228,12 @@ def preprocess_function(spec: ModelSpec) -> Callable[[Any], Any] | None:
     return importlib.import_module(f"keras.applications.{spec.preprocess}").preprocess_input
 
 
+def default_jit_compile(precision: str) -> bool:
+    """XLA for float32. Not for bfloat16, whose speed comes from oneDNN's bfloat16 kernels in
+    TensorFlow's graph executor: XLA on CPU computes bfloat16 convolutions in float32."""
+    return precision == "float32"
+
+
 def padded_size(count: int, batch_size: int) -> int:
     """The batch size a call of `count` images runs at with XLA: the next power of two, or
     `batch_size` when that is smaller and the images fit.
@@ -297,6 +303,7 @@ class KerasModelHandler(ModelHandler[np.ndarray, np.ndarray, CompiledEmbedder]):
     Examples are uint8 RGB arrays of the model's input size; each prediction is the image's
     float32 embedding. Built-in models apply their own `preprocess_input` inside the compiled
     call; a `.keras` model receives float32 RGB pixels in 0..255 and must preprocess itself.
+    `jit_compile` None compiles with XLA where `default_jit_compile` says so.
     """
 
     def __init__(
@@ -307,7 +314,7 @@ class KerasModelHandler(ModelHandler[np.ndarray, np.ndarray, CompiledEmbedder]):
         min_batch_size: int = 1,
         max_batch_size: int = 32,
         max_batch_duration_secs: int | None = None,
-        jit_compile: bool = True,
+        jit_compile: bool | None = None,
     ):
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError(
@@ -319,7 +326,7 @@ class KerasModelHandler(ModelHandler[np.ndarray, np.ndarray, CompiledEmbedder]):
         self.weights = weights
         self.precision = precision
         self.max_batch_size = max_batch_size
-        self.jit_compile = jit_compile
+        self.jit_compile = default_jit_compile(precision) if jit_compile is None else jit_compile
         super().__init__(
             min_batch_size=min_batch_size,
             max_batch_size=max_batch_size,

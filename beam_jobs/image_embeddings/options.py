@@ -34,7 +34,7 @@ class JobOptions:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     input_root: str | None = None
     precision: str = "float32"
-    jit_compile: bool = True
+    jit_compile: bool | None = None  # None: XLA for float32 only
     embedding_dtype: str = "float32"
     num_shards: int = 0
     progress_interval_secs: float = 30.0
@@ -137,12 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="arithmetic of the model call; bfloat16 is faster on CPUs that support it "
         "(default: %(default)s)",
     )
-    job.add_argument(
+    xla = job.add_mutually_exclusive_group()
+    xla.add_argument(
+        "--jit_compile",
+        action="store_const",
+        const=True,
+        help="compile the model with XLA (default with float32 precision: about a fifth faster)",
+    )
+    xla.add_argument(
         "--no_jit_compile",
         dest="jit_compile",
-        action="store_false",
-        help="run the model on TensorFlow's graph executor instead of compiling it with XLA, "
-        "for a .keras model with operations XLA cannot compile (XLA is about a fifth faster)",
+        action="store_const",
+        const=False,
+        help="run the model on TensorFlow's graph executor (default with bfloat16, for oneDNN's "
+        "bfloat16 kernels; also for a .keras model with operations XLA cannot compile)",
     )
     job.add_argument(
         "--embedding_dtype",

@@ -358,6 +358,7 @@ def test_xla_and_the_graph_executor_agree(handlers):
     images = list(realish_images(3, (224, 224), seed=13))  # XLA pads these to 4
 
     assert xla.jit_compile and not graph.jit_compile
+    assert not KerasModelHandler("mobilenetv3small", "random", "bfloat16").jit_compile
     compiled = np.stack(handler.run_inference(images, xla))
     plain = np.stack(graph_handler.run_inference(images, graph))
     np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5 * np.abs(plain).max())

@@ -52,12 +52,15 @@ def test_job_options_are_parsed_and_beam_options_pass_through_untouched():
     assert job.input_root == "gs://bucket/images/2026-11-28"
     assert (job.precision, job.embedding_dtype, job.num_shards) == ("bfloat16", "float16", 3)
     assert (job.progress_interval_secs, job.wait_until_finish) == (2.5, True)
-    assert job.jit_compile is True
+    assert job.jit_compile is None
 
 
-def test_xla_can_be_turned_off():
-    job, _ = parse_known_args([*REQUIRED, "--no_jit_compile"])
-    assert job.jit_compile is False
+@pytest.mark.parametrize(
+    ("flag", "jit_compile"), [("--jit_compile", True), ("--no_jit_compile", False)]
+)
+def test_xla_can_be_forced_either_way(flag, jit_compile):
+    job, _ = parse_known_args([*REQUIRED, flag])
+    assert job.jit_compile is jit_compile
 
 
 @pytest.mark.parametrize(
@@ -70,6 +73,7 @@ def test_xla_can_be_turned_off():
         (["--progress_interval_secs=0"], "expected a number > 0, got 0"),
         (["--precision=float16"], "invalid choice: 'float16'"),
         (["--embedding_dtype=int8"], "invalid choice: 'int8'"),
+        (["--jit_compile", "--no_jit_compile"], "not allowed with argument --jit_compile"),
         (["--input_root=ftp://host/images"], "use a local path or gs://bucket/path"),
         (["--model=resnet5"], "unknown model 'resnet5'"),
     ],
