@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "out"
 MODEL = "resnet50"
 WEIGHTS = "random"  # the same arithmetic as ImageNet's; nothing to download
-SECTIONS = ("camera", "seed", "bf16", "daily", "storage")
+SECTIONS = ("camera", "seed", "bf16", "daily", "storage", "dag")
 TABLE_ORDER = (
     "ceiling_float32",
     "ceiling_bfloat16",
@@ -521,6 +521,17 @@ def measure_daily(bench: Bench) -> list[dict]:
     return entries
 
 
+def measure_dag_parse(bench: Bench) -> dict:
+    """The DAG file's parse seconds beyond Airflow's imports, in a child with its own home."""
+    home = bench.out / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    environment = {**bench.environment, "AIRFLOW_HOME": str(home)}
+    log = bench.out / "logs" / "dag-parse.log"
+    measured = run_measured(python_command("benchmarks.dag_parse"), log, environment)
+    bench.say(f"dag-parse: {measured.result['seconds']:.2f} s")
+    return measured.result
+
+
 # --- entry point ----------------------------------------------------------------------------
 
 
@@ -566,7 +577,8 @@ def run(args: argparse.Namespace) -> dict:
     with_ratios(rows)
     storage = [] if "storage" in skip else measure_storage(bench, photos, rows.get("seed_photos"))
     daily = [] if "daily" in skip else measure_daily(bench)
-    checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"])
+    dag = None if "dag" in skip else measure_dag_parse(bench)
+    checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag)
     per_core = scaling(rows, about["cores"])
     about["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     return {
@@ -583,6 +595,7 @@ def run(args: argparse.Namespace) -> dict:
         "bf16_cosine": cosine,
         "storage": storage,
         "daily": daily,
+        "dag_parse": dag,
         "scaling": per_core,
         "targets": [target.to_dict() for target in checks],
         "tables": {
