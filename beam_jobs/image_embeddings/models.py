@@ -337,9 +337,11 @@ class KerasModelHandler(ModelHandler[np.ndarray, np.ndarray, CompiledEmbedder]):
         started = time.monotonic()
         model = build_model(self.spec, self.weights, self.precision)
         embedder = CompiledEmbedder(model, self.spec, self.max_batch_size, self.jit_compile)
-        # Compile and run a full batch now, so the first real batch does not pay for it.
+        # Trace (and with XLA compile the full batch's shape) now, so the first real batch does
+        # not pay for it and a model XLA cannot compile stops here, not image by image.
+        warmup = self.max_batch_size if self.jit_compile else 1
         try:
-            embedder(np.zeros((self.max_batch_size, *self.spec.input_size, 3), np.uint8))
+            embedder(np.zeros((warmup, *self.spec.input_size, 3), np.uint8))
         except Exception as error:
             if not self.jit_compile:
                 raise
