@@ -121,9 +121,15 @@ class Bench:
         if self.log_progress:
             print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    def measure(self, name: str, command: Sequence[str]) -> Measured:
+    def measure(
+        self, name: str, command: Sequence[str], environment: dict | None = None
+    ) -> Measured:
+        """Run `command` as a child (with `environment`, or the children's own), log, record."""
         measured = run_measured(
-            command, self.out / "logs" / f"{name}.log", self.environment, self.timeout_s
+            command,
+            self.out / "logs" / f"{name}.log",
+            environment or self.environment,
+            self.timeout_s,
         )
         self.say(
             f"{name}: {measured.seconds:.1f} s, {measured.cpu_seconds:.1f} CPU s, "
@@ -526,10 +532,7 @@ def measure_dag_parse(bench: Bench) -> dict:
     home = bench.out / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     environment = {**bench.environment, "AIRFLOW_HOME": str(home)}
-    log = bench.out / "logs" / "dag-parse.log"
-    measured = run_measured(python_command("benchmarks.dag_parse"), log, environment)
-    bench.say(f"dag-parse: {measured.result['seconds']:.2f} s")
-    return measured.result
+    return bench.measure("dag-parse", python_command("benchmarks.dag_parse"), environment).result
 
 
 # --- entry point ----------------------------------------------------------------------------

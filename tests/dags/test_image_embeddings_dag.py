@@ -1,14 +1,15 @@
-"""The DAG as Airflow loads it: imports, schedule, retries, graph, params schema, parse cost."""
+"""The DAG as Airflow loads it: imports, schedule, retries, graph, params, parse-time imports."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
+from benchmarks.measure import parse_result
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "image_embeddings.py"
@@ -154,25 +155,14 @@ def test_the_trigger_form_refuses(serialized, conf):
     assert next(iter(conf)) in str(refused.value)
 
 
-PARSE_PROBE = """
-import importlib.util, json, sys
-sys.path.insert(0, {plugins!r})
-import airflow.sdk
-import airflow.providers.apache.beam.operators.beam
-import airflow.providers.google.cloud.sensors.dataflow
-import airflow.providers.google.cloud.triggers.dataflow
-spec = importlib.util.spec_from_file_location("image_embeddings_dag", {dag_file!r})
-spec.loader.exec_module(importlib.util.module_from_spec(spec))
-heavy = ["tensorflow", "keras", "apache_beam", "sklearn", "matplotlib", "pyarrow"]
-print(json.dumps({{"loaded": [m for m in heavy if m in sys.modules]}}))
-"""
-
-
 def test_dag_file_parses_without_heavy_imports():
     """Beyond Airflow and the two providers, the DAG file imports no ML or data library."""
-    probe = PARSE_PROBE.format(plugins=str(REPO / "plugins"), dag_file=str(DAG_FILE))
     done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-m", "benchmarks.dag_parse"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=REPO,
     )
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["loaded"] == []
+    assert parse_result(done.stdout)["heavy_modules"] == []
