@@ -346,7 +346,7 @@ class KerasModelHandler(ModelHandler[np.ndarray, np.ndarray, CompiledEmbedder]):
             if not self.jit_compile:
                 raise
             # TensorFlow's message goes on with the Python stack of each op; the first line says it.
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            reason = (str(error).strip().splitlines() or [""])[0]
             raise RuntimeError(
                 f"XLA cannot compile model {self.spec.name}: run it without XLA with "
                 f"--no_jit_compile ({type(error).__name__}: {reason})"
