@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
 # Local defaults; any of them can be overridden from the environment.
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
@@ -21,20 +21,21 @@ PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## Create or update .venv from the lock (seconds when nothing changed)
+setup: $(STAMP) ## Create or update .venv from the runtime and development locks (seconds when nothing changed)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q "$$(grep '^uv==' requirements.txt)"
-	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.txt
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.txt requirements-dev.txt
 	@# The repository root on the venv's path: `python -m beam_jobs.image_embeddings` works anywhere.
 	@echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/image_embeddings_repo.pth"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-lock: ## Regenerate requirements.txt from requirements.in
+lock: ## Regenerate the locks: requirements.txt (runtime) and requirements-dev.txt (tests, lint)
 	@test -x $(BIN)/uv || $(MAKE) setup
 	$(BIN)/uv pip compile requirements.in --python-version 3.11 --quiet -o requirements.txt
+	$(BIN)/uv pip compile requirements-dev.in --python-version 3.11 --quiet -o requirements-dev.txt
 
 lint: setup ## Ruff over the whole repository
 	$(BIN)/ruff check .

@@ -111,14 +111,14 @@ def write_synthetic_day(folder: Path, rows: int, dim: int = DIM, seed: int = 0) 
 
 
 def validate(folder: str) -> dict:
-    from image_embeddings.validation import validate_output
+    from image_embeddings_airflow.validation import validate_output
 
     report = validate_output(folder, MAX_FAILURE_RATE, expected_dim=DIM)
     return {"rows": report.counts["embedded"]}
 
 
 def reduce(folder: str) -> dict:
-    from image_embeddings.reduction import reduce_dimensions
+    from image_embeddings_airflow.reduction import reduce_dimensions
 
     result = reduce_dimensions(folder, PCA_COMPONENTS, PCA_SAMPLE_SIZE)
     return {"rows": result.rows, "components": result.n_components}

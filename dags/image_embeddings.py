@@ -28,9 +28,9 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
 
-from image_embeddings import dag_tasks
-from image_embeddings.operators import EmbedImagesOperator, WaitForEmbeddingsSensor
-from image_embeddings.params import dag_params, schedule_start
+from image_embeddings_airflow import dag_tasks
+from image_embeddings_airflow.operators import EmbedImagesOperator, WaitForEmbeddingsSensor
+from image_embeddings_airflow.params import dag_params, schedule_start
 
 # Downstream DAGs schedule on `Asset(name="image_embeddings_validated")`; each event's extra
 # names the day and its output folder.

@@ -15,9 +15,9 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from image_embeddings.launch import launch
-from image_embeddings.params import resolve_plan
-from image_embeddings.settings import SETTINGS, load_settings, validate_dataflow
+from image_embeddings_airflow.launch import launch
+from image_embeddings_airflow.params import resolve_plan
+from image_embeddings_airflow.settings import SETTINGS, load_settings, validate_dataflow
 from tests.compose import (
     AIRFLOW_DOCKERFILE,
     COMPOSE_FILE,

@@ -7,8 +7,8 @@ import importlib
 
 import pytest
 
-from image_embeddings.dag_tasks import resolve_run
-from image_embeddings.dataflow import (
+from image_embeddings_airflow.dag_tasks import resolve_run
+from image_embeddings_airflow.dataflow import (
     DataflowJobWaitTrigger,
     JobStillStopping,
     find_reusable_job,
@@ -82,7 +82,7 @@ def _in_dag(operator_class, **kwargs):
 
 
 def _sensor(job_id):
-    from image_embeddings.operators import WaitForEmbeddingsSensor
+    from image_embeddings_airflow.operators import WaitForEmbeddingsSensor
 
     return _in_dag(
         WaitForEmbeddingsSensor,
@@ -144,7 +144,7 @@ def test_killing_embed_cancels_the_job_it_launched_or_reused(dataflow_api):
     """The provider's on_kill, with the hook and job id that a launch or a reuse leaves."""
     from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
 
-    from image_embeddings.operators import EmbedImagesOperator
+    from image_embeddings_airflow.operators import EmbedImagesOperator
 
     job_id = dataflow_api.add_job(NAME, "JOB_STATE_RUNNING")
     embed = _in_dag(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from image_embeddings.dag_tasks import resolve_run
-from image_embeddings.launch import (
+from image_embeddings_airflow.dag_tasks import resolve_run
+from image_embeddings_airflow.launch import (
     WaitMode,
     console_url,
     dataflow_job_name,
@@ -95,7 +95,7 @@ def test_a_container_image_replaces_the_setup_file_and_sdk_staging():
 def _rendered(environ, params=None):
     from airflow.sdk import DAG
 
-    from image_embeddings.operators import EmbedImagesOperator
+    from image_embeddings_airflow.operators import EmbedImagesOperator
 
     plan = resolve_run(params or {}, NOV_28, environ)
     with DAG("image_embeddings", schedule=None):

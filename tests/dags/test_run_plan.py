@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from image_embeddings.dag_tasks import resolve_run
-from image_embeddings.params import resolve_plan, run_day, schedule_start
-from image_embeddings.settings import load_settings
+from image_embeddings_airflow.dag_tasks import resolve_run
+from image_embeddings_airflow.params import resolve_plan, run_day, schedule_start
+from image_embeddings_airflow.settings import load_settings
 
 LOCAL = {
     "IMAGE_EMBEDDINGS_INPUT_ROOT": "/data/images",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from beam_jobs.image_embeddings.contract import join
-from image_embeddings import storage
+from image_embeddings_airflow import storage
 from tests.gcs_emulator import free_port
 from tests.image_factory import write_images
 
@@ -27,7 +27,7 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 def _small_model() -> tuple[str, int]:
     """The fastest model the settings accept, for runs where the model does not matter."""
-    from image_embeddings.settings import validate_model
+    from image_embeddings_airflow.settings import validate_model
 
     try:
         return validate_model("mobilenetv3small"), 576

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
-from image_embeddings import storage
+from image_embeddings_airflow import storage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
-from image_embeddings import storage
+from image_embeddings_airflow import storage
 from tests.e2e.conftest import DEFAULT_MODEL, REPO, SMALL_MODEL, airflow_local, write_day
 from tests.e2e.fake_dataflow import FakeDataflow, serving
 from tests.e2e.outputs import check_day_outputs

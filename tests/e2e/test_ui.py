@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from image_embeddings.params import dag_params
-from image_embeddings.settings import RUNNERS
+from image_embeddings_airflow.params import dag_params
+from image_embeddings_airflow.settings import RUNNERS
 from tests.e2e.conftest import REPO, SMALL_MODEL, AirflowApi, wait_for, write_day
 from tests.e2e.outputs import check_day_outputs
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 
 from beam_jobs.image_embeddings.contract import MANIFEST_NAME, manifest_entries
-from image_embeddings import storage
-from image_embeddings.manifest import ManifestInfo, image_uris, stage_manifest, unique_sorted
+from image_embeddings_airflow import storage
+from image_embeddings_airflow.manifest import (
+    ManifestInfo,
+    image_uris,
+    stage_manifest,
+    unique_sorted,
+)
 
 IMAGES = ["b.jpg", "a/x.PNG", "a/deep/er/y.JpEg", "a.webp", "z/é #1.tiff", "c.GIF", "d.bmp"]
 NOT_IMAGES = ["notes.txt", "a/.DS_Store", "archive.jpg.zip", "noext", "a/deep/README"]

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from beam_jobs.image_embeddings.contract import embeddings_schema
-from image_embeddings import storage
-from image_embeddings.reduction import (
+from image_embeddings_airflow import storage
+from image_embeddings_airflow.reduction import (
     ReductionResult,
     capped_components,
     fit_pca,
@@ -104,7 +104,7 @@ def test_components_are_capped_by_the_sample(tmp_path, caplog):
     day = str(tmp_path / "2026-11-28")
     write_outputs(day, clustered(4))
 
-    with caplog.at_level(logging.INFO, logger="image_embeddings.reduction"):
+    with caplog.at_level(logging.INFO, logger="image_embeddings_airflow.reduction"):
         result = reduce_dimensions(day, n_components=50, sample_size=8)
 
     assert (result.sample_size, result.n_components, result.rows) == (8, 8, 12)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from image_embeddings.settings import (
+from image_embeddings_airflow.settings import (
     SETTINGS,
     Settings,
     day_dir,
@@ -263,8 +263,9 @@ def test_day_dir():
 def test_airflow_side_imports_neither_tensorflow_nor_beam():
     code = (
         "import sys\n"
-        "import image_embeddings.settings, image_embeddings.storage, image_embeddings.manifest\n"
-        "import image_embeddings.validation, image_embeddings.reduction\n"
+        "import image_embeddings_airflow.settings, image_embeddings_airflow.storage\n"
+        "import image_embeddings_airflow.manifest, image_embeddings_airflow.validation\n"
+        "import image_embeddings_airflow.reduction\n"
         "heavy = sorted(m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )

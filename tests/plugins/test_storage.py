@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from image_embeddings import storage
+from image_embeddings_airflow import storage
 
 NAMES = ["a.jpg", "a/b.jpg", "a/c/d.png", "a0.jpg", "b.txt", "Z.JPG", "é.jpg", "sp ace/#1%.jpg"]
 

@@ -17,8 +17,8 @@ from beam_jobs.image_embeddings.contract import (
     embeddings_schema,
     failures_schema,
 )
-from image_embeddings import storage
-from image_embeddings.validation import REPORT_NAME, ValidationError, validate_output
+from image_embeddings_airflow import storage
+from image_embeddings_airflow.validation import REPORT_NAME, ValidationError, validate_output
 
 DIM = 16
 EMB0 = "embeddings-00000-of-00002.parquet"

@@ -28,7 +28,7 @@ from beam_jobs.image_embeddings.contract import (
     join,
     shard_glob,
 )
-from image_embeddings import storage
+from image_embeddings_airflow import storage
 
 REPO = Path(__file__).resolve().parents[2]
 # The model does not matter here, only that every entry is accounted for: the smallest one.

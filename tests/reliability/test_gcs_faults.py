@@ -18,9 +18,9 @@ from apache_beam.utils.plugin import BeamPlugin
 
 from beam_jobs.image_embeddings import gcs
 from beam_jobs.image_embeddings.contract import STAGE_DECODE, join
-from image_embeddings import storage
-from image_embeddings.manifest import stage_manifest
-from image_embeddings.validation import validate_output
+from image_embeddings_airflow import storage
+from image_embeddings_airflow.manifest import stage_manifest
+from image_embeddings_airflow.validation import validate_output
 from tests.fault_proxy import SERVICE_UNAVAILABLE, STALL, FaultPlan
 from tests.reliability.runs import (
     ATOL,

@@ -19,8 +19,8 @@ from beam_jobs.image_embeddings.contract import (
     join,
     manifest_entries,
 )
-from image_embeddings import storage
-from image_embeddings.validation import REPORT_NAME, ValidationError, validate_output
+from image_embeddings_airflow import storage
+from image_embeddings_airflow.validation import REPORT_NAME, ValidationError, validate_output
 from tests.fault_proxy import Hold
 from tests.reliability.runs import (
     DIM,

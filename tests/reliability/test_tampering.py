@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs.image_embeddings.contract import SUCCESS_MARKER
-from image_embeddings.validation import REPORT_NAME, ValidationError, validate_output
+from image_embeddings_airflow.validation import REPORT_NAME, ValidationError, validate_output
 from tests.reliability.runs import DIM
 
 pytestmark = pytest.mark.slow

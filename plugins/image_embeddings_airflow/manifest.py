@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from beam_jobs.image_embeddings.contract import MANIFEST_NAME, is_image_name, join
-from image_embeddings import storage
+from image_embeddings_airflow import storage
 
 log = logging.getLogger(__name__)
 

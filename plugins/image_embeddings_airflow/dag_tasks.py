@@ -24,8 +24,8 @@ def resolve_run(
 
     Bad values fail the task at once, without retries: nothing else has run yet.
     """
-    from image_embeddings.params import resolve_plan
-    from image_embeddings.settings import load_settings
+    from image_embeddings_airflow.params import resolve_plan
+    from image_embeddings_airflow.settings import load_settings
 
     try:
         plan = resolve_plan(load_settings(environ), params, logical_date)
@@ -47,7 +47,7 @@ def resolve_run(
 
 def stage(plan: Mapping[str, Any]) -> dict[str, Any]:
     """Write the day's manifest; skip everything downstream when the day has no images."""
-    from image_embeddings.manifest import stage_manifest
+    from image_embeddings_airflow.manifest import stage_manifest
 
     info = stage_manifest(plan["input_dir"], plan["output_dir"])
     if info.count == 0:
@@ -60,7 +60,7 @@ def stage(plan: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_success_marker(output_dir: str) -> dict[str, Any]:
     """The pipeline's `_SUCCESS` summary; fail when it is missing or incomplete."""
-    from image_embeddings import storage
+    from image_embeddings_airflow import storage
 
     uri = join(output_dir, SUCCESS_MARKER)
     if not storage.exists(uri):
@@ -84,7 +84,7 @@ def read_success_marker(output_dir: str) -> dict[str, Any]:
 
 def validate(plan: Mapping[str, Any]) -> dict[str, Any]:
     """Check the day's outputs against the manifest and the contract; fail with the report."""
-    from image_embeddings.validation import ValidationError, validate_output
+    from image_embeddings_airflow.validation import ValidationError, validate_output
 
     try:
         report = validate_output(plan["output_dir"], plan["max_failure_rate"])
@@ -109,7 +109,7 @@ def run_summary(marker: Mapping[str, Any]) -> dict[str, Any]:
 
 def reduce(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]:
     """Fit the PCA, project every embedding, plot; log where the plot is and the run's summary."""
-    from image_embeddings.reduction import reduce_dimensions
+    from image_embeddings_airflow.reduction import reduce_dimensions
 
     try:
         result = reduce_dimensions(

@@ -28,8 +28,8 @@ from beam_jobs.image_embeddings.contract import (
     manifest_entries,
     shard_glob,
 )
-from image_embeddings import storage
-from image_embeddings.settings import validate_failure_rate
+from image_embeddings_airflow import storage
+from image_embeddings_airflow.settings import validate_failure_rate
 
 log = logging.getLogger(__name__)
 

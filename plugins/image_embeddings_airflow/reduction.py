@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, join, shard_glob
-from image_embeddings import storage
-from image_embeddings.settings import validate_components, validate_sample_size
+from image_embeddings_airflow import storage
+from image_embeddings_airflow.settings import validate_components, validate_sample_size
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from airflow.providers.google.cloud.operators.dataflow import DataflowConfigurat
 from airflow.providers.google.cloud.sensors.dataflow import DataflowJobStatusSensor
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from image_embeddings.dag_tasks import read_success_marker
-from image_embeddings.dataflow import DataflowJobWaitTrigger, cancel_job, find_reusable_job
-from image_embeddings.launch import (
+from image_embeddings_airflow.dag_tasks import read_success_marker
+from image_embeddings_airflow.dataflow import DataflowJobWaitTrigger, cancel_job, find_reusable_job
+from image_embeddings_airflow.launch import (
     PIPELINE_MODULE,
     POLL_SLEEP_S,
     WaitMode,

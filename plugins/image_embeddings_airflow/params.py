@@ -10,7 +10,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from image_embeddings.settings import (
+from image_embeddings_airflow.settings import (
     RUNNERS,
     Settings,
     day_dir,

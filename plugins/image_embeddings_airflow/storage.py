@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from image_embeddings.settings import DEFAULT_GCP_CONN_ID, GCP_CONN_VARIABLE
+from image_embeddings_airflow.settings import DEFAULT_GCP_CONN_ID, GCP_CONN_VARIABLE
 
 GCS_SCHEME = "gs://"
 EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
