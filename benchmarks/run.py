@@ -75,7 +75,7 @@ LOADED_MODEL_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*Loade
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
 WARMUP_IMPORTS = (
     "import tensorflow, keras, apache_beam, pyarrow.parquet, pandas, matplotlib.figure; "
-    "import beam_jobs.image_embeddings.pipeline, image_embeddings_airflow.validation, "
+    "import beam_jobs.image_embeddings.launcher, image_embeddings_airflow.validation, "
     "image_embeddings_airflow.reduction, benchmarks.ceiling, benchmarks.seed_way"
 )
 

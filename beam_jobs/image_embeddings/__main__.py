@@ -2,7 +2,7 @@
 
 import logging
 
-from beam_jobs.image_embeddings.pipeline import run
+from beam_jobs.image_embeddings.launcher import run
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

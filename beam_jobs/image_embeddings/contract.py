@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable, Iterator
 
 MANIFEST_NAME = "manifest.txt"
@@ -10,6 +11,21 @@ EMBEDDINGS_PREFIX = "embeddings"
 FAILURES_PREFIX = "failures"
 SHARD_SUFFIX = ".parquet"
 SUCCESS_MARKER = "_SUCCESS"
+# Beam's shard name template, and the pattern that reads (index, count) back from a file name.
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+SHARD_NUMBER = re.compile(r"-(\d+)-of-(\d+)" + re.escape(SHARD_SUFFIX) + "$")
+# Beam metrics of the pipeline (counters, distributions) live under this namespace.
+METRICS_NAMESPACE = "image_embeddings"
+
+# Bounds of every gs:// request, on both sides: seconds to connect and to wait for the next bytes
+# of an answer; then back-off from GCS_RETRY_INITIAL_S doubling to GCS_RETRY_MAXIMUM_S, for at most
+# GCS_RETRY_DEADLINE_S per operation.
+GCS_CONNECT_TIMEOUT_S = 10.0
+GCS_READ_TIMEOUT_S = 60.0
+GCS_RETRY_INITIAL_S = 0.5
+GCS_RETRY_MAXIMUM_S = 16.0
+GCS_RETRY_MULTIPLIER = 2.0
+GCS_RETRY_DEADLINE_S = 300.0
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 

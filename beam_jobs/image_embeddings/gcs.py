@@ -9,12 +9,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.plugin import BeamPlugin
 from google.auth.transport.requests import AuthorizedSession
 
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_RETRY_DEADLINE_S = 300.0
-# Back-off between attempts of one operation: 0.5 s, 1 s, 2 s, ... at most 16 s.
-RETRY_INITIAL_S = 0.5
-RETRY_MAXIMUM_S = 16.0
-RETRY_MULTIPLIER = 2.0
+from beam_jobs.image_embeddings.contract import (
+    GCS_READ_TIMEOUT_S,
+    GCS_RETRY_DEADLINE_S,
+    GCS_RETRY_INITIAL_S,
+    GCS_RETRY_MAXIMUM_S,
+    GCS_RETRY_MULTIPLIER,
+)
+
 # As google-cloud-storage's own clients: a credential refresh may take this long.
 CREDENTIALS_REFRESH_TIMEOUT_S = 300
 
@@ -27,14 +29,14 @@ class GcsClientOptions(PipelineOptions):
         parser.add_argument(
             "--gcs_timeout_secs",
             type=float,
-            default=DEFAULT_TIMEOUT_S,
+            default=GCS_READ_TIMEOUT_S,
             help="seconds a GCS request may wait to connect or for the next bytes of its answer "
             "before it is retried (default: %(default)s)",
         )
         parser.add_argument(
             "--gcs_retry_deadline_secs",
             type=float,
-            default=DEFAULT_RETRY_DEADLINE_S,
+            default=GCS_RETRY_DEADLINE_S,
             help="seconds one GCS operation keeps retrying 429, 5xx, timeouts and dropped "
             "connections before it fails (default: %(default)s)",
         )
@@ -90,9 +92,9 @@ def create_storage_client(pipeline_options: PipelineOptions, use_credentials: bo
 def get_retry(pipeline_options: PipelineOptions):
     """Beam's retry policy (its predicate and throttling counter) with explicit bounds."""
     retry = _BEAM_GET_RETRY(pipeline_options)
-    return retry.with_delay(RETRY_INITIAL_S, RETRY_MAXIMUM_S, RETRY_MULTIPLIER).with_timeout(
-        _limits(pipeline_options).gcs_retry_deadline_secs
-    )
+    return retry.with_delay(
+        GCS_RETRY_INITIAL_S, GCS_RETRY_MAXIMUM_S, GCS_RETRY_MULTIPLIER
+    ).with_timeout(_limits(pipeline_options).gcs_retry_deadline_secs)
 
 
 def bound_beam_gcs_requests() -> None:

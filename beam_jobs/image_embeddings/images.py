@@ -24,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from beam_jobs.image_embeddings import gcs  # noqa: F401 - bounds this process's GCS requests
 from beam_jobs.image_embeddings.contract import (
+    METRICS_NAMESPACE,
     STAGE_DECODE,
     STAGE_INPUT,
     STAGE_READ,
@@ -35,7 +36,6 @@ DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 # through a model call.
 DEFAULT_PREFETCH = 64
 FAILED_TAG = "failed"
-METRICS_NAMESPACE = "image_embeddings"
 
 # Only these Pillow plugins may identify a file: formats a photo bucket holds (JPEG includes
 # multi-picture MPO). Others (EPS, which runs Ghostscript; PSD; ...) are refused, not parsed.

@@ -17,7 +17,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler
 
-from beam_jobs.image_embeddings.contract import KERAS_FILE_SUFFIX
+from beam_jobs.image_embeddings.contract import KERAS_FILE_SUFFIX, METRICS_NAMESPACE
 from beam_jobs.image_embeddings.weights import (
     IMAGENET,
     RANDOM,
@@ -29,7 +29,6 @@ from beam_jobs.image_embeddings.weights import (
     stalled_downloads_fail,
 )
 
-METRICS_NAMESPACE = "image_embeddings"
 # --precision value -> Keras dtype policy. Mixed bfloat16 keeps variables in float32 and computes
 # in bfloat16, which CPUs with AVX512_BF16 run much faster.
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}

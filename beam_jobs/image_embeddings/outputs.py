@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +17,9 @@ from beam_jobs.image_embeddings import io
 from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
     FAILURES_PREFIX,
+    SHARD_NUMBER,
     SHARD_SUFFIX,
+    SHARD_TEMPLATE,
     SUCCESS_MARKER,
     embeddings_schema,
     failures_schema,
@@ -28,8 +29,6 @@ from beam_jobs.image_embeddings.contract import (
 
 LOGGER = logging.getLogger(__name__)
 
-SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
-_SHARD_NAME = re.compile(r"-(\d+)-of-(\d+)" + re.escape(SHARD_SUFFIX))
 # FileBasedSink stages each write in `<output>/beam-temp-<prefix>-<uuid>/`.
 _TEMP_FOLDERS = "beam-temp-{prefix}-*"
 
@@ -76,7 +75,7 @@ def shard_count(written: Iterable[str]) -> int:
     """The shard count of one write, read from the names of the files it reported."""
     counts = set()
     for path in written:
-        matched = _SHARD_NAME.search(posixpath.basename(path))
+        matched = SHARD_NUMBER.search(posixpath.basename(path))
         if not matched:
             raise ValueError(f"unexpected shard name {path!r}: expected *{SHARD_TEMPLATE}.parquet")
         counts.add(int(matched[2]))

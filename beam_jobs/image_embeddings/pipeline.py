@@ -1,60 +1,27 @@
-"""The embedding pipeline: manifest -> images -> RunInference -> Parquet, and its launcher."""
+"""The embedding pipeline's graph: manifest -> images -> RunInference -> Parquet -> commit."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import (
-    DirectOptions,
-    PipelineOptions,
-    SetupOptions,
-    StandardOptions,
-    TestOptions,
-    WorkerOptions,
-)
-from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from beam_jobs.image_embeddings import io
-from beam_jobs.image_embeddings.contract import STAGE_INFERENCE, manifest_entries
-from beam_jobs.image_embeddings.images import (
-    FAILED_TAG,
-    METRICS_NAMESPACE,
-    LoadedImage,
-    LoadImageFn,
-)
-from beam_jobs.image_embeddings.models import KerasModelHandler, ModelSpec, resolve_model
-from beam_jobs.image_embeddings.options import JobOptions, parse_known_args
+from beam_jobs.image_embeddings.contract import METRICS_NAMESPACE, STAGE_INFERENCE, manifest_entries
+from beam_jobs.image_embeddings.images import FAILED_TAG, LoadedImage, LoadImageFn
+from beam_jobs.image_embeddings.models import KerasModelHandler, ModelSpec
+from beam_jobs.image_embeddings.options import JobOptions
 from beam_jobs.image_embeddings.outputs import (
     CommitOutput,
     WriteEmbeddings,
     WriteFailures,
     embedding_row,
     failure_row,
-    read_success_marker,
-    remove_earlier_shards,
-    remove_success_marker,
-    utc_now,
 )
-from beam_jobs.image_embeddings.progress import (
-    EMBEDDED,
-    ProgressReporter,
-    TrackProgress,
-    batch_size_stats,
-    failed_counter,
-    summary_line,
-)
-
-LOGGER = logging.getLogger(__name__)
-
-SETUP_FILE = Path(__file__).resolve().parents[1] / "setup.py"
+from beam_jobs.image_embeddings.progress import EMBEDDED, TrackProgress, failed_counter
 
 # What RunInference's keyed handler carries beside each image: its URI and original size.
 ImageKey = tuple[str, int, int]
@@ -207,109 +174,3 @@ def build_pipeline(
         "failures": failures,
         "duplicates": duplicates,
     } | "CommitOutput" >> CommitOutput(job.output, run_info, spec.dim)
-
-
-def runner_name(options: PipelineOptions) -> str:
-    """The runner's short lower-case name: `direct`, `dataflow`, ..."""
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    name = runner if isinstance(runner, str) else type(runner).__name__
-    return name.lower().removesuffix("runner")
-
-
-def is_dataflow(options: PipelineOptions) -> bool:
-    return runner_name(options) == "dataflow"
-
-
-def in_launcher_process(options: PipelineOptions) -> bool:
-    """True when the DoFns run in this process, so progress can be read from here."""
-    direct = runner_name(options) in ("direct", "switchingdirect", "bundlebaseddirect")
-    return direct and options.view_as(DirectOptions).direct_running_mode != "multi_processing"
-
-
-def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """Beam's options from the pass-through arguments, plus what a Dataflow job needs.
-
-    A Dataflow job with neither `--setup_file` nor `--sdk_container_image` gets this package's
-    setup.py, so its workers install the package and its dependencies.
-    """
-    options = PipelineOptions(beam_args)
-    if is_dataflow(options):
-        setup = options.view_as(SetupOptions)
-        if not setup.setup_file and not options.view_as(WorkerOptions).sdk_container_image:
-            setup.setup_file = str(SETUP_FILE)
-    return options
-
-
-def count_entries(manifest: str) -> int:
-    """Distinct entries of a manifest, read here to give progress lines their total."""
-    return len(set(manifest_entries(io.read_text(manifest).splitlines())))
-
-
-def prepare_launch(job: JobOptions, count: bool) -> int | None:
-    """Check the manifest, remove the earlier run's `_SUCCESS`, then its shards; count the
-    entries if asked."""
-    if not io.exists(job.manifest):
-        raise FileNotFoundError(f"manifest not found: {job.manifest}")
-    remove_success_marker(job.output)
-    remove_earlier_shards(job.output)
-    return count_entries(job.manifest) if count else None
-
-
-def run_info(job: JobOptions, spec: ModelSpec, options: PipelineOptions) -> dict[str, Any]:
-    """What the `_SUCCESS` marker records about how the run was made."""
-    return {
-        "model": spec.name,
-        "weights": job.weights,
-        "precision": job.precision,
-        "embedding_dtype": job.embedding_dtype,
-        "runner": runner_name(options),
-        "started_at": utc_now(),
-    }
-
-
-def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None):
-    """argv -> options -> build -> run; wait unless the job runs remotely and no wait is asked.
-
-    Returns Beam's PipelineResult (for a Dataflow `--dry_run=True`, `result.job` is the built job).
-    """
-    job, beam_args = parse_known_args(argv)
-    spec = resolve_model(job.model)
-    pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(beam_args))
-    options = pipeline.options
-    # A dry run builds the job offline: it must not touch the manifest or the output.
-    dry_run = bool(options.view_as(TestOptions).dry_run)
-    waits = not is_dataflow(options) or job.wait_until_finish
-    total = None if dry_run else prepare_launch(job, count=waits)
-    build_pipeline(pipeline, job, spec, run_info(job, spec, options), total)
-    LOGGER.info(
-        "embedding %s entries of %s into %s with %s (%s weights, %s)",
-        "the" if total is None else total,
-        job.manifest,
-        job.output,
-        spec.name,
-        job.weights,
-        job.precision,
-    )
-    shows_progress = in_launcher_process(options) and not dry_run
-    with (
-        ProgressReporter(total, job.progress_interval_secs)
-        if shows_progress
-        else contextlib.nullcontext()
-    ):
-        result = pipeline.run()
-        if waits:
-            result.wait_until_finish()
-    if dry_run:
-        LOGGER.info("dry run: the job was built and not submitted")
-    elif waits:
-        report(result, job.output)
-    else:
-        LOGGER.info("job submitted; not waiting for it (pass --wait_until_finish to wait)")
-    return result
-
-
-def report(result: PipelineResult, output: str) -> None:
-    """Fail unless the job finished; log the summary line from its `_SUCCESS` marker."""
-    if result.state != PipelineState.DONE:
-        raise RuntimeError(f"the job ended in state {result.state}, not DONE")
-    LOGGER.info(summary_line(read_success_marker(output), batch_size_stats(result)))

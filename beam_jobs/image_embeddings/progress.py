@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from beam_jobs.image_embeddings.images import METRICS_NAMESPACE
+from beam_jobs.image_embeddings.contract import METRICS_NAMESPACE
 
 LOGGER = logging.getLogger(__name__)
 

@@ -14,6 +14,14 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
+from beam_jobs.image_embeddings.contract import (
+    GCS_CONNECT_TIMEOUT_S,
+    GCS_READ_TIMEOUT_S,
+    GCS_RETRY_DEADLINE_S,
+    GCS_RETRY_INITIAL_S,
+    GCS_RETRY_MAXIMUM_S,
+    GCS_RETRY_MULTIPLIER,
+)
 from image_embeddings_airflow.settings import DEFAULT_GCP_CONN_ID, GCP_CONN_VARIABLE
 
 GCS_SCHEME = "gs://"
@@ -23,12 +31,10 @@ LIST_PAGE_SIZE = 1000
 # that a task holding a reader and a writer stays far below its memory budget.
 GCS_CHUNK_SIZE = 8 * 1024 * 1024
 PARQUET_BUFFER = 4 * 1024 * 1024
-# Bounds of every gs:// request: seconds to connect and to wait for the next bytes of an answer.
-# Then the operation is retried (429, 5xx, timeouts, dropped connections) with back-off from
-# 0.5 s doubling to 16 s, for at most GCS_RETRY_DEADLINE_S. Uploads are retried too: each
-# replaces a whole object, so a repeated one leaves the same result.
-GCS_TIMEOUT_S = (10.0, 60.0)
-GCS_RETRY_DEADLINE_S = 300.0
+# gs:// requests are bounded as the contract says; 429, 5xx, timeouts and dropped connections are
+# retried. Uploads are retried too: each replaces a whole object, so a repeated one leaves the
+# same result.
+GCS_TIMEOUT_S = (GCS_CONNECT_TIMEOUT_S, GCS_READ_TIMEOUT_S)
 
 
 def is_gcs(uri: str) -> bool:
@@ -84,7 +90,9 @@ def _bounds() -> dict[str, Any]:
     """The `timeout` and `retry` arguments of one google-cloud-storage call."""
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    retry = DEFAULT_RETRY.with_delay(initial=0.5, maximum=16.0, multiplier=2.0)
+    retry = DEFAULT_RETRY.with_delay(
+        initial=GCS_RETRY_INITIAL_S, maximum=GCS_RETRY_MAXIMUM_S, multiplier=GCS_RETRY_MULTIPLIER
+    )
     return {"timeout": GCS_TIMEOUT_S, "retry": retry.with_timeout(GCS_RETRY_DEADLINE_S)}
 
 

@@ -7,7 +7,6 @@ import hashlib
 import itertools
 import logging
 import posixpath
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
     FAILURES_PREFIX,
     MANIFEST_NAME,
+    SHARD_NUMBER,
     STAGES,
     SUCCESS_KEYS,
     SUCCESS_MARKER,
@@ -37,7 +37,6 @@ REPORT_NAME = "validation.json"
 BATCH_ROWS = 2048
 EXAMPLES = 5
 MANIFEST_CHUNK = 16384
-_SHARD_NUMBER = re.compile(r"-(\d+)-of-(\d+)\.parquet$")
 
 
 @dataclass
@@ -219,9 +218,9 @@ def _list_shards(output_dir: str, prefix: str, marker: dict[str, Any] | None, ch
     """The shards of one output kind; a gap in their numbering or in the marker's list fails."""
     shards = storage.glob(shard_glob(output_dir, prefix))
     names = [posixpath.basename(uri) for uri in shards]
-    totals = {int(m[2]) for m in map(_SHARD_NUMBER.search, names) if m}
+    totals = {int(m[2]) for m in map(SHARD_NUMBER.search, names) if m}
     for total in totals:
-        numbered = {int(m[1]) for m in map(_SHARD_NUMBER.search, names) if m and int(m[2]) == total}
+        numbered = {int(m[1]) for m in map(SHARD_NUMBER.search, names) if m and int(m[2]) == total}
         for index in sorted(set(range(total)) - numbered):
             check.fail(f"{prefix} shard {index} of {total} missing")
     if len(totals) > 1:

@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from beam_jobs.image_embeddings.pipeline import SETUP_FILE, pipeline_options, run
+from beam_jobs.image_embeddings.launcher import SETUP_FILE, pipeline_options, run
 
 BUCKET = "gs://image-embeddings-dry-run"
 DATAFLOW_ARGS = [

@@ -54,7 +54,7 @@ def pipeline_argv(output: str, *extra: str) -> list[str]:
 
 def run_pipeline(output: str, *extra: str) -> None:
     """Run the pipeline in this process (TensorFlow is loaded once per test session)."""
-    from beam_jobs.image_embeddings.pipeline import run
+    from beam_jobs.image_embeddings.launcher import run
 
     run(pipeline_argv(output, *extra))
 

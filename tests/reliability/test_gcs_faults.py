@@ -46,8 +46,8 @@ def test_gcs_clients_of_the_pipeline_have_explicit_bounds():
     assert client.client._http.timeout_s == 7
     assert client._storage_client_retry.timeout == 42
     defaults = gcsio.GcsIO(pipeline_options=PipelineOptions([]))
-    assert defaults.client._http.timeout_s == gcs.DEFAULT_TIMEOUT_S == 60
-    assert defaults._storage_client_retry.timeout == gcs.DEFAULT_RETRY_DEADLINE_S == 300
+    assert defaults.client._http.timeout_s == gcs.GCS_READ_TIMEOUT_S == 60
+    assert defaults._storage_client_retry.timeout == gcs.GCS_RETRY_DEADLINE_S == 300
 
 
 BOUNDED_FACTORY = (
