@@ -21,6 +21,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from beam_jobs.image_embeddings import io
 from beam_jobs.image_embeddings.contract import manifest_entries
+from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
 from beam_jobs.image_embeddings.models import ModelSpec, resolve_model
 from beam_jobs.image_embeddings.options import JobOptions, parse_known_args
 from beam_jobs.image_embeddings.outputs import (
@@ -85,8 +86,11 @@ def prepare_launch(job: JobOptions, count: bool) -> int | None:
 
 def run_info(job: JobOptions, spec: ModelSpec, options: PipelineOptions) -> dict[str, Any]:
     """What the `_SUCCESS` marker records about how the run was made."""
+    parts = fingerprint_parts(spec, job.weights, job.precision)
     return {
         "model": spec.name,
+        "fingerprint": fingerprint(parts),
+        "fingerprint_parts": parts,
         "weights": job.weights,
         "precision": job.precision,
         "embedding_dtype": job.embedding_dtype,
