@@ -1,4 +1,4 @@
-"""The model fingerprint: stable for equal inputs, different when anything that changes values does."""
+"""The model fingerprint: stable for equal inputs, changed by anything that changes the values."""
 
 from __future__ import annotations
 
