@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import functools
-import io
+import itertools
 import json
 import os
 import posixpath
-import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from beam_jobs.image_embeddings.contract import (
-    GCS_CONNECT_TIMEOUT_S,
-    GCS_READ_TIMEOUT_S,
-    GCS_RETRY_DEADLINE_S,
-    GCS_RETRY_INITIAL_S,
-    GCS_RETRY_MAXIMUM_S,
-    GCS_RETRY_MULTIPLIER,
-)
+from beam_jobs.image_embeddings.contract import GCS_CONNECT_TIMEOUT_S, GCS_READ_TIMEOUT_S
 from image_embeddings_airflow.settings import DEFAULT_GCP_CONN_ID, GCP_CONN_VARIABLE
 
 GCS_SCHEME = "gs://"
@@ -31,9 +24,10 @@ LIST_PAGE_SIZE = 1000
 # that a task holding a reader and a writer stays far below its memory budget.
 GCS_CHUNK_SIZE = 8 * 1024 * 1024
 PARQUET_BUFFER = 4 * 1024 * 1024
-# gs:// requests are bounded as the contract says; 429, 5xx, timeouts and dropped connections are
-# retried. Uploads are retried too: each replaces a whole object, so a repeated one leaves the
-# same result.
+# gs:// requests are bounded as the contract says: seconds to connect and to wait for the next
+# bytes of an answer. gcsfs retries 408, 429, 5xx, timeouts and dropped connections, 6 attempts
+# per request with back-off 1, 2, 4, 8, 16 s (plus jitter), well within GCS_RETRY_DEADLINE_S.
+# Uploads are retried too: each replaces a whole object, so a repeated one leaves the same result.
 GCS_TIMEOUT_S = (GCS_CONNECT_TIMEOUT_S, GCS_READ_TIMEOUT_S)
 
 
@@ -57,6 +51,11 @@ def absolute(uri: str) -> str:
     return uri if is_gcs(uri) else os.path.abspath(uri)
 
 
+def _connection_id(gcp_conn_id: str | None = None) -> str:
+    """`gcp_conn_id`, else `IMAGE_EMBEDDINGS_GCP_CONN_ID`, else the default connection."""
+    return gcp_conn_id or os.environ.get(GCP_CONN_VARIABLE) or DEFAULT_GCP_CONN_ID
+
+
 @functools.lru_cache(maxsize=4)
 def _hook_client(gcp_conn_id: str):
     """One client per Airflow connection, built by the Google provider's hook."""
@@ -74,31 +73,60 @@ def _anonymous_client(emulator_host: str):
 
 
 def gcs_client(gcp_conn_id: str | None = None):
-    """The google-cloud-storage Client for gs:// URIs: the Airflow connection's, or the emulator's.
-
-    The connection is `gcp_conn_id`, else `IMAGE_EMBEDDINGS_GCP_CONN_ID`, else the default one.
-    """
+    """A google-cloud-storage Client for gs:// URIs, for code that needs that library's own API:
+    the Airflow connection's (as `filesystem` picks it), or an anonymous one for the emulator."""
     emulator = os.environ.get(EMULATOR_VARIABLE)
     if emulator:
-        # An emulator takes anonymous requests; the provider hook would look for real credentials
-        # (a key, ADC, the metadata server) and fail or stall on retries before any request.
         return _anonymous_client(emulator)
-    return _hook_client(gcp_conn_id or os.environ.get(GCP_CONN_VARIABLE) or DEFAULT_GCP_CONN_ID)
+    return _hook_client(_connection_id(gcp_conn_id))
 
 
-def _bounds() -> dict[str, Any]:
-    """The `timeout` and `retry` arguments of one google-cloud-storage call."""
-    from google.cloud.storage.retry import DEFAULT_RETRY
+def _store(conn_id: str):
+    """Airflow's object store of gs:// for a connection, with the emulator's filesystem if set."""
+    from airflow.sdk.io import attach
 
-    retry = DEFAULT_RETRY.with_delay(
-        initial=GCS_RETRY_INITIAL_S, maximum=GCS_RETRY_MAXIMUM_S, multiplier=GCS_RETRY_MULTIPLIER
-    )
-    return {"timeout": GCS_TIMEOUT_S, "retry": retry.with_timeout(GCS_RETRY_DEADLINE_S)}
+    if not os.environ.get(EMULATOR_VARIABLE):
+        # The Google provider's `gcs` filesystem: gcsfs with the connection's credentials.
+        return attach("gs", conn_id=conn_id)
+    # An emulator takes anonymous requests; the provider would look for real credentials (a key,
+    # ADC, the metadata server) and stall on retries before any request. gcsfs's default class
+    # (ExtendedGcsFileSystem) first asks for the bucket's layout over gRPC, which the emulator
+    # does not serve: 60 s lost on every operation. The core class reads the emulator's address
+    # from the environment at each request. Only an existing store of this alias wins over it:
+    # a process that uses real GCS and the emulator under one connection is not supported.
+    from gcsfs.core import GCSFileSystem
+
+    return attach("gs", conn_id=conn_id, fs=GCSFileSystem(token="anon"))
 
 
-def _blob(uri: str):
-    bucket, name = split_gcs(uri)
-    return gcs_client().bucket(bucket).blob(name, chunk_size=GCS_CHUNK_SIZE)
+def filesystem(uri: str, gcp_conn_id: str | None = None):
+    """The fsspec filesystem of a URI: gcsfs for gs:// (see `object_path`), else the local one."""
+    return object_path(uri, gcp_conn_id).fs
+
+
+def object_path(uri: str, gcp_conn_id: str | None = None):
+    """An Airflow ObjectStoragePath for a URI; gs:// ones go through the Airflow connection.
+
+    The connection is `gcp_conn_id`, else `IMAGE_EMBEDDINGS_GCP_CONN_ID`, else the default one;
+    with `STORAGE_EMULATOR_HOST` set, requests go anonymously to the emulator.
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    if not is_gcs(uri):
+        return ObjectStoragePath(absolute(uri))
+    conn_id = _connection_id(gcp_conn_id)
+    fs = _store(conn_id).fs
+    # gcsfs takes one timeout for every request of a filesystem, and Airflow builds the filesystem
+    # from the connection alone: the bounds are set on it, from GCS_TIMEOUT_S as it is now.
+    fs.requests_timeout = _request_timeout()
+    return ObjectStoragePath(uri, conn_id=conn_id)
+
+
+def _request_timeout():
+    import aiohttp
+
+    connect, read = GCS_TIMEOUT_S
+    return aiohttp.ClientTimeout(sock_connect=connect, sock_read=read)
 
 
 def _gcs_prefix(name: str) -> str:
@@ -107,17 +135,25 @@ def _gcs_prefix(name: str) -> str:
 
 
 def _list_gcs(prefix: str, recursive: bool) -> Iterator[str]:
+    # gcsfs lists a whole folder into memory (and its listing cache) before returning; pages of
+    # the JSON API, through gcsfs's authenticated and retried requests, stream instead.
     bucket, name = split_gcs(prefix)
-    blobs = gcs_client().list_blobs(
-        bucket,
-        prefix=_gcs_prefix(name),
-        delimiter=None if recursive else "/",
-        page_size=LIST_PAGE_SIZE,
-        **_bounds(),
-    )
-    for blob in blobs:
-        if not blob.name.endswith("/"):
-            yield f"{GCS_SCHEME}{bucket}/{blob.name}"
+    fs = filesystem(prefix)
+    query = {
+        "prefix": _gcs_prefix(name),
+        "delimiter": None if recursive else "/",
+        "maxResults": LIST_PAGE_SIZE,
+        "fields": "items(name),nextPageToken",
+    }
+    token = None
+    while True:
+        page = fs.call("GET", "b/{}/o", bucket, json_out=True, pageToken=token, **query)
+        for item in page.get("items", ()):
+            if not item["name"].endswith("/"):
+                yield f"{GCS_SCHEME}{bucket}/{item['name']}"
+        token = page.get("nextPageToken")
+        if not token:
+            return
 
 
 def _sort_key(entry: os.DirEntry) -> str:
@@ -165,9 +201,7 @@ def glob(pattern: str) -> list[str]:
 
 def exists(uri: str) -> bool:
     """True when a file (not a folder) exists at `uri`."""
-    if is_gcs(uri):
-        return _blob(uri).exists(**_bounds())
-    return os.path.isfile(uri)
+    return object_path(uri).is_file()
 
 
 def _encoding(mode: str) -> str | None:
@@ -178,19 +212,21 @@ def _encoding(mode: str) -> str | None:
 def _staged_write(uri: str, mode: str) -> Iterator[IO[Any]]:
     """Write to a local temporary file, then publish it whole only if the block succeeds.
 
-    gs:// objects are uploaded from it (a streaming upload would be finalised even when the
-    writing code fails half way); local files are renamed into place, in the same folder.
+    gs:// objects are uploaded from it: a file opened for writing through fsspec is finalised when
+    it is closed, even when the writing code fails half way. Local files are renamed into place,
+    in the same folder.
     """
     folder = None
     if not is_gcs(uri):
-        folder = os.path.dirname(os.path.abspath(uri))
+        folder = os.path.dirname(absolute(uri))
         os.makedirs(folder, exist_ok=True)
     descriptor, partial = tempfile.mkstemp(dir=folder, prefix=".partial-")
     try:
         with open(descriptor, mode, encoding=_encoding(mode)) as handle:
             yield handle
         if is_gcs(uri):
-            _blob(uri).upload_from_filename(partial, **_bounds())
+            target = object_path(uri)
+            target.fs.put_file(partial, target.path, chunksize=GCS_CHUNK_SIZE)
         else:
             os.replace(partial, uri)
     finally:
@@ -198,40 +234,25 @@ def _staged_write(uri: str, mode: str) -> Iterator[IO[Any]]:
             os.remove(partial)
 
 
-def _open_gcs_reader(uri: str, mode: str) -> IO[Any]:
-    """A streaming reader of an object; FileNotFoundError at once if it does not exist."""
-    from google.api_core.exceptions import NotFound
-
-    blob = _blob(uri)
-    try:
-        blob.reload(**_bounds())
-    except NotFound:
-        raise FileNotFoundError(f"no such object: {uri}") from None
-    if not blob.size:
-        # Ranged reads of an empty object get a malformed Content-Range from the GCS emulator;
-        # an empty object needs no download at all.
-        return io.BytesIO() if "b" in mode else io.StringIO()
-    return blob.open(mode, encoding=_encoding(mode), **_bounds())
-
-
 @contextlib.contextmanager
 def open_file(uri: str, mode: str = "rb") -> Iterator[IO[Any]]:
     """Open a file for streaming: `rb`, `r` (UTF-8), `wb` or `w` (UTF-8).
 
     A write replaces the file only when the block ends without an error, so readers never see a
-    partial file.
+    partial file. A missing file raises FileNotFoundError naming it.
     """
     if mode not in ("rb", "r", "wb", "w"):
         raise ValueError(f"mode must be one of rb, r, wb, w; got {mode!r}")
     if mode.startswith("w"):
         with _staged_write(uri, mode) as handle:
             yield handle
-    elif is_gcs(uri):
-        with _open_gcs_reader(uri, mode) as handle:
-            yield handle
-    else:
-        with open(uri, mode, encoding=_encoding(mode)) as handle:
-            yield handle
+        return
+    try:
+        handle = object_path(uri).open(mode, encoding=_encoding(mode), block_size=GCS_CHUNK_SIZE)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "no such file", uri) from None
+    with handle:
+        yield handle
 
 
 def parquet_batches(uri: str, columns: list[str], batch_rows: int) -> Iterator[Any]:
@@ -282,30 +303,31 @@ def write_json(uri: str, value: Any) -> None:
 
 
 def delete(uri: str) -> bool:
-    """Delete one file; return whether it existed."""
-    if is_gcs(uri):
-        from google.api_core.exceptions import NotFound
-
-        try:
-            _blob(uri).delete(**_bounds())
-        except NotFound:
-            return False
-        return True
+    """Delete one file; return whether it existed. Any other failure raises."""
+    target = object_path(uri)
     try:
-        os.remove(uri)
+        target.fs.rm_file(target.path)
     except FileNotFoundError:
         return False
     return True
 
 
 def delete_prefix(prefix: str) -> int:
-    """Delete a folder and every file below it; return how many files were deleted."""
+    """Delete a folder and every file below it; return how many files were deleted.
+
+    A missing folder deletes nothing; a file that cannot be deleted raises.
+    """
     if not is_gcs(prefix):
         count = sum(1 for _ in list_files(prefix))
-        shutil.rmtree(prefix, ignore_errors=True)
+        folder = object_path(prefix)
+        if folder.is_dir():
+            folder.fs.rm(folder.path, recursive=True)
         return count
+    fs = filesystem(prefix)
+    uris = list_files(prefix)
     deleted = 0
-    for uri in list_files(prefix):
-        _blob(uri).delete(**_bounds())
-        deleted += 1
+    # One listed page at a time; gcsfs deletes it in batch requests of 100 objects on GCS.
+    while chunk := [uri.removeprefix(GCS_SCHEME) for uri in itertools.islice(uris, LIST_PAGE_SIZE)]:
+        fs.rm(chunk)
+        deleted += len(chunk)
     return deleted

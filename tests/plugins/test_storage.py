@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from gcsfs.core import GCSFileSystem
 
 from image_embeddings_airflow import storage
 
@@ -162,3 +163,34 @@ def test_emulator_gets_an_anonymous_client(gcs_emulator):
     from google.auth.credentials import AnonymousCredentials
 
     assert isinstance(storage.gcs_client("any_connection")._credentials, AnonymousCredentials)
+
+
+def test_gcs_filesystem_comes_from_the_airflow_connection(monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    extra = {
+        "keyfile_dict": json.dumps(service_account_key("photos-prod")),
+        "project": "photos-prod",
+    }
+    connection = {"conn_type": "google_cloud_platform", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_EMBEDDINGS_FS_TEST", json.dumps(connection))
+    monkeypatch.setenv("IMAGE_EMBEDDINGS_GCP_CONN_ID", "image_embeddings_fs_test")
+
+    fs = storage.filesystem("gs://photos/2026-11-28/a.jpg")
+
+    assert fs.project == "photos-prod"
+    assert fs.credentials.credentials.service_account_email == (
+        "embedder@photos-prod.iam.gserviceaccount.com"
+    )
+    bounds = fs.requests_timeout
+    assert (bounds.sock_connect, bounds.sock_read) == storage.GCS_TIMEOUT_S
+
+
+def test_emulator_requests_are_anonymous_and_bounded(gcs_emulator, monkeypatch):
+    monkeypatch.setattr(storage, "GCS_TIMEOUT_S", (2.0, 5.0))
+
+    fs = storage.filesystem(f"gs://{gcs_emulator}/x")
+
+    assert fs.credentials.method == "anon" and fs.credentials.credentials is None
+    # Not gcsfs's ExtendedGcsFileSystem: its gRPC layout lookup costs 60 s per operation here.
+    assert type(fs) is GCSFileSystem
+    assert (fs.requests_timeout.sock_connect, fs.requests_timeout.sock_read) == (2.0, 5.0)
