@@ -25,9 +25,10 @@ LIST_PAGE_SIZE = 1000
 GCS_CHUNK_SIZE = 8 * 1024 * 1024
 PARQUET_BUFFER = 4 * 1024 * 1024
 # gs:// requests are bounded as the contract says: seconds to connect and to wait for the next
-# bytes of an answer. gcsfs retries 408, 429, 5xx, timeouts and dropped connections, 6 attempts
-# per request with back-off 1, 2, 4, 8, 16 s (plus jitter), well within GCS_RETRY_DEADLINE_S.
-# Uploads are retried too: each replaces a whole object, so a repeated one leaves the same result.
+# bytes of an answer. gcsfs retries 408, 429, 5xx, timeouts and dropped connections: 6 attempts
+# per request, back-off 1, 2, 4, 8, 16 s plus jitter. That policy is fixed in gcsfs (a decorator
+# bound when its class is defined), so the contract's GCS_RETRY_* bound only the pipeline's
+# requests. Uploads are retried too: each replaces a whole object, so a repeat leaves the same.
 GCS_TIMEOUT_S = (GCS_CONNECT_TIMEOUT_S, GCS_READ_TIMEOUT_S)
 
 
