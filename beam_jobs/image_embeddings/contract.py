@@ -7,6 +7,10 @@ import re
 from collections.abc import Iterable, Iterator
 
 MANIFEST_NAME = "manifest.txt"
+# What staging left out of the manifest (counts by reason and extension), beside it.
+SKIPPED_NAME = "skipped.json"
+# The day lease: which run is writing the day's folder, until when. Never deleted with outputs.
+LEASE_NAME = "_LEASE"
 EMBEDDINGS_PREFIX = "embeddings"
 FAILURES_PREFIX = "failures"
 SHARD_SUFFIX = ".parquet"
