@@ -69,7 +69,6 @@ def image_embeddings():
         poke_interval=POKE_INTERVAL.total_seconds(),
         timeout=RUN_TIMEOUT.total_seconds(),
         mode="reschedule",
-        retries=0,
     )
     def claim_day(plan: dict, dag_run=None) -> PokeReturnValue:
         holder = dag_holder(dag_run.dag_id, dag_run.run_id)

@@ -49,7 +49,7 @@ class EmbedImagesOperator(BeamRunPythonPipelineOperator):
         arguments = launch(self.plan, self.manifest, self.dag_id)
         self.runner = arguments.runner
         # The pipeline writes the day under this run's lease, which `claim_day` took.
-        holder = dag_holder(context["dag_run"].dag_id, context["dag_run"].run_id)
+        holder = dag_holder(self.dag_id, context["run_id"])
         self.pipeline_options = {**arguments.pipeline_options, "lease_holder": holder}
         self.dataflow_config = (
             DataflowConfiguration(**arguments.dataflow_config) if arguments.dataflow_config else {}
