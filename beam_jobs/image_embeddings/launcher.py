@@ -90,6 +90,8 @@ def take_day(job: JobOptions, options: PipelineOptions) -> lease.Lease:
         holder,
         timedelta(seconds=job.lease_ttl_secs),
         lease_client(options, job.output),
+        # This command's own lease ends with it; a killed run's is taken over at once.
+        process_bound=job.lease_holder is None and not is_dataflow(options),
     )
     LOGGER.info("%s holds %s until %s", holder, job.output, taken.record.expires_at)
     return taken

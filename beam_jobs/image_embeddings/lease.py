@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,9 +47,18 @@ class LeaseRecord:
     pid: int
     acquired_at: str
     expires_at: str
+    # True when the lease lives only as long as its process (a command-line run holding the day
+    # itself): once that process is gone from its host, the lease is abandoned at once.
+    process_bound: bool = False
 
     def expired(self, now: datetime) -> bool:
         return datetime.fromisoformat(self.expires_at) <= now
+
+    def abandoned(self, now: datetime) -> bool:
+        """Expired, or bound to a process of this host that no longer runs."""
+        if self.expired(now):
+            return True
+        return self.process_bound and self.host == socket.gethostname() and not _alive(self.pid)
 
     def to_bytes(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode("utf-8")
@@ -68,13 +78,23 @@ class Lease:
     created: bool
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def cli_holder() -> str:
     """The holder name of a command-line run: `cli:<host>:<pid>`."""
     return f"cli:{socket.gethostname()}:{os.getpid()}"
 
 
 class _LocalStore:
-    """A lease file on a local disk: created with O_CREAT|O_EXCL; replaced under a folder lock.
+    """A lease file on a local disk: created whole or not at all; replaced under a folder lock.
 
     The version is the record itself: a replace or delete checks, under an exclusive `flock` of
     the day folder, that the file still holds what the caller read.
@@ -94,21 +114,27 @@ class _LocalStore:
 
     def create(self, record: LeaseRecord) -> Any:
         os.makedirs(self._folder, exist_ok=True)
+        partial = self._write_partial(record)
         try:
-            descriptor = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            # A hard link appears whole, or fails when the name exists: O_EXCL with the content.
+            os.link(partial, self._path)
         except FileExistsError:
             raise _Conflict from None
-        with open(descriptor, "wb") as handle:
-            handle.write(record.to_bytes())
+        finally:
+            os.remove(partial)
         return record
 
     def replace(self, record: LeaseRecord, version: Any) -> Any:
         with self._locked_as(version):
-            partial = f"{self._path}.{os.getpid()}.partial"
-            with open(partial, "wb") as handle:
-                handle.write(record.to_bytes())
-            os.replace(partial, self._path)
+            os.replace(self._write_partial(record), self._path)
         return record
+
+    def _write_partial(self, record: LeaseRecord) -> str:
+        partial = f"{self._path}.{uuid.uuid4().hex}.partial"
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with open(descriptor, "wb") as handle:
+            handle.write(record.to_bytes())
+        return partial
 
     def delete(self, version: Any) -> None:
         with self._locked_as(version):
@@ -182,43 +208,47 @@ def _store(output: str, gcs_client: Any):
     return _LocalStore(output)
 
 
-def _record(holder: str, ttl: timedelta, now: datetime) -> LeaseRecord:
-    return LeaseRecord(
+def acquire(
+    output: str,
+    holder: str,
+    ttl: timedelta = DEFAULT_TTL,
+    gcs_client: Any = None,
+    process_bound: bool = False,
+) -> Lease:
+    """Take the day folder `output` for `holder`, for `ttl` from now.
+
+    The holder's own lease is renewed (a retried task, or the pipeline launched by the DAG run
+    that holds the day); an abandoned one (expired, or its process gone) is taken over, with a
+    warning naming its holder. A lease held by anyone else raises LeaseHeld, naming that holder.
+    Two callers racing for one lease: one wins, the other gets LeaseHeld.
+    """
+    store = _store(output, gcs_client)
+    now = datetime.now(UTC)
+    record = LeaseRecord(
         holder=holder,
         host=socket.gethostname(),
         pid=os.getpid(),
         acquired_at=now.isoformat(timespec="seconds"),
         expires_at=(now + ttl).isoformat(timespec="seconds"),
+        process_bound=process_bound,
     )
-
-
-def acquire(
-    output: str, holder: str, ttl: timedelta = DEFAULT_TTL, gcs_client: Any = None
-) -> Lease:
-    """Take the day folder `output` for `holder`, for `ttl` from now.
-
-    The holder's own lease is renewed (a retried task, or the pipeline launched by the DAG run
-    that holds the day); an expired one is taken over, with a warning naming its holder. A lease
-    held by anyone else raises LeaseHeld, naming that holder. Two callers racing for one lease:
-    one wins, the other gets LeaseHeld.
-    """
-    store = _store(output, gcs_client)
-    now = datetime.now(UTC)
     current = store.read()
     try:
         if current is None:
-            record = _record(holder, ttl, now)
             return Lease(output, record, store.create(record), created=True)
         held, version = current
         if held.holder == holder:
-            record = _record(holder, ttl, now)
             return Lease(output, record, store.replace(record, version), created=False)
-        if not held.expired(now):
+        if not held.abandoned(now):
             raise LeaseHeld(output, held)
         LOGGER.warning(
-            "taking over %s: the lease of %s expired at %s", output, held.holder, held.expires_at
+            "taking over %s: the lease of %s (pid %d on %s) was abandoned or expired at %s",
+            output,
+            held.holder,
+            held.pid,
+            held.host,
+            held.expires_at,
         )
-        record = _record(holder, ttl, now)
         return Lease(output, record, store.replace(record, version), created=True)
     except _Conflict:
         winner = store.read()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 
@@ -12,6 +14,13 @@ from beam_jobs.image_embeddings import lease
 from beam_jobs.image_embeddings.contract import LEASE_NAME
 
 HOUR = timedelta(hours=1)
+# A process that takes a day for itself and exits without giving it back, as a killed run.
+LEASE_IN_CHILD = """
+import sys
+from beam_jobs.image_embeddings import lease
+taken = lease.acquire(sys.argv[1], "cli:child", process_bound=True)
+print(taken.record.to_bytes().decode())
+"""
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -64,7 +73,29 @@ def test_an_expired_lease_is_taken_over(day, caplog):
 
     assert taken.created
     assert _read(output, client)["holder"] == "next-run"
-    assert "the lease of killed-run expired" in caplog.text
+    assert "the lease of killed-run (pid" in caplog.text
+
+
+def test_the_lease_of_a_dead_command_is_taken_over_at_once(tmp_path):
+    output = str(tmp_path / "day")
+    finished = subprocess.run(
+        [sys.executable, "-c", LEASE_IN_CHILD, output], capture_output=True, text=True, check=True
+    )
+    dead = json.loads(finished.stdout)
+
+    taken = lease.acquire(output, "next-run", HOUR)
+
+    assert dead["process_bound"] and dead["holder"] == "cli:child"
+    assert taken.created
+    assert _read(output, None)["holder"] == "next-run"
+
+
+def test_the_lease_of_a_live_command_holds(tmp_path):
+    output = str(tmp_path / "day")
+    lease.acquire(output, "cli:this-process", HOUR, process_bound=True)
+
+    with pytest.raises(lease.LeaseHeld, match="cli:this-process"):
+        lease.acquire(output, "next-run", HOUR)
 
 
 def test_release_gives_the_day_back_only_to_its_holder(day):
