@@ -152,8 +152,10 @@ def write_images(
     ]
 
 
-def write_real_photo_day(folder: str | os.PathLike, long_side: int = 320) -> list[Path]:
-    """Every real photo of REAL_PHOTOS in every contract format under each of its extensions.
+def write_real_photo_day(
+    folder: str | os.PathLike, long_side: int = 320, photos: tuple[Path, ...] = REAL_PHOTOS
+) -> list[Path]:
+    """Every real photo of `photos` in every contract format under each of its extensions.
 
     Extensions alternate between lower and upper case (`.heic`, `.HEIC`), as phones and web
     exports write them, so every extension appears in both cases across the photos. Photos are
@@ -164,7 +166,7 @@ def write_real_photo_day(folder: str | os.PathLike, long_side: int = 320) -> lis
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for photo_index, photo_path in enumerate(REAL_PHOTOS):
+    for photo_index, photo_path in enumerate(photos):
         with Image.open(photo_path) as source:
             source.thumbnail((long_side, long_side))
             image = source.copy()
