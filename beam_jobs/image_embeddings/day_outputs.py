@@ -117,7 +117,8 @@ def remove(
 
 
 def _deletable(name: str, selected: Callable[[str], bool]) -> bool:
-    return name != LEASE_NAME and selected(name)
+    # The lease, and the partial files a lease is written through, belong to whoever holds the day.
+    return not name.startswith(LEASE_NAME) and selected(name)
 
 
 def _remove_empty_folders(output: str, selected: Callable[[str], bool]) -> list[tuple[str, str]]:

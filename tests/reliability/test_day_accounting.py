@@ -14,7 +14,7 @@ from beam_jobs.image_embeddings.contract import STAGE_INFERENCE, join
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.manifest import stage_manifest
 from image_embeddings_airflow.skips import LINE_BREAK, NOT_AN_IMAGE
-from image_embeddings_airflow.validation import validate_output
+from image_embeddings_airflow.validation import REPORT_NAME, validate_output
 from tests.image_factory import REAL_PHOTOS, write_real_photo_day
 from tests.reliability.runs import DIM, account, read_outputs, run_pipeline
 
@@ -70,6 +70,7 @@ def _check_day(images: str, output: str, expected: list[str], observe) -> None:
         NOT_AN_IMAGE: {"(none)": 1, ".db": 1, ".json": 1, ".txt": 1, ".xmp": 1},
     }
     assert staged.skipped.to_dict() == skipped
+    assert storage.read_json(join(output, REPORT_NAME))["skipped"] == skipped
     assert observe.unaccounted == 0
 
 
