@@ -8,6 +8,7 @@ WORKER_REQUIREMENTS = [
     "tensorflow-cpu==2.21.0",
     "keras==3.15.1",
     "pillow==12.3.0",
+    "pillow-heif==1.8.1",
     "pyarrow==25.0.1",
     "numpy==2.4.6",
 ]

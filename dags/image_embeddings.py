@@ -9,11 +9,13 @@ writes lives under `OUTPUT_ROOT/D/`, and a rerun of D replaces it.
 | task | what it does |
 |---|---|
 | `resolve_run` | settings (`IMAGE_EMBEDDINGS_*`), this run's params over them; bad values fail |
-| `stage_manifest` | lists the day's images into `manifest.txt`; no images: the rest is skipped |
+| `claim_day` | takes the day's `_LEASE`; waits while another run of the same day holds it |
+| `stage_manifest` | lists the day's images into `manifest.txt`, other files into `skipped.json` |
 | `embed` | launches the pipeline; on Dataflow a retry attaches to the day's running job |
 | `wait` | Dataflow: waits (deferred) for the job; then confirms the `_SUCCESS` marker |
 | `validate` | every manifest entry embedded or failed exactly once, vectors sound, failure rate |
 | `reduce_dimensions` | PCA: `projection.parquet`, `pca.npz`, `projection.png`; the Asset |
+| `release_day` | gives the day's `_LEASE` back, however the run ended |
 
 **Day D** is the `date` param when set, else the run's logical date. Scheduled runs start after
 their day has ended (data interval D 00:00 to D+1 00:00 UTC).
@@ -26,15 +28,18 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, PokeReturnValue, dag, task
 
 from image_embeddings_airflow import dag_tasks
+from image_embeddings_airflow.day_lease import POKE_INTERVAL, dag_holder
 from image_embeddings_airflow.operators import EmbedImagesOperator, WaitForEmbeddingsSensor
 from image_embeddings_airflow.params import dag_params, schedule_start
 
 # Downstream DAGs schedule on `Asset(name="image_embeddings_validated")`; each event's extra
 # names the day and its output folder.
 VALIDATED_EMBEDDINGS = Asset(name="image_embeddings_validated", group="image_embeddings")
+# A run, and a run waiting for its day, end after this long; a day's lease expires after it too.
+RUN_TIMEOUT = timedelta(hours=24)
 
 
 @dag(
@@ -50,7 +55,7 @@ VALIDATED_EMBEDDINGS = Asset(name="image_embeddings_validated", group="image_emb
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=30),
     },
-    dagrun_timeout=timedelta(hours=24),
+    dagrun_timeout=RUN_TIMEOUT,
     tags=["embeddings", "beam", "dataflow", "images"],
     doc_md=__doc__,
     params=dag_params(),
@@ -60,9 +65,18 @@ def image_embeddings():
     def resolve_run(params=None, logical_date=None) -> dict:
         return dag_tasks.resolve_run(params, logical_date)
 
+    @task.sensor(
+        poke_interval=POKE_INTERVAL.total_seconds(),
+        timeout=RUN_TIMEOUT.total_seconds(),
+        mode="reschedule",
+    )
+    def claim_day(plan: dict, dag_run=None) -> PokeReturnValue:
+        holder = dag_holder(dag_run.dag_id, dag_run.run_id)
+        return PokeReturnValue(is_done=dag_tasks.claim_day(plan, holder))
+
     @task(multiple_outputs=True)
-    def stage_manifest(plan: dict) -> dict:
-        return dag_tasks.stage(plan)
+    def stage_manifest(plan: dict, dag_run=None) -> dict:
+        return dag_tasks.stage(plan, dag_holder(dag_run.dag_id, dag_run.run_id))
 
     @task
     def validate(plan: dict) -> dict:
@@ -74,7 +88,12 @@ def image_embeddings():
         outlet_events[VALIDATED_EMBEDDINGS].extra = summary
         return summary
 
+    @task
+    def release_day(plan: dict, dag_run=None) -> bool:
+        return dag_tasks.release_day(plan, dag_holder(dag_run.dag_id, dag_run.run_id))
+
     plan = resolve_run()
+    claimed = claim_day(plan)
     staged = stage_manifest(plan)
     embed = EmbedImagesOperator(task_id="embed", plan=plan, manifest=staged["uri"])
     wait = WaitForEmbeddingsSensor(
@@ -84,7 +103,9 @@ def image_embeddings():
         execution_timeout=timedelta(hours=12),
     )
     validated = validate(plan)
-    embed >> wait >> validated >> reduce_dimensions(plan, wait.output)
+    reduced = reduce_dimensions(plan, wait.output)
+    claimed >> staged
+    embed >> wait >> validated >> reduced >> release_day(plan).as_teardown(setups=claimed)
 
 
 image_embeddings()

@@ -32,6 +32,10 @@ class Totals:
     caught: int = 0
     secrets_searched: int = 0
     leaks: int = 0
+    formats: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    unaccounted: int = 0
+    overlapping_runs: int = 0
 
 
 def add(totals: Totals, result: dict) -> None:
@@ -41,6 +45,8 @@ def add(totals: Totals, result: dict) -> None:
     else:
         totals.failed.append(f"{result['test']} ({result['outcome']})")
     totals.faults.update(result["faults"])
+    totals.formats.update(result.get("formats", {}))
+    totals.skipped.update(result.get("skipped", {}))
     for name in (
         "bad_inputs",
         "reruns",
@@ -52,6 +58,8 @@ def add(totals: Totals, result: dict) -> None:
         "caught",
         "secrets_searched",
         "leaks",
+        "unaccounted",
+        "overlapping_runs",
     ):
         setattr(totals, name, getattr(totals, name) + result.get(name, 0))
 
@@ -68,12 +76,16 @@ def fault_detail(faults: Counter, tampered: int) -> str:
     return ", ".join(parts + [f"tampered output {tampered}"])
 
 
+def tally(counts: Counter) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
+
+
 def problems(totals: Totals) -> list[str]:
     """Why the results are not acceptable; empty when they are."""
     found = [f"test not passed: {name}" for name in totals.failed]
     if totals.tests == 0:
         found.append("no results: run the reliability tests first")
-    for name in ("lost", "duplicated", "unexpected", "leaks"):
+    for name in ("lost", "duplicated", "unexpected", "unaccounted", "leaks"):
         if getattr(totals, name):
             found.append(f"{name}: {getattr(totals, name)}, must be 0")
     if totals.caught < totals.tampered:
@@ -86,6 +98,9 @@ def problems(totals: Totals) -> list[str]:
         "tampered output": totals.tampered,
         "manifest entry checked": totals.entries,
         "search for credentials": totals.secrets_searched,
+        "image format": len(totals.formats),
+        "skipped object": sum(totals.skipped.values()),
+        "overlapping run of one day": totals.overlapping_runs,
     }
     found += [f"no {what} in the results" for what, count in tried.items() if not count]
     return found
@@ -101,6 +116,14 @@ def table(totals: Totals) -> list[tuple[str, str, str]]:
             fault_detail(totals.faults, totals.tampered),
         ),
         ("days run again", str(totals.reruns), "same URIs and embeddings"),
+        ("image formats tried", str(len(totals.formats)), f"files: {tally(totals.formats)}"),
+        ("objects skipped", str(sum(totals.skipped.values())), tally(totals.skipped)),
+        ("objects unaccounted", str(totals.unaccounted), "must be 0: embedded, failed or skipped"),
+        (
+            "overlapping runs of one day",
+            str(totals.overlapping_runs),
+            "one writes at a time; the day ends complete",
+        ),
         ("manifest entries checked", str(totals.entries), "after every run above"),
         ("entries lost", str(totals.lost), "must be 0"),
         ("entries duplicated", str(totals.duplicated), "must be 0"),

@@ -4,16 +4,37 @@ from __future__ import annotations
 
 import os
 import struct
+import sysconfig
 import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from pillow_heif import register_heif_opener
 
-from beam_jobs.image_embeddings.contract import STAGE_DECODE, STAGE_INPUT, STAGE_READ
+from beam_jobs.image_embeddings.contract import (
+    IMAGE_FORMATS,
+    STAGE_DECODE,
+    STAGE_INPUT,
+    STAGE_READ,
+)
+
+register_heif_opener()
 
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
-EXTENSIONS |= {"TIFF": ".tif"}
+EXTENSIONS |= {"TIFF": ".tif", "AVIF": ".avif", "HEIF": ".heic"}
+
+# Real photos that installed packages ship: a temple, a flower, a portrait (scikit-learn and
+# Matplotlib sample data), and a product shot with transparency.
+_SITE = Path(sysconfig.get_paths()["purelib"])
+REAL_PHOTOS = (
+    _SITE / "sklearn" / "datasets" / "images" / "china.jpg",
+    _SITE / "sklearn" / "datasets" / "images" / "flower.jpg",
+    _SITE / "matplotlib" / "mpl-data" / "sample_data" / "grace_hopper.jpg",
+    _SITE / "matplotlib" / "mpl-data" / "sample_data" / "Minduka_Present_Blue_Pack.png",
+)
+# Encoders' quality settings where the default is slow (AVIF) or lossless-large.
+_SAVE_OPTIONS = {"JPEG": {"quality": 90}, "AVIF": {"speed": 8}, "HEIF": {"quality": 80}}
 
 # exif_transpose turns the stored pixels upright with these; each is undone by the paired one.
 _STORE_TRANSPOSE = {
@@ -129,6 +150,35 @@ def write_images(
         write_image(folder / f"image-{i:03d}{ext}", size=size, fmt=fmt, seed=seed + i)
         for i in range(count)
     ]
+
+
+def write_real_photo_day(
+    folder: str | os.PathLike, long_side: int = 320, photos: tuple[Path, ...] = REAL_PHOTOS
+) -> list[Path]:
+    """Every real photo of `photos` in every contract format under each of its extensions.
+
+    Extensions alternate between lower and upper case (`.heic`, `.HEIC`), as phones and web
+    exports write them, so every extension appears in both cases across the photos. Photos are
+    scaled to `long_side` pixels on their longer side (still real photos, cheaper to encode and
+    embed); RGBA stays where the format holds it (PNG, WebP, AVIF, HEIF).
+    Names: `<photo>-<format>-<n><ext>`.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for photo_index, photo_path in enumerate(photos):
+        with Image.open(photo_path) as source:
+            source.thumbnail((long_side, long_side))
+            image = source.copy()
+        for fmt, extensions in IMAGE_FORMATS.items():
+            keeps_alpha = fmt in ("PNG", "WEBP", "AVIF", "HEIF")
+            converted = image if keeps_alpha else image.convert("RGB")
+            for index, extension in enumerate(extensions):
+                spelled = extension.upper() if (photo_index + index) % 2 else extension
+                path = folder / f"{photo_path.stem}-{fmt.lower()}-{index}{spelled}"
+                converted.save(path, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
+                written.append(path)
+    return written
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

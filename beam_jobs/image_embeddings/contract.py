@@ -7,6 +7,10 @@ import re
 from collections.abc import Iterable, Iterator
 
 MANIFEST_NAME = "manifest.txt"
+# What staging left out of the manifest (counts by reason and extension), beside it.
+SKIPPED_NAME = "skipped.json"
+# The day lease: which run is writing the day's folder, until when. Never deleted with outputs.
+LEASE_NAME = "_LEASE"
 EMBEDDINGS_PREFIX = "embeddings"
 FAILURES_PREFIX = "failures"
 SHARD_SUFFIX = ".parquet"
@@ -27,7 +31,20 @@ GCS_RETRY_MAXIMUM_S = 16.0
 GCS_RETRY_MULTIPLIER = 2.0
 GCS_RETRY_DEADLINE_S = 300.0
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+# The image formats the pipeline decodes (Pillow format names; HEIF through pillow-heif) and the
+# file extensions, any case, that the manifest takes for each. A file's content decides how it
+# is decoded; its extension only whether it is listed. Multi-frame files give their first frame.
+IMAGE_FORMATS = {
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
+    "PNG": (".png",),
+    "GIF": (".gif",),
+    "BMP": (".bmp",),
+    "TIFF": (".tif", ".tiff"),
+    "WEBP": (".webp",),
+    "AVIF": (".avif",),
+    "HEIF": (".heic", ".heif"),
+}
+IMAGE_EXTENSIONS = frozenset(ext for extensions in IMAGE_FORMATS.values() for ext in extensions)
 
 # `--model` takes one of these `keras.applications` names (any case) or a `.keras` file URI.
 MODEL_NAMES = (
@@ -70,9 +87,14 @@ def manifest_entries(lines: Iterable[str]) -> Iterator[str]:
             yield entry
 
 
+def extension(name: str) -> str:
+    """A file name's extension in lower case (`.jpg`), or "" when it has none."""
+    return posixpath.splitext(posixpath.basename(name))[1].lower()
+
+
 def is_image_name(name: str) -> bool:
     """True when a file name has an image extension (case-insensitive)."""
-    return posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return extension(name) in IMAGE_EXTENSIONS
 
 
 def join(root: str, *parts: str) -> str:

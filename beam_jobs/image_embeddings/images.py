@@ -21,9 +21,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from beam_jobs.image_embeddings import gcs  # noqa: F401 - bounds this process's GCS requests
 from beam_jobs.image_embeddings.contract import (
+    IMAGE_FORMATS,
     METRICS_NAMESPACE,
     STAGE_DECODE,
     STAGE_INPUT,
@@ -37,9 +39,12 @@ DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_PREFETCH = 64
 FAILED_TAG = "failed"
 
-# Only these Pillow plugins may identify a file: formats a photo bucket holds (JPEG includes
-# multi-picture MPO). Others (EPS, which runs Ghostscript; PSD; ...) are refused, not parsed.
-SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+# HEIC/HEIF (phone photos) decode through pillow-heif's Pillow plugin, registered once here.
+register_heif_opener()
+
+# Only these Pillow plugins may identify a file: the contract's formats, those a photo bucket holds
+# (JPEG includes multi-picture MPO). Others (EPS, which runs Ghostscript; PSD; ...) are refused.
+SUPPORTED_FORMATS = tuple(IMAGE_FORMATS)
 
 # Transparent pixels are composited over this colour: product shots and logos are drawn on white,
 # while the colour hidden under alpha 0 is arbitrary (often black).

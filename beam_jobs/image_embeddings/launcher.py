@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +21,12 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from beam_jobs.image_embeddings import io
+from beam_jobs.image_embeddings import gcs, io, lease
 from beam_jobs.image_embeddings.contract import manifest_entries
 from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
 from beam_jobs.image_embeddings.models import ModelSpec, resolve_model
 from beam_jobs.image_embeddings.options import JobOptions, parse_known_args
-from beam_jobs.image_embeddings.outputs import (
-    read_success_marker,
-    remove_earlier_shards,
-    remove_success_marker,
-    utc_now,
-)
+from beam_jobs.image_embeddings.outputs import read_success_marker, remove_earlier_run, utc_now
 from beam_jobs.image_embeddings.pipeline import build_pipeline
 from beam_jobs.image_embeddings.progress import ProgressReporter, batch_size_stats, summary_line
 
@@ -74,13 +71,52 @@ def count_entries(manifest: str) -> int:
     return len(set(manifest_entries(io.read_text(manifest).splitlines())))
 
 
+def lease_client(options: PipelineOptions, output: str):
+    """The storage client of the lease on a gs:// output (anonymous on an emulator); else None."""
+    if not output.startswith("gs://"):
+        return None
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.cloud import storage
+
+        return storage.Client.create_anonymous_client()
+    return gcs.create_storage_client(options)
+
+
+def take_day(job: JobOptions, options: PipelineOptions) -> lease.Lease:
+    """Hold the output folder for this run; LeaseHeld (naming the holder) if another run does."""
+    holder = job.lease_holder or lease.cli_holder()
+    taken = lease.acquire(
+        job.output,
+        holder,
+        timedelta(seconds=job.lease_ttl_secs),
+        lease_client(options, job.output),
+        # This command's own lease ends with it; a killed run's is taken over at once.
+        process_bound=job.lease_holder is None and not is_dataflow(options),
+    )
+    LOGGER.info("%s holds %s until %s", holder, job.output, taken.record.expires_at)
+    return taken
+
+
+def give_back(taken: lease.Lease, options: PipelineOptions, job_ended: bool) -> None:
+    """Release a lease this command created, once its job has ended; a holder's stays its own."""
+    if not taken.created:
+        return
+    if not job_ended:
+        LOGGER.info(
+            "the job still writes %s: its lease expires at %s",
+            taken.output,
+            taken.record.expires_at,
+        )
+        return
+    lease.release(taken, lease_client(options, taken.output))
+
+
 def prepare_launch(job: JobOptions, count: bool) -> int | None:
-    """Check the manifest, remove the earlier run's `_SUCCESS`, then its shards; count the
+    """Check the manifest, remove the earlier run's outputs (`_SUCCESS` first); count the
     entries if asked."""
     if not io.exists(job.manifest):
         raise FileNotFoundError(f"manifest not found: {job.manifest}")
-    remove_success_marker(job.output)
-    remove_earlier_shards(job.output)
+    remove_earlier_run(job.output)
     return count_entries(job.manifest) if count else None
 
 
@@ -111,7 +147,27 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     # A dry run builds the job offline: it must not touch the manifest or the output.
     dry_run = bool(options.view_as(TestOptions).dry_run)
     waits = not is_dataflow(options) or job.wait_until_finish
-    total = None if dry_run else prepare_launch(job, count=waits)
+    if dry_run:
+        return _run_built(pipeline, job, spec, options, None, waits, dry_run)
+    taken = take_day(job, options)
+    try:
+        total = prepare_launch(job, count=waits)
+        result = _run_built(pipeline, job, spec, options, total, waits, dry_run)
+    finally:
+        give_back(taken, options, job_ended=waits)
+    return result
+
+
+def _run_built(
+    pipeline: beam.Pipeline,
+    job: JobOptions,
+    spec: ModelSpec,
+    options: PipelineOptions,
+    total: int | None,
+    waits: bool,
+    dry_run: bool,
+) -> PipelineResult:
+    """Build the job into `pipeline`, run it, wait if asked, report."""
     build_pipeline(pipeline, job, spec, run_info(job, spec, options), total)
     LOGGER.info(
         "embedding %s entries of %s into %s with %s (%s weights, %s)",

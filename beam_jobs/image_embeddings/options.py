@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from beam_jobs.image_embeddings.images import DEFAULT_MAX_IMAGE_BYTES
 from beam_jobs.image_embeddings.io import check_supported
+from beam_jobs.image_embeddings.lease import DEFAULT_TTL
 from beam_jobs.image_embeddings.models import PRECISIONS, check_weights, resolve_model
 
 EMBEDDING_DTYPES = ("float32", "float16")
@@ -39,6 +40,8 @@ class JobOptions:
     num_shards: int = 0
     progress_interval_secs: float = 30.0
     wait_until_finish: bool = False
+    lease_holder: str | None = None  # None: this command holds the day, as `cli:<host>:<pid>`
+    lease_ttl_secs: float = DEFAULT_TTL.total_seconds()
 
 
 def _positive_int(text: str) -> int:
@@ -177,6 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with a remote runner (DataflowRunner), wait for the job to end instead of "
         "returning once it is submitted; local runners always wait",
+    )
+    lease = parser.add_argument_group(
+        "day lease",
+        "one run at a time writes an output folder: a run takes its _LEASE file first and is "
+        "refused, naming the holder, while another run holds it",
+    )
+    lease.add_argument(
+        "--lease_holder",
+        metavar="NAME",
+        default=JobOptions.lease_holder,
+        help="hold the output folder as NAME (the DAG passes its run id, so its own lease is "
+        "renewed); default: this command, as cli:<host>:<pid>, giving it back when it ends",
+    )
+    lease.add_argument(
+        "--lease_ttl_secs",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=JobOptions.lease_ttl_secs,
+        help="seconds after which the lease of a run that died holding it expires "
+        "(default: %(default)s)",
     )
     return parser
 

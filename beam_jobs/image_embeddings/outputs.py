@@ -13,7 +13,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.pvalue import AsList, AsSingleton
 
-from beam_jobs.image_embeddings import io
+from beam_jobs.image_embeddings import day_outputs, io
 from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
     FAILURES_PREFIX,
@@ -28,9 +28,6 @@ from beam_jobs.image_embeddings.contract import (
 )
 
 LOGGER = logging.getLogger(__name__)
-
-# FileBasedSink stages each write in `<output>/beam-temp-<prefix>-<uuid>/`.
-_TEMP_FOLDERS = "beam-temp-{prefix}-*"
 
 
 def utc_now() -> str:
@@ -87,11 +84,6 @@ def shard_count(written: Iterable[str]) -> int:
     return counts.pop()
 
 
-def stale_files(existing: Iterable[str], expected: Iterable[str]) -> list[str]:
-    """Files of an earlier run: present but not among this run's shards."""
-    return sorted(set(existing) - set(expected))
-
-
 def single_dim(dims: Iterable[int], declared: int | None) -> int | None:
     """The embeddings' one dimension; `declared` (the model's) when nothing was embedded."""
     seen = set(dims)
@@ -106,33 +98,21 @@ def marker_path(output: str) -> str:
     return join(output, SUCCESS_MARKER)
 
 
-def remove_success_marker(output: str) -> bool:
-    """Delete `_SUCCESS` under `output` so readers never take a run in progress as complete."""
-    marker = marker_path(output)
-    if not io.exists(marker):
-        return False
-    io.delete([marker])
-    LOGGER.info("removed the earlier run's %s", marker)
-    return True
+def _listing(output: str) -> list[str]:
+    """Every file under `output`, through Beam's filesystems."""
+    return io.matching(join(output, "**"))
 
 
-def remove_earlier_shards(output: str) -> list[str]:
-    """Delete the shards an earlier run left under `output`, before this run writes its own.
+def _delete_one(path: str) -> None:
+    io.delete([path])
 
-    Beam's file sink takes a final shard that already exists with the same checksum (for local
-    files: the same size) as its own earlier attempt: it keeps that file, deletes the new one and
-    reports no path for it. A rerun would then keep the earlier run's file, and a day without
-    failures (one empty failures shard, as before) could not be rerun at all.
+
+def remove_earlier_run(output: str) -> list[str]:
+    """Delete what an earlier run wrote under `output` (`_SUCCESS` first), before this run writes.
+
+    The manifest, the skip record and the lease stay: they are this run's inputs.
     """
-    earlier = [
-        path
-        for prefix in (EMBEDDINGS_PREFIX, FAILURES_PREFIX)
-        for path in io.matching(shard_glob(output, prefix))
-    ]
-    if earlier:
-        LOGGER.info("removing the earlier run's shards: %s", earlier)
-        io.delete(earlier)
-    return earlier
+    return day_outputs.remove(output, _listing(output), _delete_one, day_outputs.earlier_run)
 
 
 def read_success_marker(output: str) -> dict[str, Any]:
@@ -201,12 +181,19 @@ class _CommitFn(beam.DoFn):
                 f"not writing {SUCCESS_MARKER}"
             )
         kept = {
-            prefix: self._keep_only(prefix, written)
+            prefix: self._expected(prefix, written)
             for prefix, written in (
                 (EMBEDDINGS_PREFIX, embeddings_files),
                 (FAILURES_PREFIX, failures_files),
             )
         }
+        names = [name for shards in kept.values() for name in shards]
+        day_outputs.remove(
+            self._output,
+            _listing(self._output),
+            _delete_one,
+            day_outputs.not_written_by(names),
+        )
         finished_at = utc_now()
         started = datetime.fromisoformat(self._run_info["started_at"])
         record = {
@@ -227,19 +214,12 @@ class _CommitFn(beam.DoFn):
         )
         yield record
 
-    def _keep_only(self, prefix: str, written: list[str]) -> list[str]:
-        """Delete every `prefix` shard and staging folder that this run did not write."""
+    def _expected(self, prefix: str, written: list[str]) -> list[str]:
+        """The names of this run's `prefix` shards; every one must exist."""
         expected = shard_paths(self._output, prefix, shard_count(written))
-        existing = io.matching(shard_glob(self._output, prefix))
-        missing = sorted(set(expected) - set(existing))
+        missing = sorted(set(expected) - set(io.matching(shard_glob(self._output, prefix))))
         if missing:
             raise RuntimeError(f"shards reported written are missing: {missing}")
-        stale = stale_files(existing, expected)
-        leftovers = io.folders_matching(self._output, _TEMP_FOLDERS.format(prefix=prefix))
-        if stale or leftovers:
-            LOGGER.info("removing files of an earlier run: %s", stale + leftovers)
-        io.delete(stale)
-        io.delete_folders(leftovers)
         return [posixpath.basename(path) for path in expected]
 
 

@@ -81,8 +81,26 @@ class ReadManifest(beam.PTransform):
         return uris, duplicates
 
 
+def unstorable(embedding: np.ndarray, dtype: str) -> str | None:
+    """Why `embedding` cannot be stored as `dtype` (NaN, inf, or beyond its range); None if it can.
+
+    float16 holds magnitudes up to 65504: a larger value would be stored as infinity.
+    """
+    values = np.asarray(embedding)
+    if not np.all(np.isfinite(values)):
+        return "model output is not finite (NaN or inf)"
+    largest = float(np.max(np.abs(values), initial=0.0))
+    limit = float(np.finfo(dtype).max)
+    if largest > limit:
+        return (
+            f"model output {largest:.6g} is out of range for {dtype} (largest {limit:.6g}); "
+            "store it with --embedding_dtype float32"
+        )
+    return None
+
+
 class ToEmbeddingRows(beam.DoFn):
-    """(key, embedding) -> an embeddings row; a non-finite embedding becomes a failure."""
+    """(key, embedding) -> an embeddings row; one that `dtype` cannot hold becomes a failure."""
 
     def __init__(self, model: str, dtype: str) -> None:
         self._model = model
@@ -90,10 +108,9 @@ class ToEmbeddingRows(beam.DoFn):
 
     def process(self, element: tuple[ImageKey, np.ndarray]):
         (uri, width, height), embedding = element
-        if not np.all(np.isfinite(embedding)):
-            yield beam.pvalue.TaggedOutput(
-                FAILED_TAG, inference_failure(uri, "model output is not finite (NaN or inf)")
-            )
+        reason = unstorable(embedding, self._dtype)
+        if reason is not None:
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, inference_failure(uri, reason))
             return
         EMBEDDED.inc()
         yield embedding_row(uri, width, height, embedding, self._model, self._dtype)

@@ -45,17 +45,41 @@ def resolve_run(
     return plan.as_dict()
 
 
-def stage(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """Write the day's manifest; skip everything downstream when the day has no images."""
+def claim_day(plan: Mapping[str, Any], holder: str) -> bool:
+    """Take the day's output folder for this run (the sensor pokes again while another has it)."""
+    from image_embeddings_airflow import day_lease
+
+    return day_lease.claim(plan["output_dir"], holder)
+
+
+def release_day(plan: Mapping[str, Any], holder: str) -> bool:
+    """Give the day's output folder back, however the run ended."""
+    from image_embeddings_airflow import day_lease
+
+    return day_lease.release(plan["output_dir"], holder)
+
+
+def stage(plan: Mapping[str, Any], holder: str) -> dict[str, Any]:
+    """Write the day's manifest; skip everything downstream when the day has no images.
+
+    The run must hold the day: staging clears the folder, and never one another run writes.
+    """
+    from beam_jobs.image_embeddings.lease import LeaseHeld
+    from image_embeddings_airflow import day_lease
     from image_embeddings_airflow.manifest import stage_manifest
 
+    try:
+        day_lease.check(plan["output_dir"], holder)
+    except LeaseHeld as held:
+        raise AirflowFailException(f"not staging: {held}") from None
     info = stage_manifest(plan["input_dir"], plan["output_dir"])
+    log.info("Day %s: %d images, %s", plan["day"], info.count, info.skipped.summary())
     if info.count == 0:
         raise AirflowSkipException(
-            f"No images under {plan['input_dir']} for {plan['day']}: nothing to embed, "
-            "the following tasks are skipped"
+            f"No images under {plan['input_dir']} for {plan['day']} ({info.skipped.summary()}): "
+            "nothing to embed, the following tasks are skipped"
         )
-    return {"uri": info.uri, "count": info.count}
+    return {"uri": info.uri, "count": info.count, "skipped": info.skipped.to_dict()}
 
 
 def read_success_marker(output_dir: str) -> dict[str, Any]:
@@ -91,7 +115,12 @@ def validate(plan: Mapping[str, Any]) -> dict[str, Any]:
     except ValidationError as error:
         # The same outputs fail the same way on a retry: fail now, with the report.
         raise AirflowFailException(str(error)) from None
-    return {"counts": report.counts, "failure_rate": report.failure_rate, "dim": report.dim}
+    return {
+        "counts": report.counts,
+        "failure_rate": report.failure_rate,
+        "dim": report.dim,
+        "skipped": report.skipped,
+    }
 
 
 def run_summary(marker: Mapping[str, Any]) -> dict[str, Any]:

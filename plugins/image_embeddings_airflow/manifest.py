@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from beam_jobs.image_embeddings import day_outputs
 from beam_jobs.image_embeddings.contract import MANIFEST_NAME, is_image_name, join
 from image_embeddings_airflow import storage
+from image_embeddings_airflow.skips import LINE_BREAK, NOT_AN_IMAGE, Skips, skipped_uri
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ManifestInfo:
-    """Where the manifest was written and how many image URIs it holds."""
+    """Where the manifest was written, how many image URIs it holds, what was left out."""
 
     uri: str
     count: int
+    skipped: Skips = field(default_factory=Skips)
 
 
 def unique_sorted(uris: Iterable[str]) -> Iterator[str]:
@@ -29,23 +34,39 @@ def unique_sorted(uris: Iterable[str]) -> Iterator[str]:
         previous = uri
 
 
-def image_uris(input_dir: str) -> Iterator[str]:
+def image_uris(input_dir: str, skips: Skips | None = None) -> Iterator[str]:
     """Yield the image URIs under a folder, recursively, sorted and de-duplicated, lazily.
 
-    Names holding a line break cannot be written one a line, so they are logged and left out.
+    Every other file is counted in `skips`: a name without an image extension, or one holding a
+    line break (a manifest holds one name a line).
     """
+    skips = skips if skips is not None else Skips()
     for uri in unique_sorted(storage.list_files(input_dir)):
         if not is_image_name(uri):
-            continue
-        if "\n" in uri or "\r" in uri:
+            skips.add(NOT_AN_IMAGE, uri)
+        elif "\n" in uri or "\r" in uri:
             log.warning("Left out of the manifest, its name holds a line break: %r", uri)
-            continue
-        yield uri
+            skips.add(LINE_BREAK, uri)
+        else:
+            yield uri
+
+
+def resolved(uri: str) -> str:
+    """A folder as it is reached: local symbolic links and `..` resolved, `..` folded on gs://."""
+    if storage.is_gcs(uri):
+        bucket, name = storage.split_gcs(uri)
+        return f"gs://{bucket}" + posixpath.normpath("/" + name).rstrip("/")
+    return os.path.realpath(uri)
 
 
 def _check_folders(input_dir: str, output_dir: str) -> None:
-    """Refuse folder pairs where clearing the outputs would delete inputs or a whole root."""
-    inputs, outputs = input_dir.rstrip("/") + "/", output_dir.rstrip("/") + "/"
+    """Refuse folder pairs where clearing the outputs would delete inputs or a whole root.
+
+    Both folders are compared as they resolve, so neither a symbolic link nor `..` hides an
+    overlap.
+    """
+    inputs = resolved(input_dir).rstrip("/") + "/"
+    outputs = resolved(output_dir).rstrip("/") + "/"
     if outputs in ("/", "gs://") or (storage.is_gcs(outputs) and outputs.count("/") <= 3):
         raise ValueError(
             f"output folder must be a day's folder below a root, got {output_dir!r}: "
@@ -53,29 +74,38 @@ def _check_folders(input_dir: str, output_dir: str) -> None:
         )
     if inputs.startswith(outputs):
         raise ValueError(
-            f"input folder {input_dir!r} lies inside output folder {output_dir!r}, "
-            "which staging clears: use separate roots"
+            f"input folder {input_dir!r} lies inside output folder {output_dir!r} "
+            f"(resolved: {inputs} in {outputs}), which staging clears: use separate roots"
         )
+
+
+def _delete_one(uri: str) -> None:
+    if not storage.delete(uri):
+        raise FileNotFoundError(f"vanished before it could be deleted: {uri}")
 
 
 def stage_manifest(input_dir: str, output_dir: str) -> ManifestInfo:
     """Replace `output_dir` with a fresh manifest of the images under `input_dir`.
 
-    The output folder belongs to one day's run, so everything a previous run left there is deleted
-    first: a rerun never mixes stale shards or reports with new ones. A missing or empty input
-    folder gives an empty manifest and a count of 0. Memory stays bounded: URIs stream from the
-    listing to the file one at a time.
+    The output folder belongs to one day's run (the caller holds its lease), so everything a
+    previous run left there but the lease is deleted first: a rerun never mixes stale shards or
+    reports with new ones; a file that cannot be deleted fails staging, named. A missing or empty
+    input folder gives an empty manifest and a count of 0. Every other object is counted as
+    skipped, by reason and extension, in `skipped.json` beside the manifest. Memory stays
+    bounded: URIs stream from the listing to the file one at a time.
     """
     input_dir, output_dir = storage.absolute(input_dir), storage.absolute(output_dir)
     _check_folders(input_dir, output_dir)
-    removed = storage.delete_prefix(output_dir)
-    if removed:
-        log.info("Removed %d files of a previous run from %s", removed, output_dir)
+    day_outputs.remove(
+        output_dir, storage.list_files(output_dir), _delete_one, day_outputs.everything
+    )
     uri = join(output_dir, MANIFEST_NAME)
     count = 0
+    skips = Skips()
     with storage.open_file(uri, "w") as handle:
-        for image in image_uris(input_dir):
+        for image in image_uris(input_dir, skips):
             handle.write(image + "\n")
             count += 1
-    log.info("Staged %d image URIs from %s in %s", count, input_dir, uri)
-    return ManifestInfo(uri=uri, count=count)
+    storage.write_json(skipped_uri(output_dir), skips.to_dict())
+    log.info("Staged %d image URIs from %s in %s; %s", count, input_dir, uri, skips.summary())
+    return ManifestInfo(uri=uri, count=count, skipped=skips)

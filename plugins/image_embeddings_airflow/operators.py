@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from image_embeddings_airflow.dag_tasks import read_success_marker
 from image_embeddings_airflow.dataflow import DataflowJobWaitTrigger, cancel_job, find_reusable_job
+from image_embeddings_airflow.day_lease import dag_holder
 from image_embeddings_airflow.launch import (
     PIPELINE_MODULE,
     POLL_SLEEP_S,
@@ -47,7 +48,9 @@ class EmbedImagesOperator(BeamRunPythonPipelineOperator):
         super().render_template_fields(context, jinja_env)
         arguments = launch(self.plan, self.manifest, self.dag_id)
         self.runner = arguments.runner
-        self.pipeline_options = arguments.pipeline_options
+        # The pipeline writes the day under this run's lease, which `claim_day` took.
+        holder = dag_holder(self.dag_id, context["run_id"])
+        self.pipeline_options = {**arguments.pipeline_options, "lease_holder": holder}
         self.dataflow_config = (
             DataflowConfiguration(**arguments.dataflow_config) if arguments.dataflow_config else {}
         )

@@ -30,6 +30,7 @@ from beam_jobs.image_embeddings.contract import (
 )
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.settings import validate_failure_rate
+from image_embeddings_airflow.skips import read_skips
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ class Report:
     dim: int | None
     failure_stages: dict[str, int]
     checks: dict[str, Check]
+    # What staging left out of the manifest (`skipped.json`); None for a day staged without one.
+    skipped: dict[str, Any] | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -125,6 +128,7 @@ class Report:
             "max_failure_rate": self.max_failure_rate,
             "dim": self.dim,
             "failure_stages": self.failure_stages,
+            "skipped": self.skipped,
             "checks": [check.to_dict() for check in self.checks.values()],
         }
 
@@ -494,9 +498,13 @@ def validate_output(
         dim=dim,
         failure_stages=dict(sorted(scans[FAILURES_PREFIX].stages.items())),
         checks=checks,
+        skipped=read_skips(output_dir),
     )
     storage.write_json(join(output_dir, REPORT_NAME), report.to_dict())
     if not report.ok:
         raise ValidationError(report)
-    log.info("Validated %s: %s", output_dir, checks["failure_rate"].detail)
+    skipped = report.skipped["total"] if report.skipped else 0
+    log.info(
+        "Validated %s: %s; %d objects skipped", output_dir, checks["failure_rate"].detail, skipped
+    )
     return report

@@ -17,11 +17,10 @@ from beam_jobs.image_embeddings.outputs import (
     WriteFailures,
     embedding_row,
     failure_row,
-    remove_success_marker,
+    remove_earlier_run,
     shard_count,
     shard_paths,
     single_dim,
-    stale_files,
 )
 
 RUN_INFO = {"model": "toy", "weights": "random", "started_at": "2026-11-28T10:00:00.000+00:00"}
@@ -46,13 +45,6 @@ def test_shard_count_refuses_what_it_cannot_tell():
         shard_count(["/o/e-00000-of-00002.parquet", "/o/e-00000-of-00003.parquet"])
     with pytest.raises(ValueError, match="unexpected shard name"):
         shard_count(["/o/embeddings.parquet"])
-
-
-def test_stale_files_are_the_existing_ones_not_expected():
-    existing = shard_paths("/o", "embeddings", 3) + shard_paths("/o", "embeddings", 2)
-    assert stale_files(existing, shard_paths("/o", "embeddings", 2)) == shard_paths(
-        "/o", "embeddings", 3
-    )
 
 
 def test_single_dim():
@@ -144,8 +136,18 @@ def test_commit_refuses_counts_that_do_not_add_up(tmp_path: Path):
     assert not (output / "_SUCCESS").exists()
 
 
-def test_remove_success_marker(tmp_path: Path):
-    assert remove_success_marker(str(tmp_path)) is False
-    (tmp_path / "_SUCCESS").write_text("{}")
-    assert remove_success_marker(str(tmp_path)) is True
-    assert not (tmp_path / "_SUCCESS").exists()
+def test_an_earlier_run_is_removed_and_the_run_inputs_stay(tmp_path: Path):
+    earlier = ["_SUCCESS", "embeddings-00000-of-00002.parquet", "failures-00000-of-00001.parquet"]
+    earlier += ["beam-temp-embeddings-1/part"]
+    inputs = ["manifest.txt", "skipped.json", "_LEASE", "notes/readme.txt"]
+    for name in earlier + inputs:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    (tmp_path / "beam-temp-failures-2").mkdir()
+
+    removed = remove_earlier_run(str(tmp_path))
+
+    assert removed[0] == str(tmp_path / "_SUCCESS")
+    assert sorted(removed) == sorted(str(tmp_path / name) for name in earlier)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == sorted([*inputs, "notes"])

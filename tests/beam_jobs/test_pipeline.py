@@ -299,6 +299,30 @@ def test_a_non_finite_embedding_is_a_failure_not_a_row():
     }
 
 
+@pytest.mark.parametrize(
+    ("values", "dtype", "reason"),
+    [
+        ([65504.0, -1.0], "float16", None),
+        ([65520.0, 1.0], "float16", "model output 65520 is out of range for float16"),
+        ([1.0, -7e4], "float16", "model output 70000 is out of range for float16"),
+        ([7e4, 1.0], "float32", None),
+        ([np.inf, 1.0], "float32", "model output is not finite (NaN or inf)"),
+    ],
+)
+def test_a_value_the_stored_dtype_cannot_hold_fails_that_image(values, dtype, reason):
+    to_rows = ToEmbeddingRows("resnet50", dtype)
+
+    (output,) = to_rows.process((("a.jpg", 3, 2), np.array(values, np.float32)))
+
+    if reason is None:
+        assert np.all(np.isfinite(output["embedding"]))
+        assert output["embedding"].dtype == np.dtype(dtype)
+    else:
+        assert output.tag == "failed"
+        assert output.value["stage"] == STAGE_INFERENCE
+        assert output.value["error"].startswith(reason)
+
+
 def test_rerun_replaces_the_output(local_run, tmp_path, weights_file, reference_model):
     output = tmp_path / "out"
     shutil.copytree(local_run.output, output)

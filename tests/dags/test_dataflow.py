@@ -77,7 +77,7 @@ def _in_dag(operator_class, **kwargs):
 
     with DAG("image_embeddings", schedule=None):
         operator = operator_class(**kwargs)
-    operator.render_template_fields(context={})
+    operator.render_template_fields(context={"run_id": "manual__2026-11-28"})
     return operator
 
 

@@ -13,7 +13,8 @@ from benchmarks.measure import parse_result
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "image_embeddings.py"
-TASKS = ["resolve_run", "stage_manifest", "embed", "wait", "validate", "reduce_dimensions"]
+TASKS = ["resolve_run", "claim_day", "stage_manifest", "embed", "wait", "validate"]
+TASKS += ["reduce_dimensions", "release_day"]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,14 @@ def test_tasks_run_in_order(dag):
     for upstream, downstream in zip(TASKS, TASKS[1:], strict=False):
         assert upstream in dag.get_task(downstream).upstream_task_ids, (upstream, downstream)
     assert dag.get_task("resolve_run").upstream_task_ids == set()
+
+
+def test_a_run_claims_its_day_first_and_always_gives_it_back(dag):
+    claim, release = dag.get_task("claim_day"), dag.get_task("release_day")
+    assert claim.mode == "reschedule"
+    assert release.is_teardown
+    assert claim.is_setup
+    assert "claim_day" in release.upstream_task_ids
 
 
 def test_wait_is_deferrable_and_the_last_task_publishes_the_asset(dag):

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from beam_jobs.image_embeddings.contract import MANIFEST_NAME, manifest_entries
+from beam_jobs.image_embeddings.contract import (
+    LEASE_NAME,
+    MANIFEST_NAME,
+    SKIPPED_NAME,
+    manifest_entries,
+)
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.manifest import (
-    ManifestInfo,
     image_uris,
     stage_manifest,
     unique_sorted,
 )
+from image_embeddings_airflow.skips import LINE_BREAK, NOT_AN_IMAGE, Skips
 
 IMAGES = ["b.jpg", "a/x.PNG", "a/deep/er/y.JpEg", "a.webp", "z/é #1.tiff", "c.GIF", "d.bmp"]
+IMAGES += ["phone/IMG_0001.HEIC", "p.heif", "web/cat.avif", "web/dog.JFIF", "e.jpe", "f.TIF"]
 NOT_IMAGES = ["notes.txt", "a/.DS_Store", "archive.jpg.zip", "noext", "a/deep/README"]
 
 
@@ -44,7 +52,8 @@ def test_stages_every_image_sorted(roots):
     info = stage_manifest(f"{input_root}/2026-11-28", f"{output_root}/2026-11-28")
 
     expected = sorted(f"{input_root}/2026-11-28/{name}" for name in IMAGES)
-    assert info == ManifestInfo(uri=f"{output_root}/2026-11-28/{MANIFEST_NAME}", count=len(IMAGES))
+    assert info.uri == f"{output_root}/2026-11-28/{MANIFEST_NAME}"
+    assert info.count == len(IMAGES)
     assert read_manifest(info.uri) == expected
     with storage.open_file(info.uri, "r") as handle:
         assert handle.read() == "".join(uri + "\n" for uri in expected)
@@ -73,8 +82,47 @@ def test_rerun_replaces_manifest_and_previous_outputs(roots):
     info = stage_manifest(f"{input_root}/2026-11-28", day_out)
 
     assert info.count == len([name for name in IMAGES if not name.startswith("a/")])
-    assert list(storage.list_files(day_out)) == [info.uri]
+    assert list(storage.list_files(day_out)) == [info.uri, f"{day_out}/{SKIPPED_NAME}"]
     assert len(read_manifest(info.uri)) == info.count
+
+
+def test_every_object_is_staged_or_counted_as_skipped(roots, caplog):
+    input_root, output_root = roots
+    write_day(input_root, [*IMAGES, *NOT_IMAGES, "more.txt", "a/data.JSON", "bad\nname.jpg"])
+    caplog.set_level("INFO", logger="image_embeddings_airflow.manifest")
+
+    info = stage_manifest(f"{input_root}/2026-11-28", f"{output_root}/2026-11-28")
+
+    record = storage.read_json(f"{output_root}/2026-11-28/{SKIPPED_NAME}")
+    assert info.count + record["total"] == len(IMAGES) + len(NOT_IMAGES) + 3
+    assert record["by_reason"] == {
+        LINE_BREAK: {".jpg": 1},
+        NOT_AN_IMAGE: {"(none)": 3, ".txt": 2, ".json": 1, ".zip": 1},
+    }
+    assert record["by_extension"][".txt"] == 2
+    assert info.skipped.to_dict() == record
+    assert "skipped 8: (none) 3, .txt 2, .jpg 1, .json 1, .zip 1" in caplog.text
+
+
+def test_skip_summary_reads_like_the_task_log():
+    skips = Skips()
+    for name in ("a.txt", "b.txt", "c.json"):
+        skips.add(NOT_AN_IMAGE, name)
+
+    assert skips.summary() == "skipped 3: .txt 2, .json 1 (not an image by extension 3)"
+    assert Skips().summary() == "skipped 0"
+
+
+def test_staging_keeps_the_lease_of_the_run_that_stages(tmp_path):
+    write_day(str(tmp_path / "in"), ["one.jpg"])
+    day_out = tmp_path / "out" / "2026-11-28"
+    day_out.mkdir(parents=True)
+    (day_out / LEASE_NAME).write_text("{}")
+    (day_out / "validation.json").write_text("{}")
+
+    stage_manifest(str(tmp_path / "in" / "2026-11-28"), str(day_out))
+
+    assert sorted(os.listdir(day_out)) == sorted([LEASE_NAME, MANIFEST_NAME, SKIPPED_NAME])
 
 
 def test_local_paths_are_absolute(tmp_path, monkeypatch):
@@ -92,15 +140,34 @@ def test_refuses_folders_that_clearing_would_damage(tmp_path):
         stage_manifest(str(tmp_path / "day" / "images"), str(tmp_path / "day"))
     with pytest.raises(ValueError, match="must be a day's folder below a root"):
         stage_manifest("gs://bucket/images/2026-11-28", "gs://bucket")
+    with pytest.raises(ValueError, match="must be a day's folder below a root"):
+        stage_manifest("gs://bucket/images/2026-11-28", "gs://bucket/day/..")
+
+
+def test_the_overlap_guard_sees_through_links_and_dots(tmp_path):
+    """An output root linked to the input root, or reached through `..`, still overlaps."""
+    images = tmp_path / "data" / "images"
+    write_day(str(images), ["one.jpg"])
+    (tmp_path / "linked").symlink_to(tmp_path / "data")
+
+    with pytest.raises(ValueError, match="lies inside output folder"):
+        stage_manifest(str(images / "2026-11-28"), str(tmp_path / "linked"))
+    with pytest.raises(ValueError, match="lies inside output folder"):
+        stage_manifest(str(images / "2026-11-28"), str(tmp_path / "data" / "x" / ".."))
+    with pytest.raises(ValueError, match="lies inside output folder"):
+        stage_manifest("gs://b/out/../in/2026-11-28", "gs://b/in/x/..")
+    assert (images / "2026-11-28" / "one.jpg").exists()
 
 
 def test_image_uris_is_lazy_and_skips_line_breaks(tmp_path):
     write_day(str(tmp_path), ["ok.jpg", "bad\nname.jpg"])
+    skips = Skips()
 
-    uris = image_uris(str(tmp_path / "2026-11-28"))
+    uris = image_uris(str(tmp_path / "2026-11-28"), skips)
 
     assert iter(uris) is uris
     assert list(uris) == [str(tmp_path / "2026-11-28" / "ok.jpg")]
+    assert skips.to_dict()["by_reason"] == {LINE_BREAK: {".jpg": 1}}
 
 
 def test_unique_sorted_drops_repeats():

@@ -39,6 +39,10 @@ class Observation:
     caught: int = 0
     secrets_searched: int = 0
     leaks: int = 0
+    formats: Counter = field(default_factory=Counter)  # image format -> files tried
+    skipped: Counter = field(default_factory=Counter)  # skip reason -> objects
+    unaccounted: int = 0  # objects of a day neither embedded, failed nor skipped
+    overlapping_runs: int = 0
     outcome: str = "not run"
 
     def add(self, accounting: Accounting) -> Accounting:
@@ -50,8 +54,9 @@ class Observation:
         return accounting
 
     def to_dict(self) -> dict:
-        # asdict() would rebuild the Counter from its items, counting (kind, n) pairs.
-        return {**asdict(self), "faults": dict(self.faults)}
+        # asdict() would rebuild a Counter from its items, counting (kind, n) pairs.
+        counters = {"faults", "formats", "skipped"}
+        return {**asdict(self), **{name: dict(getattr(self, name)) for name in counters}}
 
 
 def pytest_sessionstart(session):
