@@ -10,6 +10,7 @@ writes lives under `OUTPUT_ROOT/D/`, and a rerun of D replaces it.
 |---|---|
 | `resolve_run` | settings (`IMAGE_EMBEDDINGS_*`), this run's params over them; bad values fail |
 | `stage_manifest` | lists the day's images into `manifest.txt`; no images: the rest is skipped |
+| `prepare_model` | OpenVINO: the model converted (int8: quantized, checked) once per fingerprint |
 | `embed` | launches the pipeline; on Dataflow a retry attaches to the day's running job |
 | `wait` | Dataflow: waits (deferred) for the job; then confirms the `_SUCCESS` marker |
 | `validate` | every manifest entry embedded or failed exactly once, vectors sound, failure rate |
@@ -64,6 +65,10 @@ def image_embeddings():
     def stage_manifest(plan: dict) -> dict:
         return dag_tasks.stage(plan)
 
+    @task(multiple_outputs=True)
+    def prepare_model(plan: dict, manifest: str) -> dict:
+        return dag_tasks.prepare(plan, manifest)
+
     @task
     def validate(plan: dict) -> dict:
         return dag_tasks.validate(plan)
@@ -76,7 +81,13 @@ def image_embeddings():
 
     plan = resolve_run()
     staged = stage_manifest(plan)
-    embed = EmbedImagesOperator(task_id="embed", plan=plan, manifest=staged["uri"])
+    prepared = prepare_model(plan, staged["uri"])
+    embed = EmbedImagesOperator(
+        task_id="embed",
+        plan=plan,
+        manifest=staged["uri"],
+        prepared_model=prepared["prepared_model"],
+    )
     wait = WaitForEmbeddingsSensor(
         task_id="wait",
         plan=plan,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from beam_jobs.image_embeddings import io
 from beam_jobs.image_embeddings.contract import manifest_entries
 from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
+from beam_jobs.image_embeddings.model_cache import read_card
 from beam_jobs.image_embeddings.models import ModelSpec, resolve_model
 from beam_jobs.image_embeddings.options import JobOptions, parse_known_args
 from beam_jobs.image_embeddings.outputs import (
@@ -84,15 +86,56 @@ def prepare_launch(job: JobOptions, count: bool) -> int | None:
     return count_entries(job.manifest) if count else None
 
 
-def run_info(job: JobOptions, spec: ModelSpec, options: PipelineOptions) -> dict[str, Any]:
-    """What the `_SUCCESS` marker records about how the run was made."""
-    parts = fingerprint_parts(spec, job.weights, job.precision)
+def check_card_fits(card: dict[str, Any], job: JobOptions, spec: ModelSpec) -> None:
+    """Refuse a prepared model made for another model or precision than the job's."""
+    parts = card["fingerprint_parts"]
+    wanted = {"model": spec.name, "precision": job.precision}
+    wrong = {key: parts.get(key) for key, value in wanted.items() if parts.get(key) != value}
+    if wrong:
+        raise ValueError(
+            f"prepared model {job.prepared_model} was made for {wrong}, not {wanted}: "
+            "prepare the job's model (python -m beam_jobs.image_embeddings.prepare)"
+        )
+
+
+def prepared_card(job: JobOptions, spec: ModelSpec) -> tuple[JobOptions, dict[str, Any]]:
+    """The job with its prepared model's URI, and that model's card.
+
+    Without `--prepared_model` the model is prepared here, in the launcher (or found in the
+    model cache): workers only ever load it.
+    """
+    if job.prepared_model is None:
+        from beam_jobs.image_embeddings.prepare import prepare_model
+
+        prepared = prepare_model(job)
+        return dataclasses.replace(job, prepared_model=prepared.uri), prepared.card
+    card = read_card(job.prepared_model)
+    check_card_fits(card, job, spec)
+    return job, card
+
+
+def run_info(
+    job: JobOptions,
+    spec: ModelSpec,
+    options: PipelineOptions,
+    card: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What the `_SUCCESS` marker records about how the run was made; `card` is the prepared
+    model's, for the OpenVINO engine."""
+    parts = (
+        card["fingerprint_parts"] if card else fingerprint_parts(spec, job.weights, job.precision)
+    )
+    prepared = (
+        {"prepared_model": job.prepared_model, "accuracy": card.get("accuracy")} if card else {}
+    )
     return {
         "model": spec.name,
         "fingerprint": fingerprint(parts),
         "fingerprint_parts": parts,
         "weights": job.weights,
+        "engine": job.engine,
         "precision": job.precision,
+        **prepared,
         "embedding_dtype": job.embedding_dtype,
         "runner": runner_name(options),
         "started_at": utc_now(),
@@ -111,15 +154,19 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     # A dry run builds the job offline: it must not touch the manifest or the output.
     dry_run = bool(options.view_as(TestOptions).dry_run)
     waits = not is_dataflow(options) or job.wait_until_finish
+    card = None
+    if job.engine == "openvino":
+        job, card = prepared_card(job, spec)
     total = None if dry_run else prepare_launch(job, count=waits)
-    build_pipeline(pipeline, job, spec, run_info(job, spec, options), total)
+    build_pipeline(pipeline, job, spec, run_info(job, spec, options, card), total)
     LOGGER.info(
-        "embedding %s entries of %s into %s with %s (%s weights, %s)",
+        "embedding %s entries of %s into %s with %s (%s weights, %s, %s)",
         "the" if total is None else total,
         job.manifest,
         job.output,
         spec.name,
         job.weights,
+        job.engine,
         job.precision,
     )
     shows_progress = in_launcher_process(options) and not dry_run
