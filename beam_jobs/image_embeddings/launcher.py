@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from beam_jobs.image_embeddings import io
+from beam_jobs.image_embeddings.accuracy import check_accuracy
 from beam_jobs.image_embeddings.contract import manifest_entries
 from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
 from beam_jobs.image_embeddings.model_cache import read_card
@@ -111,6 +112,8 @@ def prepared_card(job: JobOptions, spec: ModelSpec) -> tuple[JobOptions, dict[st
         return dataclasses.replace(job, prepared_model=prepared.uri), prepared.card
     card = read_card(job.prepared_model)
     check_card_fits(card, job, spec)
+    if card.get("accuracy"):
+        check_accuracy(card["accuracy"], job.thresholds())
     return job, card
 
 
@@ -157,6 +160,11 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     card = None
     if job.engine == "openvino":
         job, card = prepared_card(job, spec)
+        if is_dataflow(options) and io.is_local(job.prepared_model):
+            raise ValueError(
+                f"prepared model {job.prepared_model} is on this machine, where Dataflow "
+                "workers cannot read it: prepare it into a gs:// --model_cache"
+            )
     total = None if dry_run else prepare_launch(job, count=waits)
     build_pipeline(pipeline, job, spec, run_info(job, spec, options, card), total)
     LOGGER.info(

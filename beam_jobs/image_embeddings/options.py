@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,7 +11,6 @@ from beam_jobs.image_embeddings.accuracy import Thresholds
 from beam_jobs.image_embeddings.contract import ENGINES, PRECISIONS
 from beam_jobs.image_embeddings.images import DEFAULT_MAX_IMAGE_BYTES
 from beam_jobs.image_embeddings.io import check_supported
-from beam_jobs.image_embeddings.model_cache import default_model_cache
 from beam_jobs.image_embeddings.models import check_weights, resolve_model
 
 EMBEDDING_DTYPES = ("float32", "float16")
@@ -305,6 +303,4 @@ def parse_known_args(argv: Sequence[str] | None) -> tuple[JobOptions, list[str]]
         check_engine(job)
     except ValueError as error:
         parser.error(f"argument --engine: {error}")
-    if job.model_cache is None:
-        job = dataclasses.replace(job, model_cache=default_model_cache())
     return job, beam_args

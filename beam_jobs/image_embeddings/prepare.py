@@ -140,13 +140,17 @@ def prepare_model(job: JobOptions) -> PreparedModel:
         spec, job.weights, job.precision, ENGINE, calibration.digest if calibration else None
     )
     model_fingerprint = fingerprint(parts)
-    entry = entry_uri(job.model_cache, model_fingerprint)
+    entry = entry_uri(job.model_cache or default_model_cache(), model_fingerprint)
     try:
         card = check_entry(entry, model_fingerprint)
-        log.info("prepared model %s found in the cache", entry)
-        return PreparedModel(entry, card, cache_hit=True)
     except CacheEntryError as error:
         clear_broken_entry(entry, error)
+    else:
+        log.info("prepared model %s found in the cache", entry)
+        # The thresholds are not part of the fingerprint: a cached int8 model meets today's.
+        if card.get("accuracy"):
+            check_accuracy(card["accuracy"], job.thresholds())
+        return PreparedModel(entry, card, cache_hit=True)
     model, figures = build(spec, job, calibration)
     with tempfile.TemporaryDirectory(prefix="prepare-") as directory:
         ov.save_model(model, f"{directory}/model.xml", compress_to_fp16=False)
@@ -212,7 +216,6 @@ def parse_args(argv: Sequence[str] | None) -> JobOptions:
     parser = build_parser()
     known = vars(parser.parse_args(argv))
     known.pop("prepared_model")
-    known["model_cache"] = known["model_cache"] or default_model_cache()
     job = JobOptions(output="", **known)
     try:
         resolve_model(job.model)

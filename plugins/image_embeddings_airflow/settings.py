@@ -304,10 +304,12 @@ def validate_dataflow(settings: Settings) -> Settings:
         for name in ("gcp_project", "gcp_region", "dataflow_temp_location")
         if not getattr(settings, name)
     ]
+    # Workers read the prepared OpenVINO model from the cache.
+    cache = ("model_cache",) if settings.engine == "openvino" else ()
     for name in (
         "input_root",
         "output_root",
-        "model_cache",
+        *cache,
         "dataflow_temp_location",
         "dataflow_staging_location",
     ):

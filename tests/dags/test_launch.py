@@ -7,10 +7,12 @@ import pytest
 from image_embeddings_airflow.dag_tasks import resolve_run
 from image_embeddings_airflow.launch import (
     WaitMode,
+    command_line,
     console_url,
     dataflow_job_name,
     launch,
     pipeline_options,
+    preparation_options,
     wait_mode,
 )
 from tests.dags.test_run_plan import DATAFLOW, LOCAL, NOV_28
@@ -152,3 +154,34 @@ def test_a_local_run_renders_a_direct_launch():
     assert embed.pipeline_options["manifest"] == MANIFEST
     assert embed.pipeline_options["weights"] == "random"
     assert embed.dataflow_config == {}
+
+
+def test_preparation_gets_the_model_the_cache_and_the_guard():
+    plan = resolve_run(
+        {"weights": "random", "precision": "int8"},
+        NOV_28,
+        LOCAL | {"IMAGE_EMBEDDINGS_INT8_MIN_TOP5_OVERLAP": "0.8"},
+    )
+    options = preparation_options(plan, "/data/embeddings/2026-11-28/manifest.txt")
+    assert options == {
+        "model": "resnet50",
+        "weights": "random",
+        "precision": "int8",
+        "model_cache": plan["model_cache"],
+        "manifest": "/data/embeddings/2026-11-28/manifest.txt",
+        "min_centred_cosine_mean": 0.99,
+        "min_centred_cosine": 0.97,
+        "min_top5_overlap": 0.8,
+    }
+    assert plan["model_cache"].endswith("/model_cache")
+    assert command_line({"model": "resnet50", "precision": "int8"}) == [
+        "--model=resnet50",
+        "--precision=int8",
+    ]
+
+
+def test_the_prepared_model_goes_to_the_pipeline():
+    plan = resolve_run({}, NOV_28, LOCAL)
+    arguments = launch(plan, MANIFEST, "image_embeddings", "/cache/0123456789abcdef")
+    assert arguments.pipeline_options["prepared_model"] == "/cache/0123456789abcdef"
+    assert "prepared_model" not in pipeline_options(plan, MANIFEST)
