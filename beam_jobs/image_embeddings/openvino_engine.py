@@ -170,7 +170,7 @@ class OpenVINOModelHandler(ModelHandler[np.ndarray, np.ndarray, OpenVINOEmbedder
         embedder = OpenVINOEmbedder(compile_model(model, self.precision))
         embedder(np.zeros((1, *self.spec.input_size, 3), np.uint8))
         log.info(
-            "Loaded prepared model %s (%s, fingerprint %s, %d infer requests): %d-d embeddings "
+            "Loaded model %s (prepared, %s, fingerprint %s, %d infer requests): %d-d embeddings "
             "in %.1f s",
             self.prepared_model,
             self.precision,

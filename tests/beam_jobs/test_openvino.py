@@ -41,9 +41,8 @@ IMPOSSIBLE = {"min_centred_cosine_mean": 1.0, "min_centred_cosine": 1.0, "min_to
 
 
 def small_job(cache: Path | str, **options) -> JobOptions:
-    return JobOptions(
-        manifest=None, output="", model=SMALL, weights="random", model_cache=str(cache), **options
-    )
+    chosen = {"manifest": None, "output": "", "model": SMALL, "weights": "random"}
+    return JobOptions(**(chosen | {"model_cache": str(cache)} | options))
 
 
 @pytest.fixture(scope="module")
