@@ -170,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         "checked against float32; bfloat16 needs a CPU with bfloat16 instructions "
         "(default: %(default)s)",
     )
+    job.add_argument(
+        "--prepared_model",
+        metavar="URI",
+        type=location,
+        default=None,
+        help="OpenVINO: folder of a prepared model (python -m beam_jobs.image_embeddings.prepare); "
+        "without it the launcher prepares the model, or finds it in --model_cache",
+    )
     add_preparation_arguments(parser)
     xla = job.add_mutually_exclusive_group()
     xla.add_argument(
@@ -218,14 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
 def add_preparation_arguments(parser: argparse.ArgumentParser) -> None:
     """Where an OpenVINO model is prepared and how int8 is calibrated and checked."""
     group = parser.add_argument_group("model preparation (OpenVINO)")
-    group.add_argument(
-        "--prepared_model",
-        metavar="URI",
-        type=location,
-        default=None,
-        help="folder of a prepared model (python -m beam_jobs.image_embeddings.prepare); "
-        "without it the launcher prepares the model, or finds it in --model_cache",
-    )
     group.add_argument(
         "--model_cache",
         metavar="URI",

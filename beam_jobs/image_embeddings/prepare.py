@@ -215,7 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None) -> JobOptions:
     parser = build_parser()
     known = vars(parser.parse_args(argv))
-    known.pop("prepared_model")
     job = JobOptions(output="", **known)
     try:
         resolve_model(job.model)
