@@ -235,6 +235,18 @@ def targets(
         Target("pipeline / seed's way, 640x480", _value(photos, "vs_seed"), 2.5, True),
         Target("pipeline / seed's way, 4032x3024", _value(camera, "vs_seed"), 4, True),
         Target(
+            "OpenVINO float32 pipeline / XLA TensorFlow call, 640x480",
+            _value(rows.get("pipeline_openvino_float32_photos"), "vs_ceiling"),
+            1.4,
+            True,
+        ),
+        Target(
+            "OpenVINO int8 pipeline / XLA TensorFlow call, 640x480",
+            _value(rows.get("pipeline_openvino_int8_photos"), "vs_ceiling"),
+            2.2,
+            True,
+        ),
+        Target(
             "pipeline peak memory, any run",
             max((run.peak_rss_mb for run in pipeline_runs), default=None),
             MB_LIMIT_PIPELINE,
