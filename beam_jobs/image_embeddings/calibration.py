@@ -13,7 +13,12 @@ import numpy as np
 from beam_jobs.image_embeddings import io as storage
 from beam_jobs.image_embeddings.accuracy import NEIGHBOURS
 from beam_jobs.image_embeddings.contract import manifest_entries
-from beam_jobs.image_embeddings.images import ImageLoadError, load_image, read_bounded
+from beam_jobs.image_embeddings.images import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    ImageLoadError,
+    load_image,
+    read_bounded,
+)
 
 CALIBRATION_SIZE = 64
 HELD_OUT_SIZE = 32
@@ -71,7 +76,7 @@ def load_calibration_set(
     calibration_size: int = CALIBRATION_SIZE,
     held_out_size: int = HELD_OUT_SIZE,
     seed: int = SEED,
-    max_image_bytes: int = 50 * 1024 * 1024,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> CalibrationSet:
     """Load the first readable images of the manifest's seeded order; unreadable ones are logged
     with their reason and replaced by the next ones."""
