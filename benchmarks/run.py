@@ -436,11 +436,12 @@ def check_success(output: Path, count: int) -> dict:
     return marker
 
 
-def engine_args(prepared_model: str | None) -> list[str]:
+def engine_args(prepared_model: str | None, precision: str) -> list[str]:
     """The pipeline's engine: OpenVINO with a prepared model, else TensorFlow (XLA)."""
-    if prepared_model:
-        return ["--engine", "openvino", "--prepared_model", prepared_model]
-    return ["--engine", "tensorflow"]
+    if not prepared_model:
+        return ["--engine", "tensorflow"]
+    guard = LENIENT_GUARD if precision == "int8" else ()
+    return ["--engine", "openvino", "--prepared_model", prepared_model, *guard]
 
 
 def run_pipeline(
@@ -455,7 +456,7 @@ def run_pipeline(
     name = f"pipeline-{engine}{precision}-{dtype}-{images.name}-{count}"
     manifest = bench.manifest(images, count)
     output = bench.run_dir(name)
-    extra = [*engine_args(prepared_model), *bench.pipeline_args]
+    extra = [*engine_args(prepared_model, precision), *bench.pipeline_args]
     measured = bench.measure(
         name, pipeline_command(manifest, output, bench.batch_size, precision, dtype, extra)
     )
