@@ -20,6 +20,8 @@ from beam_jobs.image_embeddings.models import (
 )
 
 DEVICE = "CPU"
+# The name a tf.function's returned tensor keeps through `openvino.convert_model`.
+FUNCTION_OUTPUT = "Identity:0"
 # A request of fewer images than this leaves the CPU's threads underused: split no finer.
 MIN_IMAGES_PER_REQUEST = 4
 
@@ -59,12 +61,25 @@ def convert(spec: ModelSpec, weights: str) -> Any:
         converted = ov.convert_model(embed)
     except Exception as error:
         raise unconvertible(spec, error) from error
-    if (
-        len(converted.outputs) != 1
-        or converted.output(0).get_partial_shape().rank.get_length() != 2
-    ):
+    return embedding_only(converted, spec)
+
+
+def embedding_only(converted: Any, spec: ModelSpec) -> Any:
+    """The converted model with the function's (batch, dim) output alone.
+
+    TensorFlow's custom gradients (EfficientNet's swish) surface as extra outputs of the
+    conversion; the function's own output is the one named `Identity:0`.
+    """
+    import openvino as ov
+
+    found = converted.outputs
+    if len(found) > 1:
+        found = [output for output in found if FUNCTION_OUTPUT in output.get_names()]
+    if len(found) != 1 or found[0].get_partial_shape().rank.get_length() != 2:
         raise unconvertible(spec, ValueError("the converted model does not output (batch, dim)"))
-    return converted
+    if len(converted.outputs) == 1:
+        return converted
+    return ov.Model(found, converted.get_parameters(), converted.friendly_name)
 
 
 def cpu_capabilities() -> list[str]:
