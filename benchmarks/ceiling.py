@@ -1,6 +1,7 @@
 """The model's own limit: its compiled call on pre-decoded uint8 batches, no I/O, after warm-up.
 
-`python -m benchmarks.ceiling --manifest M [--precision bfloat16]` prints a BENCH_RESULT line.
+`python -m benchmarks.ceiling --manifest M [--precision bfloat16]` prints a BENCH_RESULT line;
+with `--engine openvino --prepared_model URI` it times the prepared OpenVINO model instead.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from beam_jobs.image_embeddings.contract import manifest_entries
+from beam_jobs.image_embeddings.contract import ENGINES, PRECISIONS, manifest_entries
 from beam_jobs.image_embeddings.images import load_image
 from beam_jobs.image_embeddings.models import KerasModelHandler, resolve_model
+from beam_jobs.image_embeddings.openvino_engine import OpenVINOModelHandler
 from benchmarks.measure import print_result
 
 
@@ -42,7 +44,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--manifest", required=True, help="images to pre-decode (local paths)")
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--weights", default="random")
-    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS)
+    parser.add_argument("--engine", default="tensorflow", choices=ENGINES)
+    parser.add_argument("--prepared_model", help="with --engine openvino: the prepared model")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
     parser.add_argument("--batches", type=int, default=10, help="timed calls")
@@ -54,13 +58,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     spec = resolve_model(args.model)
     with open(args.manifest) as handle:
         uris = list(manifest_entries(handle))
-    handler = KerasModelHandler(
-        args.model,
-        args.weights,
-        precision=args.precision,
-        min_batch_size=args.batch_size,
-        max_batch_size=args.batch_size,
-    )
+    if args.engine == "openvino":
+        handler = OpenVINOModelHandler(args.prepared_model, args.model, args.precision)
+    else:
+        handler = KerasModelHandler(
+            args.model,
+            args.weights,
+            precision=args.precision,
+            min_batch_size=args.batch_size,
+            max_batch_size=args.batch_size,
+        )
     loading = time.perf_counter()
     embedder = handler.load_model()
     load_s = time.perf_counter() - loading
@@ -78,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "startup_s": startup_s,
             "load_s": load_s,
             "precision": args.precision,
+            "engine": args.engine,
             "batch_size": args.batch_size,
         }
     )

@@ -100,7 +100,7 @@ class Pair:
 @dataclass
 class Row:
     """One line of the main table; `key` is `ceiling_<precision>`, `pipeline_<precision>_<set>`
-    or `seed_<set>`."""
+    (`openvino_` before the precision for the OpenVINO engine) or `seed_<set>`."""
 
     key: str
     name: str
@@ -136,7 +136,11 @@ def with_ratios(rows: dict[str, Row]) -> None:
     """
     for row in rows.values():
         kind, *rest = row.key.split("_")
-        precision = rest[0] if kind in ("ceiling", "pipeline") else "float32"
+        # OpenVINO rows (`<kind>_openvino_<precision>[_<set>]`) compare with TensorFlow's
+        # float32 call: the engine they replace.
+        openvino = rest[:1] == ["openvino"]
+        rest = rest[1:] if openvino else rest
+        precision = rest[0] if kind in ("ceiling", "pipeline") and not openvino else "float32"
         ceiling = rows.get(f"ceiling_{precision}")
         row.vs_ceiling = ratio(row.images_per_s, ceiling.images_per_s if ceiling else None)
         if kind == "pipeline":
@@ -230,6 +234,18 @@ def targets(
         Target("pipeline / ceiling, 640x480, fp32", _value(photos, "vs_ceiling"), 0.85, True),
         Target("pipeline / seed's way, 640x480", _value(photos, "vs_seed"), 2.5, True),
         Target("pipeline / seed's way, 4032x3024", _value(camera, "vs_seed"), 4, True),
+        Target(
+            "OpenVINO float32 pipeline / XLA TensorFlow call, 640x480",
+            _value(rows.get("pipeline_openvino_float32_photos"), "vs_ceiling"),
+            1.4,
+            True,
+        ),
+        Target(
+            "OpenVINO int8 pipeline / XLA TensorFlow call, 640x480",
+            _value(rows.get("pipeline_openvino_int8_photos"), "vs_ceiling"),
+            2.2,
+            True,
+        ),
         Target(
             "pipeline peak memory, any run",
             max((run.peak_rss_mb for run in pipeline_runs), default=None),

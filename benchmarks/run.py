@@ -1,4 +1,5 @@
-"""`make bench`: model ceiling, pipeline, the seed's way, bfloat16, daily steps and storage.
+"""`make bench`: model ceiling, pipeline (TensorFlow and OpenVINO), the seed's way, bfloat16,
+daily steps and storage.
 
 Every figure comes from child processes, so each one's start-up and peak memory are its own.
 Throughput is the difference between a small and a large run of the same command, each less the
@@ -53,11 +54,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "out"
 MODEL = "resnet50"
 WEIGHTS = "random"  # the same arithmetic as ImageNet's; nothing to download
-SECTIONS = ("camera", "seed", "bf16", "daily", "storage", "dag")
+SECTIONS = ("openvino", "camera", "seed", "bf16", "daily", "storage", "dag")
 TABLE_ORDER = (
     "ceiling_float32",
+    "ceiling_openvino_float32",
+    "ceiling_openvino_int8",
     "ceiling_bfloat16",
     "pipeline_float32_photos",
+    "pipeline_openvino_float32_photos",
+    "pipeline_openvino_int8_photos",
     "pipeline_bfloat16_photos",
     "pipeline_float32_camera",
     "seed_photos",
@@ -73,6 +78,13 @@ SEED_NPY_BYTES = 7 * 7 * 2048 * 4 + 128
 # The pipeline's log line once a process has its model ready, and its timestamp's format.
 LOADED_MODEL_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*Loaded model ", re.M)
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
+# The int8 guard's thresholds for the benchmark's random weights, whose int8 model strays from
+# float32 (no real activation ranges to calibrate on): the figures are recorded, not judged.
+LENIENT_GUARD = (
+    "--min_centred_cosine_mean=-1",
+    "--min_centred_cosine=-1",
+    "--min_top5_overlap=0",
+)
 WARMUP_IMPORTS = (
     "import tensorflow, keras, apache_beam, pyarrow.parquet, pandas, matplotlib.figure; "
     "import beam_jobs.image_embeddings.launcher, image_embeddings_airflow.validation, "
@@ -90,6 +102,7 @@ class Sizes:
     seed_camera_images: tuple[int, int] = (16, 64)
     ceiling_batches: int = 10
     daily_rows: tuple[int, int] = (200_000, 400_000)
+    calibration_images: int = 96  # int8: 64 to calibrate on, 32 held out
 
 
 QUICK = Sizes(
@@ -99,6 +112,7 @@ QUICK = Sizes(
     seed_camera_images=(1, 2),
     ceiling_batches=2,
     daily_rows=(2_000, 4_000),
+    calibration_images=12,
 )
 
 
@@ -295,7 +309,13 @@ def _version(package: str) -> str | None:
 
 def prepare_images(bench: Bench, skip: frozenset[str]) -> dict[str, imagesets.ImageSet]:
     sizes = bench.sizes
-    wanted = {SMALL_SET: max(sizes.images[1], sizes.seed_images[1] if "seed" not in skip else 0)}
+    wanted = {
+        SMALL_SET: max(
+            sizes.images[1],
+            sizes.seed_images[1] if "seed" not in skip else 0,
+            sizes.calibration_images if "openvino" not in skip else 0,
+        )
+    }
     if "camera" not in skip:
         camera_seed = sizes.seed_camera_images[1] if "seed" not in skip else 0
         wanted[CAMERA_SET] = max(sizes.camera_images[1], camera_seed)
@@ -318,11 +338,37 @@ def warm_up(bench: Bench) -> None:
     bench.measure("warmup", [sys.executable, "-c", WARMUP_IMPORTS])
 
 
-def measure_ceiling(bench: Bench, photos: imagesets.ImageSet, precision: str) -> Row:
+def prepare_openvino(bench: Bench, photos: imagesets.ImageSet, precision: str) -> str:
+    """Prepare the OpenVINO model as the DAG's prepare_model task does; its cache folder."""
+    calibration = bench.manifest(photos, bench.sizes.calibration_images)
+    measured = bench.measure(
+        f"prepare-openvino-{precision}",
+        python_command(
+            "beam_jobs.image_embeddings.prepare",
+            f"--model={MODEL}",
+            f"--weights={WEIGHTS}",
+            f"--precision={precision}",
+            f"--model_cache={bench.out / 'model_cache'}",
+            f"--calibration_manifest={calibration}",
+            *LENIENT_GUARD,
+        ),
+    )
+    lines = measured.log.read_text(errors="replace").splitlines()
+    prepared = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
+    bench.runs[f"prepare-openvino-{precision}"]["result"] = prepared
+    return prepared["prepared_model"]
+
+
+def measure_ceiling(
+    bench: Bench, photos: imagesets.ImageSet, precision: str, prepared_model: str | None = None
+) -> Row:
+    """The model call alone; `prepared_model` times that OpenVINO model instead of TensorFlow."""
     # The batch cycles through these images: decoding them is not part of what is timed.
     manifest = bench.manifest(photos, min(bench.batch_size, bench.sizes.images[1]))
+    engine = ["--engine", "openvino", "--prepared_model", prepared_model] if prepared_model else []
+    label = f"openvino-{precision}" if prepared_model else precision
     measured = bench.measure(
-        f"ceiling-{precision}",
+        f"ceiling-{label}",
         python_command(
             "benchmarks.ceiling",
             "--manifest",
@@ -335,13 +381,14 @@ def measure_ceiling(bench: Bench, photos: imagesets.ImageSet, precision: str) ->
             str(bench.batch_size),
             "--batches",
             str(bench.sizes.ceiling_batches),
+            *engine,
         ),
     )
     result = measured.result
+    what = "OpenVINO, prepared model" if prepared_model else "compiled call"
     return Row(
-        key=f"ceiling_{precision}",
-        name=f"model ceiling, {precision} (compiled call, uint8 batches of "
-        f"{bench.batch_size}, no I/O)",
+        key=f"ceiling_{label.replace('-', '_')}",
+        name=f"model ceiling, {precision} ({what}, uint8 batches of {bench.batch_size}, no I/O)",
         images=str(result["timed_images"]),
         images_per_s=result["images_per_s"],
         startup_s=result["startup_s"],
@@ -389,15 +436,29 @@ def check_success(output: Path, count: int) -> dict:
     return marker
 
 
+def engine_args(prepared_model: str | None, precision: str) -> list[str]:
+    """The pipeline's engine: OpenVINO with a prepared model, else TensorFlow (XLA)."""
+    if not prepared_model:
+        return ["--engine", "tensorflow"]
+    guard = LENIENT_GUARD if precision == "int8" else ()
+    return ["--engine", "openvino", "--prepared_model", prepared_model, *guard]
+
+
 def run_pipeline(
-    bench: Bench, images: imagesets.ImageSet, count: int, precision: str, dtype: str = "float32"
+    bench: Bench,
+    images: imagesets.ImageSet,
+    count: int,
+    precision: str,
+    dtype: str = "float32",
+    prepared_model: str | None = None,
 ) -> tuple[Measured, Path]:
-    name = f"pipeline-{precision}-{dtype}-{images.name}-{count}"
+    engine = "openvino-" if prepared_model else ""
+    name = f"pipeline-{engine}{precision}-{dtype}-{images.name}-{count}"
     manifest = bench.manifest(images, count)
     output = bench.run_dir(name)
+    extra = [*engine_args(prepared_model, precision), *bench.pipeline_args]
     measured = bench.measure(
-        name,
-        pipeline_command(manifest, output, bench.batch_size, precision, dtype, bench.pipeline_args),
+        name, pipeline_command(manifest, output, bench.batch_size, precision, dtype, extra)
     )
     check_success(output, count)
     return measured, output
@@ -413,15 +474,21 @@ def model_loaded_after(measured: Measured) -> float:
 
 
 def measure_pipeline(
-    bench: Bench, images: imagesets.ImageSet, counts: tuple[int, int], precision: str
+    bench: Bench,
+    images: imagesets.ImageSet,
+    counts: tuple[int, int],
+    precision: str,
+    prepared_model: str | None = None,
 ) -> Row:
-    small, _ = run_pipeline(bench, images, counts[0], precision)
-    large, _ = run_pipeline(bench, images, counts[1], precision)
-    key = f"pipeline_{precision}_{images.name}"
+    small, _ = run_pipeline(bench, images, counts[0], precision, prepared_model=prepared_model)
+    large, _ = run_pipeline(bench, images, counts[1], precision, prepared_model=prepared_model)
+    engine = "openvino_" if prepared_model else ""
+    key = f"pipeline_{engine}{precision}_{images.name}"
     bench.pairs[key] = Pair(
         counts[0], counts[1], small, large, model_loaded_after(small), model_loaded_after(large)
     )
-    name = f"pipeline, {precision}, {images.label} (DirectRunner, manifest to Parquet)"
+    what = "OpenVINO" if prepared_model else "TensorFlow"
+    name = f"pipeline, {what} {precision}, {images.label} (DirectRunner, manifest to Parquet)"
     return pair_row(key, name, bench.pairs[key])
 
 
@@ -558,8 +625,17 @@ def run(args: argparse.Namespace) -> dict:
     rows = bench.rows
     # The runs each ratio compares follow one another: this machine's speed drifts by about 10%
     # from minute to minute, and a ratio of runs minutes apart would carry that drift.
+    prepared = {}
+    if "openvino" not in skip:
+        prepared = {p: prepare_openvino(bench, photos, p) for p in ("float32", "int8")}
     rows["ceiling_float32"] = measure_ceiling(bench, photos, "float32")
+    for precision, model in prepared.items():
+        rows[f"ceiling_openvino_{precision}"] = measure_ceiling(bench, photos, precision, model)
     rows["pipeline_float32_photos"] = measure_pipeline(bench, photos, sizes.images, "float32")
+    for precision, model in prepared.items():
+        rows[f"pipeline_openvino_{precision}_photos"] = measure_pipeline(
+            bench, photos, sizes.images, precision, model
+        )
     if "seed" not in skip:
         rows["seed_photos"] = measure_seed_way(bench, photos, sizes.seed_images)
     if camera is not None:

@@ -11,6 +11,7 @@ writes lives under `OUTPUT_ROOT/D/`, and a rerun of D replaces it.
 | `resolve_run` | settings (`IMAGE_EMBEDDINGS_*`), this run's params over them; bad values fail |
 | `claim_day` | takes the day's `_LEASE`; waits while another run of the same day holds it |
 | `stage_manifest` | lists the day's images into `manifest.txt`, other files into `skipped.json` |
+| `prepare_model` | OpenVINO: the model converted (int8: quantized, checked) once per fingerprint |
 | `embed` | launches the pipeline; on Dataflow a retry attaches to the day's running job |
 | `wait` | Dataflow: waits (deferred) for the job; then confirms the `_SUCCESS` marker |
 | `validate` | every manifest entry embedded or failed exactly once, vectors sound, failure rate |
@@ -78,6 +79,10 @@ def image_embeddings():
     def stage_manifest(plan: dict, dag_run=None) -> dict:
         return dag_tasks.stage(plan, dag_holder(dag_run.dag_id, dag_run.run_id))
 
+    @task(multiple_outputs=True)
+    def prepare_model(plan: dict, manifest: str) -> dict:
+        return dag_tasks.prepare(plan, manifest)
+
     @task
     def validate(plan: dict) -> dict:
         return dag_tasks.validate(plan)
@@ -95,7 +100,13 @@ def image_embeddings():
     plan = resolve_run()
     claimed = claim_day(plan)
     staged = stage_manifest(plan)
-    embed = EmbedImagesOperator(task_id="embed", plan=plan, manifest=staged["uri"])
+    prepared = prepare_model(plan, staged["uri"])
+    embed = EmbedImagesOperator(
+        task_id="embed",
+        plan=plan,
+        manifest=staged["uri"],
+        prepared_model=prepared["prepared_model"],
+    )
     wait = WaitForEmbeddingsSensor(
         task_id="wait",
         plan=plan,

@@ -11,6 +11,19 @@ from tests.gcs_emulator import running_emulator
 TEST_BUCKET = "image-embeddings-test"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Prepared models of the whole session go to one temporary cache, never the user's."""
+    folder = tmp_path_factory.mktemp("model_cache")
+    saved = os.environ.get("IMAGE_EMBEDDINGS_MODEL_CACHE")
+    os.environ["IMAGE_EMBEDDINGS_MODEL_CACHE"] = str(folder)
+    yield str(folder)
+    if saved is None:
+        os.environ.pop("IMAGE_EMBEDDINGS_MODEL_CACHE", None)
+    else:
+        os.environ["IMAGE_EMBEDDINGS_MODEL_CACHE"] = saved
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator():
     """Start a GCS emulator and point every Google client of this process at it.

@@ -49,7 +49,7 @@ ONE_OFF = ("airflow-init", "gcs-seed")
 IMAGE_SERVICES = (*AIRFLOW_SERVICES, "airflow-init", "airflow-cli", "gcs-emulator", "gcs-seed")
 EMULATOR_PROFILE = "gcs-emulator"
 EMULATOR_SECTION = "# GCS emulator"
-WORKER_PACKAGES = ("tensorflow-cpu", "keras", "pillow", "numpy", "pyarrow")
+WORKER_PACKAGES = ("tensorflow-cpu", "keras", "pillow", "numpy", "pyarrow", "openvino")
 CONTAINER_ROOT = "/opt/airflow"
 
 

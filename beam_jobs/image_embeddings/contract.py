@@ -68,6 +68,14 @@ MODEL_NAMES = (
 )
 KERAS_FILE_SUFFIX = ".keras"
 
+# `--engine`: OpenVINO runs a model prepared once per fingerprint; TensorFlow runs the Keras model.
+ENGINES = ("openvino", "tensorflow")
+# Exit status of `python -m beam_jobs.image_embeddings.prepare` refusing an int8 model below the
+# accuracy thresholds: preparing again gives the same verdict.
+PREPARE_REFUSED_EXIT = 3
+# `--precision`: int8 needs the OpenVINO engine, bfloat16 a CPU with bfloat16 instructions.
+PRECISIONS = ("float32", "int8", "bfloat16")
+
 # Where a manifest entry failed, as recorded in the `stage` column of the failures output.
 STAGE_INPUT = "input"  # refused before any read: not a valid URI, outside the input root
 STAGE_READ = "read"  # missing, a directory, unreadable, larger than the byte cap

@@ -16,7 +16,7 @@ from beam_jobs.image_embeddings.weights import is_weights_uri
 
 CHUNK_BYTES = 8 * 1024 * 1024
 # The distribution whose version names each engine's version.
-ENGINE_DISTRIBUTIONS = {"tensorflow": "tensorflow-cpu"}
+ENGINE_DISTRIBUTIONS = {"openvino": "openvino", "tensorflow": "tensorflow-cpu"}
 
 
 def file_digest(uri: str) -> str:
@@ -38,9 +38,14 @@ def weights_identity(spec: ModelSpec, weights: str) -> str:
 
 
 def fingerprint_parts(
-    spec: ModelSpec, weights: str, precision: str, engine: str = "tensorflow"
+    spec: ModelSpec,
+    weights: str,
+    precision: str,
+    engine: str = "tensorflow",
+    calibration: str | None = None,
 ) -> dict[str, Any]:
-    """Every input that changes an embedding's values, named."""
+    """Every input that changes an embedding's values, named; `calibration` is the digest of an
+    int8 model's calibration images."""
     return {
         "model": spec.name,
         "weights": weights_identity(spec, weights),
@@ -48,6 +53,7 @@ def fingerprint_parts(
         "preprocessing": spec.preprocess or "inside the model",
         "engine": f"{engine}-{metadata.version(ENGINE_DISTRIBUTIONS[engine])}",
         "precision": precision,
+        "calibration": calibration,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -22,8 +23,10 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from beam_jobs.image_embeddings import gcs, io, lease
+from beam_jobs.image_embeddings.accuracy import check_accuracy
 from beam_jobs.image_embeddings.contract import manifest_entries
 from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
+from beam_jobs.image_embeddings.model_cache import read_card
 from beam_jobs.image_embeddings.models import ModelSpec, resolve_model
 from beam_jobs.image_embeddings.options import JobOptions, parse_known_args
 from beam_jobs.image_embeddings.outputs import read_success_marker, remove_earlier_run, utc_now
@@ -120,15 +123,58 @@ def prepare_launch(job: JobOptions, count: bool) -> int | None:
     return count_entries(job.manifest) if count else None
 
 
-def run_info(job: JobOptions, spec: ModelSpec, options: PipelineOptions) -> dict[str, Any]:
-    """What the `_SUCCESS` marker records about how the run was made."""
-    parts = fingerprint_parts(spec, job.weights, job.precision)
+def check_card_fits(card: dict[str, Any], job: JobOptions, spec: ModelSpec) -> None:
+    """Refuse a prepared model made for another model or precision than the job's."""
+    parts = card["fingerprint_parts"]
+    wanted = {"model": spec.name, "precision": job.precision}
+    wrong = {key: parts.get(key) for key, value in wanted.items() if parts.get(key) != value}
+    if wrong:
+        raise ValueError(
+            f"prepared model {job.prepared_model} was made for {wrong}, not {wanted}: "
+            "prepare the job's model (python -m beam_jobs.image_embeddings.prepare)"
+        )
+
+
+def prepared_card(job: JobOptions, spec: ModelSpec) -> tuple[JobOptions, dict[str, Any]]:
+    """The job with its prepared model's URI, and that model's card.
+
+    Without `--prepared_model` the model is prepared here, in the launcher (or found in the
+    model cache): workers only ever load it.
+    """
+    if job.prepared_model is None:
+        from beam_jobs.image_embeddings.prepare import prepare_model
+
+        prepared = prepare_model(job)
+        return dataclasses.replace(job, prepared_model=prepared.uri), prepared.card
+    card = read_card(job.prepared_model)
+    check_card_fits(card, job, spec)
+    if card.get("accuracy"):
+        check_accuracy(card["accuracy"], job.thresholds())
+    return job, card
+
+
+def run_info(
+    job: JobOptions,
+    spec: ModelSpec,
+    options: PipelineOptions,
+    card: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What the `_SUCCESS` marker records about how the run was made; `card` is the prepared
+    model's, for the OpenVINO engine."""
+    parts = (
+        card["fingerprint_parts"] if card else fingerprint_parts(spec, job.weights, job.precision)
+    )
+    prepared = (
+        {"prepared_model": job.prepared_model, "accuracy": card.get("accuracy")} if card else {}
+    )
     return {
         "model": spec.name,
         "fingerprint": fingerprint(parts),
         "fingerprint_parts": parts,
         "weights": job.weights,
+        "engine": job.engine,
         "precision": job.precision,
+        **prepared,
         "embedding_dtype": job.embedding_dtype,
         "runner": runner_name(options),
         "started_at": utc_now(),
@@ -147,12 +193,21 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     # A dry run builds the job offline: it must not touch the manifest or the output.
     dry_run = bool(options.view_as(TestOptions).dry_run)
     waits = not is_dataflow(options) or job.wait_until_finish
+    card = None
+    if job.engine == "openvino":
+        job, card = prepared_card(job, spec)
+        if is_dataflow(options) and io.is_local(job.prepared_model):
+            raise ValueError(
+                f"prepared model {job.prepared_model} is on this machine, where Dataflow "
+                "workers cannot read it: prepare it into a gs:// --model_cache"
+            )
+    info = run_info(job, spec, options, card)
     if dry_run:
-        return _run_built(pipeline, job, spec, options, None, waits, dry_run)
+        return _run_built(pipeline, job, spec, options, info, None, waits, dry_run)
     taken = take_day(job, options)
     try:
         total = prepare_launch(job, count=waits)
-        result = _run_built(pipeline, job, spec, options, total, waits, dry_run)
+        result = _run_built(pipeline, job, spec, options, info, total, waits, dry_run)
     finally:
         give_back(taken, options, job_ended=waits)
     return result
@@ -163,19 +218,21 @@ def _run_built(
     job: JobOptions,
     spec: ModelSpec,
     options: PipelineOptions,
+    info: dict[str, Any],
     total: int | None,
     waits: bool,
     dry_run: bool,
 ) -> PipelineResult:
     """Build the job into `pipeline`, run it, wait if asked, report."""
-    build_pipeline(pipeline, job, spec, run_info(job, spec, options), total)
+    build_pipeline(pipeline, job, spec, info, total)
     LOGGER.info(
-        "embedding %s entries of %s into %s with %s (%s weights, %s)",
+        "embedding %s entries of %s into %s with %s (%s weights, %s, %s)",
         "the" if total is None else total,
         job.manifest,
         job.output,
         spec.name,
         job.weights,
+        job.engine,
         job.precision,
     )
     shows_progress = in_launcher_process(options) and not dry_run

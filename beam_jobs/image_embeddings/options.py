@@ -6,10 +6,13 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from beam_jobs.image_embeddings import calibration
+from beam_jobs.image_embeddings.accuracy import Thresholds
+from beam_jobs.image_embeddings.contract import ENGINES, PRECISIONS
 from beam_jobs.image_embeddings.images import DEFAULT_MAX_IMAGE_BYTES
 from beam_jobs.image_embeddings.io import check_supported
 from beam_jobs.image_embeddings.lease import DEFAULT_TTL
-from beam_jobs.image_embeddings.models import PRECISIONS, check_weights, resolve_model
+from beam_jobs.image_embeddings.models import check_weights, resolve_model
 
 EMBEDDING_DTYPES = ("float32", "float16")
 
@@ -34,7 +37,17 @@ class JobOptions:
     batch_size: int = 32
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     input_root: str | None = None
+    engine: str = "openvino"
     precision: str = "float32"
+    prepared_model: str | None = None
+    model_cache: str | None = None  # None: default_model_cache()
+    calibration_manifest: str | None = None
+    calibration_size: int = calibration.CALIBRATION_SIZE
+    held_out_size: int = calibration.HELD_OUT_SIZE
+    calibration_seed: int = calibration.SEED
+    min_centred_cosine_mean: float = Thresholds.min_centred_cosine_mean
+    min_centred_cosine: float = Thresholds.min_centred_cosine
+    min_top5_overlap: float = Thresholds.min_top5_overlap
     jit_compile: bool | None = None  # None: XLA for float32 only
     embedding_dtype: str = "float32"
     num_shards: int = 0
@@ -42,6 +55,11 @@ class JobOptions:
     wait_until_finish: bool = False
     lease_holder: str | None = None  # None: this command holds the day, as `cli:<host>:<pid>`
     lease_ttl_secs: float = DEFAULT_TTL.total_seconds()
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(
+            self.min_centred_cosine_mean, self.min_centred_cosine, self.min_top5_overlap
+        )
 
 
 def _positive_int(text: str) -> int:
@@ -65,7 +83,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _location(text: str) -> str:
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between -1 and 1, got {text}")
+    return value
+
+
+def location(text: str) -> str:
     try:
         return check_supported(text)
     except ValueError as error:
@@ -87,14 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest",
         metavar="URI",
         required=True,
-        type=_location,
+        type=location,
         help="text file listing one image URI per line; blank lines and '#' lines are ignored",
     )
     job.add_argument(
         "--output",
         metavar="URI",
         required=True,
-        type=_location,
+        type=location,
         help="folder for embeddings-*.parquet, failures-*.parquet and _SUCCESS; "
         "a rerun replaces what an earlier run left there",
     )
@@ -129,17 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument(
         "--input_root",
         metavar="URI",
-        type=_location,
+        type=location,
         default=None,
         help="when given, entries outside this folder are failures and are never opened",
     )
     job.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=JobOptions.engine,
+        help="openvino runs a model prepared once per fingerprint (as exact as TensorFlow in "
+        "float32 and faster; int8 too); tensorflow runs the Keras model (default: %(default)s)",
+    )
+    job.add_argument(
         "--precision",
-        choices=tuple(PRECISIONS),
+        choices=PRECISIONS,
         default=JobOptions.precision,
-        help="arithmetic of the model call; bfloat16 is faster on CPUs that support it "
+        help="arithmetic of the model call: int8 (OpenVINO only) is quantized with NNCF and "
+        "checked against float32; bfloat16 needs a CPU with bfloat16 instructions "
         "(default: %(default)s)",
     )
+    job.add_argument(
+        "--prepared_model",
+        metavar="URI",
+        type=location,
+        default=None,
+        help="OpenVINO: folder of a prepared model (python -m beam_jobs.image_embeddings.prepare); "
+        "without it the launcher prepares the model, or finds it in --model_cache",
+    )
+    add_preparation_arguments(parser)
     xla = job.add_mutually_exclusive_group()
     xla.add_argument(
         "--jit_compile",
@@ -204,6 +246,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_preparation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where an OpenVINO model is prepared and how int8 is calibrated and checked."""
+    group = parser.add_argument_group("model preparation (OpenVINO)")
+    group.add_argument(
+        "--model_cache",
+        metavar="URI",
+        type=location,
+        default=None,
+        help="where prepared models live, one folder per fingerprint (default: "
+        "$IMAGE_EMBEDDINGS_MODEL_CACHE, else ~/.cache/image_embeddings/models)",
+    )
+    group.add_argument(
+        "--calibration_manifest",
+        metavar="URI",
+        type=location,
+        default=None,
+        help="int8: manifest of the images to calibrate on and check against float32 "
+        "(default: a seeded sample of --manifest, the day's own images)",
+    )
+    group.add_argument(
+        "--calibration_size",
+        metavar="N",
+        type=_positive_int,
+        default=JobOptions.calibration_size,
+        help="int8: images to calibrate on (default: %(default)s)",
+    )
+    group.add_argument(
+        "--held_out_size",
+        metavar="N",
+        type=_positive_int,
+        default=JobOptions.held_out_size,
+        help="int8: other images to compare int8 with float32 on (default: %(default)s)",
+    )
+    group.add_argument(
+        "--calibration_seed",
+        metavar="N",
+        type=int,
+        default=JobOptions.calibration_seed,
+        help="int8: seed of the calibration sample (default: %(default)s)",
+    )
+    for name, what in (
+        ("min_centred_cosine_mean", "mean centred cosine"),
+        ("min_centred_cosine", "smallest centred cosine"),
+        ("min_top5_overlap", "mean top-5 neighbour overlap"),
+    ):
+        group.add_argument(
+            f"--{name}",
+            metavar="X",
+            type=_fraction,
+            default=getattr(JobOptions, name),
+            help=f"int8 is refused below this {what} to float32 (default: %(default)s)",
+        )
+
+
+def check_engine(job: JobOptions) -> None:
+    """Raise ValueError for an engine and precision that do not go together."""
+    if job.engine == "tensorflow" and job.precision == "int8":
+        raise ValueError("--precision int8 needs --engine openvino")
+    if job.engine == "tensorflow" and job.prepared_model:
+        raise ValueError("--prepared_model is an OpenVINO model: it needs --engine openvino")
+    if job.engine == "openvino" and job.jit_compile is not None:
+        raise ValueError("--jit_compile/--no_jit_compile apply to --engine tensorflow only")
+
+
 def parse_known_args(argv: Sequence[str] | None) -> tuple[JobOptions, list[str]]:
     """Split `argv` into the job's options and the arguments left for Beam.
 
@@ -216,4 +322,8 @@ def parse_known_args(argv: Sequence[str] | None) -> tuple[JobOptions, list[str]]
         check_weights(resolve_model(job.model), job.weights)
     except (ValueError, OSError) as error:
         parser.error(f"argument --model/--weights: {error}")
+    try:
+        check_engine(job)
+    except ValueError as error:
+        parser.error(f"argument --engine: {error}")
     return job, beam_args

@@ -13,6 +13,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from beam_jobs.image_embeddings.contract import METRICS_NAMESPACE, STAGE_INFERENCE, manifest_entries
 from beam_jobs.image_embeddings.images import FAILED_TAG, LoadedImage, LoadImageFn
 from beam_jobs.image_embeddings.models import KerasModelHandler, ModelSpec
+from beam_jobs.image_embeddings.openvino_engine import OpenVINOModelHandler
 from beam_jobs.image_embeddings.options import JobOptions
 from beam_jobs.image_embeddings.outputs import (
     CommitOutput,
@@ -51,6 +52,28 @@ def failed_batch(element: tuple[list, tuple]) -> Iterator[dict[str, str]]:
     batch, (_, error, _) = element
     for (uri, _, _), _ in batch:
         yield inference_failure(uri, f"model call failed: {error}")
+
+
+def model_handler(job: JobOptions) -> KerasModelHandler | OpenVINOModelHandler:
+    """The RunInference handler of the job's engine: its prepared model, or the Keras model."""
+    if job.engine == "openvino":
+        if not job.prepared_model:
+            raise ValueError("the OpenVINO engine runs a prepared model: --prepared_model is unset")
+        return OpenVINOModelHandler(
+            job.prepared_model,
+            job.model,
+            job.precision,
+            min_batch_size=job.batch_size,
+            max_batch_size=job.batch_size,
+        )
+    return KerasModelHandler(
+        job.model,
+        job.weights,
+        precision=job.precision,
+        min_batch_size=job.batch_size,
+        max_batch_size=job.batch_size,
+        jit_compile=job.jit_compile,
+    )
 
 
 class ReadManifest(beam.PTransform):
@@ -132,16 +155,7 @@ class EmbedImages(beam.PTransform):
                 spec.input_size, job.max_image_bytes, job.input_root, prefetch=2 * job.batch_size
             )
         ).with_outputs(FAILED_TAG, main="images")
-        handler = KeyedModelHandler(
-            KerasModelHandler(
-                job.model,
-                job.weights,
-                precision=job.precision,
-                min_batch_size=job.batch_size,
-                max_batch_size=job.batch_size,
-                jit_compile=job.jit_compile,
-            )
-        )
+        handler = KeyedModelHandler(model_handler(job))
         embedded, dead_letters = (
             loaded.images
             | "KeyImages" >> beam.Map(key_image)

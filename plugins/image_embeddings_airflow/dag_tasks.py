@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from beam_jobs.image_embeddings.contract import SUCCESS_KEYS, SUCCESS_MARKER, join
+from beam_jobs.image_embeddings.contract import (
+    PREPARE_REFUSED_EXIT,
+    SUCCESS_KEYS,
+    SUCCESS_MARKER,
+    join,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,49 @@ def stage(plan: Mapping[str, Any], holder: str) -> dict[str, Any]:
             "nothing to embed, the following tasks are skipped"
         )
     return {"uri": info.uri, "count": info.count, "skipped": info.skipped.to_dict()}
+
+
+def prepare(plan: Mapping[str, Any], manifest: str) -> dict[str, Any]:
+    """Prepare the day's OpenVINO model (or find it in the model cache) before `embed`.
+
+    Runs `python -m beam_jobs.image_embeddings.prepare` in its own process, as `embed` runs the
+    pipeline: TensorFlow, OpenVINO and NNCF stay out of the Airflow worker. An int8 model below
+    the accuracy thresholds fails the task without retries, with the figures, before anything
+    is embedded.
+    """
+    from image_embeddings_airflow.launch import PREPARE_MODULE, command_line, preparation_options
+
+    if plan["engine"] != "openvino":
+        log.info("Engine %s runs the Keras model itself: nothing to prepare", plan["engine"])
+        return {"prepared_model": None}
+    command = [
+        sys.executable,
+        "-m",
+        PREPARE_MODULE,
+        *command_line(preparation_options(plan, manifest)),
+    ]
+    log.info("Preparing the model: %s", " ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in done.stderr.splitlines():
+        log.info("%s", line)
+    if done.returncode == PREPARE_REFUSED_EXIT:
+        raise AirflowFailException(_last_line(done.stderr))
+    if done.returncode != 0:
+        raise RuntimeError(f"model preparation failed: {_last_line(done.stderr)}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    log.info(
+        "Prepared model %s (fingerprint %s, %s; int8 figures %s)",
+        result["prepared_model"],
+        result["fingerprint"],
+        "found in the cache" if result["cache_hit"] else "built now",
+        result["accuracy"],
+    )
+    return result
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "no message"
 
 
 def read_success_marker(output_dir: str) -> dict[str, Any]:

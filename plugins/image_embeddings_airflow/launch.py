@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 PIPELINE_MODULE = "beam_jobs.image_embeddings"
+PREPARE_MODULE = "beam_jobs.image_embeddings.prepare"
 DATAFLOW_RUNNER = "DataflowRunner"
 # Seconds the launcher waits for a cancelled job to stop, and between job state polls.
 CANCEL_TIMEOUT_S = 300
@@ -51,7 +52,32 @@ def _present(options: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
-def pipeline_options(plan: Mapping[str, Any], manifest: str) -> dict[str, Any]:
+def preparation_options(plan: Mapping[str, Any], manifest: str) -> dict[str, Any]:
+    """The options of `python -m beam_jobs.image_embeddings.prepare` for a run plan."""
+    return _present(
+        {
+            "model": plan["model"],
+            "weights": plan["weights"],
+            "precision": plan["precision"],
+            "model_cache": plan["model_cache"],
+            # int8 calibrates on the configured manifest, else on a sample of the day's images.
+            "manifest": manifest,
+            "calibration_manifest": plan["calibration_manifest"],
+            "min_centred_cosine_mean": plan["int8_min_centred_cosine_mean"],
+            "min_centred_cosine": plan["int8_min_centred_cosine"],
+            "min_top5_overlap": plan["int8_min_top5_overlap"],
+        }
+    )
+
+
+def command_line(options: Mapping[str, Any]) -> list[str]:
+    """`--name=value` arguments of an options mapping, in its order."""
+    return [f"--{name}={value}" for name, value in options.items()]
+
+
+def pipeline_options(
+    plan: Mapping[str, Any], manifest: str, prepared_model: str | None = None
+) -> dict[str, Any]:
     """The pipeline's command-line options (without runner, project, region and job name,
     which the operator adds from the Dataflow configuration)."""
     options = {
@@ -62,7 +88,9 @@ def pipeline_options(plan: Mapping[str, Any], manifest: str) -> dict[str, Any]:
         "model": plan["model"],
         "weights": plan["weights"],
         "batch_size": plan["batch_size"],
-    }
+        "engine": plan["engine"],
+        "precision": plan["precision"],
+    } | _present({"prepared_model": prepared_model})
     if plan["runner"] != DATAFLOW_RUNNER:
         return options
     image = plan["dataflow_sdk_container_image"]
@@ -98,11 +126,13 @@ def dataflow_config(plan: Mapping[str, Any], dag_id: str) -> dict[str, Any]:
     }
 
 
-def launch(plan: Mapping[str, Any], manifest: str, dag_id: str) -> Launch:
-    """The Beam operator's arguments for a run plan and its staged manifest."""
+def launch(
+    plan: Mapping[str, Any], manifest: str, dag_id: str, prepared_model: str | None = None
+) -> Launch:
+    """The Beam operator's arguments for a run plan, its staged manifest and prepared model."""
     is_dataflow = wait_mode(plan["runner"]) is WaitMode.DATAFLOW_JOB
     return Launch(
         runner=plan["runner"],
-        pipeline_options=pipeline_options(plan, manifest),
+        pipeline_options=pipeline_options(plan, manifest, prepared_model),
         dataflow_config=dataflow_config(plan, dag_id) if is_dataflow else None,
     )

@@ -37,16 +37,20 @@ class EmbedImagesOperator(BeamRunPythonPipelineOperator):
         *BeamRunPythonPipelineOperator.template_fields,
         "plan",
         "manifest",
+        "prepared_model",
     )
 
-    def __init__(self, *, plan: Any, manifest: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *, plan: Any, manifest: Any, prepared_model: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(py_file=PIPELINE_MODULE, py_options=["-m"], **kwargs)
         self.plan = plan
         self.manifest = manifest
+        self.prepared_model = prepared_model
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         super().render_template_fields(context, jinja_env)
-        arguments = launch(self.plan, self.manifest, self.dag_id)
+        arguments = launch(self.plan, self.manifest, self.dag_id, self.prepared_model or None)
         self.runner = arguments.runner
         # The pipeline writes the day under this run's lease, which `claim_day` took.
         holder = dag_holder(self.dag_id, context["run_id"])

@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from beam_jobs.image_embeddings.contract import ENGINES, PRECISIONS
 from image_embeddings_airflow.settings import (
     RUNNERS,
     Settings,
@@ -17,8 +18,11 @@ from image_embeddings_airflow.settings import (
     validate_components,
     validate_dataflow,
     validate_date,
+    validate_engine,
+    validate_engine_precision,
     validate_failure_rate,
     validate_model,
+    validate_precision,
     validate_runner,
     validate_uri,
     validate_weights,
@@ -80,6 +84,30 @@ def dag_params() -> dict[str, Param]:
             "of a Keras weights file. " + UNSET.format(variable="IMAGE_EMBEDDINGS_WEIGHTS"),
             minLength=1,
         ),
+        "engine": _optional(
+            "string",
+            "Engine",
+            "openvino (a model prepared once per fingerprint by prepare_model; faster, int8 too) "
+            "or tensorflow (the Keras model as is). "
+            + UNSET.format(variable="IMAGE_EMBEDDINGS_ENGINE"),
+            enum=[None, *ENGINES],
+        ),
+        "precision": _optional(
+            "string",
+            "Precision",
+            "float32, int8 (openvino only; refused before embedding when it strays from float32) "
+            "or bfloat16 (CPUs with bfloat16 instructions only). "
+            + UNSET.format(variable="IMAGE_EMBEDDINGS_PRECISION"),
+            enum=[None, *PRECISIONS],
+        ),
+        "calibration_manifest": _optional(
+            "string",
+            "int8 calibration manifest",
+            "Manifest of the images int8 is calibrated on and checked with: an absolute path, "
+            "file:///... or gs://BUCKET/... Empty: the deployment setting "
+            "IMAGE_EMBEDDINGS_CALIBRATION_MANIFEST, else a seeded sample of the day's images.",
+            pattern=ROOT_PATTERN,
+        ),
         "max_failure_rate": _optional(
             "number",
             "Maximum failure rate",
@@ -109,6 +137,13 @@ class RunPlan:
     model: str
     weights: str
     batch_size: int
+    engine: str
+    precision: str
+    model_cache: str
+    calibration_manifest: str | None
+    int8_min_centred_cosine_mean: float
+    int8_min_centred_cosine: float
+    int8_min_top5_overlap: float
     max_failure_rate: float
     pca_components: int
     pca_sample_size: int
@@ -146,6 +181,9 @@ _VALIDATORS = {
     "runner": validate_runner,
     "model": validate_model,
     "weights": validate_weights,
+    "engine": validate_engine,
+    "precision": validate_precision,
+    "calibration_manifest": lambda value: validate_uri(value, "calibration manifest"),
     "max_failure_rate": validate_failure_rate,
     "pca_components": validate_components,
 }
@@ -170,7 +208,7 @@ def resolve_plan(
 ) -> RunPlan:
     """Merge params over settings for one run; raise ValueError saying what is wrong and why."""
     day = run_day(params.get("date"), logical_date)
-    chosen = with_overrides(settings, params)
+    chosen = validate_engine_precision(with_overrides(settings, params))
     if chosen.runner == "DataflowRunner":
         validate_dataflow(chosen)
     return RunPlan(

@@ -11,7 +11,13 @@ from datetime import date
 from functools import partial
 from pathlib import Path
 
-from beam_jobs.image_embeddings.contract import KERAS_FILE_SUFFIX, MODEL_NAMES, join
+from beam_jobs.image_embeddings.contract import (
+    ENGINES,
+    KERAS_FILE_SUFFIX,
+    MODEL_NAMES,
+    PRECISIONS,
+    join,
+)
 
 PREFIX = "IMAGE_EMBEDDINGS_"
 DATA_VARIABLE = f"{PREFIX}DATA"
@@ -55,9 +61,43 @@ class Settings:
         "imagenet",
     )
     batch_size: int = _doc("Images per model call.", "32")
+    engine: str = _doc(
+        "Inference engine: openvino (a model prepared once per fingerprint; faster, int8 too) "
+        "or tensorflow (the Keras model as is).",
+        "openvino",
+    )
+    precision: str = _doc(
+        "Model arithmetic: float32, int8 (OpenVINO, checked against float32) or bfloat16 "
+        "(CPUs with bfloat16 instructions only).",
+        "float32",
+    )
+    model_cache: str = _doc(
+        "Where prepared OpenVINO models are kept, one folder per model fingerprint "
+        "(local path, file:// or gs://; on Dataflow a gs:// URI).",
+        f"${DATA_VARIABLE}/model_cache",
+    )
+    calibration_manifest: str | None = _doc(
+        "int8: manifest of the images to calibrate on and check against float32. "
+        "Empty: a seeded sample of the day's own images.",
+    )
     max_failure_rate: float = _doc(
         "Largest fraction of a day's images that may fail before validation fails the run.",
         "0.05",
+        "Quality",
+    )
+    int8_min_centred_cosine_mean: float = _doc(
+        "int8 is refused when its embeddings' mean centred cosine to float32 is lower.",
+        "0.99",
+        "Quality",
+    )
+    int8_min_centred_cosine: float = _doc(
+        "int8 is refused when any held-out image's centred cosine to float32 is lower.",
+        "0.97",
+        "Quality",
+    )
+    int8_min_top5_overlap: float = _doc(
+        "int8 is refused when it keeps a smaller share of each image's 5 nearest neighbours.",
+        "0.9",
         "Quality",
     )
     pca_components: int = _doc(
@@ -193,6 +233,34 @@ def validate_uri(uri: str, what: str) -> str:
     return os.path.abspath(value)
 
 
+def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    """Return `value` trimmed and in lower case if it is one of `choices`; else ValueError."""
+    chosen = str(value).strip().lower()
+    if chosen not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return chosen
+
+
+def validate_engine(value: str) -> str:
+    return _choice(value, ENGINES, "engine")
+
+
+def validate_precision(value: str) -> str:
+    return _choice(value, PRECISIONS, "precision")
+
+
+def validate_threshold(value: float | str) -> float:
+    """Return an accuracy threshold as a float in [-1, 1] (a cosine or a share)."""
+    expected = "an int8 accuracy threshold must be a number between -1 and 1"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if isinstance(value, bool) or math.isnan(number) or not -1.0 <= number <= 1.0:
+        raise ValueError(f"{expected}, got {value!r}")
+    return number
+
+
 def validate_failure_rate(value: float | str) -> float:
     """Return the maximum failure rate as a float in [0, 1]; raise ValueError otherwise."""
     expected = "maximum failure rate must be a fraction between 0 and 1 (0.05 allows 5%)"
@@ -236,9 +304,12 @@ def validate_dataflow(settings: Settings) -> Settings:
         for name in ("gcp_project", "gcp_region", "dataflow_temp_location")
         if not getattr(settings, name)
     ]
+    # Workers read the prepared OpenVINO model from the cache.
+    cache = ("model_cache",) if settings.engine == "openvino" else ()
     for name in (
         "input_root",
         "output_root",
+        *cache,
         "dataflow_temp_location",
         "dataflow_staging_location",
     ):
@@ -247,6 +318,15 @@ def validate_dataflow(settings: Settings) -> Settings:
             problems.append(f"{_variable(name)} must be a gs:// URI on Dataflow, got {value!r}")
     if problems:
         raise ValueError("the DataflowRunner needs: " + "; ".join(problems))
+    return settings
+
+
+def validate_engine_precision(settings: Settings) -> Settings:
+    """Raise ValueError when the precision cannot run on the engine."""
+    if settings.engine == "tensorflow" and settings.precision == "int8":
+        raise ValueError(
+            f"precision int8 needs engine openvino ({_variable('engine')}), not tensorflow"
+        )
     return settings
 
 
@@ -274,6 +354,13 @@ _CHECKS = {
     "model": validate_model,
     "weights": validate_weights,
     "batch_size": partial(_positive_int, what="batch size"),
+    "engine": validate_engine,
+    "precision": validate_precision,
+    "model_cache": partial(validate_uri, what="model cache"),
+    "calibration_manifest": partial(validate_uri, what="calibration manifest"),
+    "int8_min_centred_cosine_mean": validate_threshold,
+    "int8_min_centred_cosine": validate_threshold,
+    "int8_min_top5_overlap": validate_threshold,
     "max_failure_rate": validate_failure_rate,
     "pca_components": validate_components,
     "pca_sample_size": validate_sample_size,
@@ -300,6 +387,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     defaults = {f.name: f.metadata["default"] or None for f in fields(Settings)}
     defaults["input_root"] = join(data_dir, "images")
     defaults["output_root"] = join(data_dir, "embeddings")
+    defaults["model_cache"] = join(data_dir, "model_cache")
     return Settings(
         **{
             f.name: _checked(f.name, _text(environ, f.name) or defaults[f.name])

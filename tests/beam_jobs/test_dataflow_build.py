@@ -23,6 +23,7 @@ DATAFLOW_ARGS = [
     f"--manifest={BUCKET}/2026-11-28/manifest.txt",
     f"--output={BUCKET}/2026-11-28",
     "--weights=random",
+    "--engine=tensorflow",
     "--runner=DataflowRunner",
     "--project=image-embeddings-test",
     "--region=europe-west1",

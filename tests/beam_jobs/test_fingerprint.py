@@ -46,3 +46,16 @@ def test_a_weights_file_is_named_by_its_content(tmp_path):
 
 def test_named_weights_carry_the_keras_version():
     assert weights_identity(RESNET, "imagenet").startswith("imagenet@keras-3.")
+
+
+def test_engine_version_and_calibration_set_are_parts_of_the_fingerprint():
+    tensorflow = fingerprint_parts(RESNET, "random", "float32")
+    openvino = fingerprint_parts(RESNET, "random", "float32", "openvino")
+    assert openvino["engine"].startswith("openvino-2") and tensorflow["engine"].startswith(
+        "tensorflow-"
+    )
+    calibrated = [
+        fingerprint(fingerprint_parts(RESNET, "random", "int8", "openvino", f"sha256:{digest}"))
+        for digest in ("aa", "bb")
+    ]
+    assert len({fingerprint(tensorflow), fingerprint(openvino), *calibrated}) == 4

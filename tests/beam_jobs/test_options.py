@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from beam_jobs.image_embeddings.accuracy import Thresholds
 from beam_jobs.image_embeddings.options import JobOptions, parse_known_args
 
 REQUIRED = ["--manifest", "gs://bucket/day/manifest.txt", "--output", "gs://bucket/day"]
@@ -16,6 +17,8 @@ def test_defaults_follow_the_design():
     job, beam_args = parse_known_args(REQUIRED)
     assert job == JobOptions(manifest="gs://bucket/day/manifest.txt", output="gs://bucket/day")
     assert (job.model, job.weights, job.batch_size) == ("resnet50", "imagenet", 32)
+    assert (job.engine, job.prepared_model, job.model_cache) == ("openvino", None, None)
+    assert job.thresholds() == Thresholds(0.99, 0.97, 0.9)
     assert (job.precision, job.embedding_dtype, job.progress_interval_secs) == (
         "float32",
         "float32",
@@ -59,7 +62,7 @@ def test_job_options_are_parsed_and_beam_options_pass_through_untouched():
     ("flag", "jit_compile"), [("--jit_compile", True), ("--no_jit_compile", False)]
 )
 def test_xla_can_be_forced_either_way(flag, jit_compile):
-    job, _ = parse_known_args([*REQUIRED, flag])
+    job, _ = parse_known_args([*REQUIRED, "--engine=tensorflow", flag])
     assert job.jit_compile is jit_compile
 
 
@@ -74,6 +77,11 @@ def test_xla_can_be_forced_either_way(flag, jit_compile):
         (["--precision=float16"], "invalid choice: 'float16'"),
         (["--embedding_dtype=int8"], "invalid choice: 'int8'"),
         (["--jit_compile", "--no_jit_compile"], "not allowed with argument --jit_compile"),
+        (["--engine=onnx"], "invalid choice: 'onnx'"),
+        (["--engine=tensorflow", "--precision=int8"], "--precision int8 needs --engine openvino"),
+        (["--engine=tensorflow", "--prepared_model=/m"], "--prepared_model is an OpenVINO model"),
+        (["--jit_compile"], "apply to --engine tensorflow only"),
+        (["--min_top5_overlap=2"], "expected a number between -1 and 1, got 2"),
         (["--input_root=ftp://host/images"], "use a local path or gs://bucket/path"),
         (["--model=resnet5"], "unknown model 'resnet5'"),
     ],

@@ -154,6 +154,7 @@ def local_run(tmp_path_factory, weights_file) -> LocalRun:
             f"--manifest={manifest}",
             f"--output={output}",
             f"--weights={weights_file}",
+            "--engine=tensorflow",
             "--batch_size=4",
             "--num_shards=2",
             "--progress_interval_secs=1",
@@ -331,7 +332,7 @@ def test_rerun_replaces_the_output(local_run, tmp_path, weights_file, reference_
     first = sorted(local_run.images)[:3]
     manifest = tmp_path / "manifest.txt"
     manifest.write_text("\n".join(first) + "\n")
-    argv = [f"--manifest={manifest}", f"--output={output}", "--num_shards=1"]
+    argv = [f"--manifest={manifest}", f"--output={output}", "--num_shards=1", "--engine=tensorflow"]
 
     # A run that fails after launch leaves no marker behind, not the earlier run's.
     with pytest.raises(Exception, match="missing.weights.h5"):
@@ -392,6 +393,7 @@ def gcs_run(gcs_emulator, tmp_path_factory, weights_file):
             f"--output={root}/out",
             f"--input_root={root}/images",
             f"--weights={weights_file}",
+            "--engine=tensorflow",
             "--batch_size=4",
         ]
     )
@@ -437,6 +439,7 @@ def test_multi_process_direct_runner(local_run, tmp_path, weights_file, referenc
             f"--manifest={manifest}",
             f"--output={output}",
             f"--weights={weights_file}",
+            "--engine=tensorflow",
             "--progress_interval_secs=0.001",
             "--direct_running_mode=multi_processing",
             "--direct_num_workers=2",

@@ -13,8 +13,17 @@ from benchmarks.measure import parse_result
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "image_embeddings.py"
-TASKS = ["resolve_run", "claim_day", "stage_manifest", "embed", "wait", "validate"]
-TASKS += ["reduce_dimensions", "release_day"]
+TASKS = [
+    "resolve_run",
+    "claim_day",
+    "stage_manifest",
+    "prepare_model",
+    "embed",
+    "wait",
+    "validate",
+    "reduce_dimensions",
+    "release_day",
+]
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +121,9 @@ def test_every_param_is_described_and_optional(dag):
         "runner",
         "model",
         "weights",
+        "engine",
+        "precision",
+        "calibration_manifest",
         "max_failure_rate",
         "pca_components",
     }
@@ -132,6 +144,8 @@ GOOD_CONFS = [
     {"output_root": "file:///srv/embeddings"},
     {"max_failure_rate": 0, "pca_components": 2},
     {"max_failure_rate": 1, "pca_components": 128, "model": "resnet50", "weights": "random"},
+    {"engine": "openvino", "precision": "int8", "calibration_manifest": "gs://bucket-1/c.txt"},
+    {"engine": "tensorflow", "precision": "bfloat16"},
 ]
 
 BAD_CONFS = [
@@ -147,6 +161,9 @@ BAD_CONFS = [
     {"pca_components": 1},
     {"pca_components": 2.5},
     {"model": ""},
+    {"engine": "onnx"},
+    {"precision": "float16"},
+    {"calibration_manifest": "s3://bucket/c.txt"},
 ]
 
 

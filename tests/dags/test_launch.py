@@ -7,10 +7,12 @@ import pytest
 from image_embeddings_airflow.dag_tasks import resolve_run
 from image_embeddings_airflow.launch import (
     WaitMode,
+    command_line,
     console_url,
     dataflow_job_name,
     launch,
     pipeline_options,
+    preparation_options,
     wait_mode,
 )
 from tests.dags.test_run_plan import DATAFLOW, LOCAL, NOV_28
@@ -59,6 +61,8 @@ def test_local_options_are_the_job_options_only():
         "model": "resnet50",
         "weights": "random",
         "batch_size": 32,
+        "engine": "openvino",
+        "precision": "float32",
     }
     assert launch(plan, MANIFEST, "image_embeddings").dataflow_config is None
 
@@ -73,6 +77,8 @@ def test_dataflow_options_carry_the_worker_settings():
         "model": "resnet50",
         "weights": "imagenet",
         "batch_size": 16,
+        "engine": "openvino",
+        "precision": "float32",
         "temp_location": "gs://photos/tmp",
         "staging_location": "gs://photos/staging",
         "machine_type": "n2-standard-4",
@@ -150,3 +156,34 @@ def test_a_local_run_renders_a_direct_launch():
     # The pipeline writes under the lease that this run's claim_day took.
     assert embed.pipeline_options["lease_holder"] == "dag:image_embeddings:manual__2026-11-28"
     assert embed.dataflow_config == {}
+
+
+def test_preparation_gets_the_model_the_cache_and_the_guard():
+    plan = resolve_run(
+        {"weights": "random", "precision": "int8"},
+        NOV_28,
+        LOCAL | {"IMAGE_EMBEDDINGS_INT8_MIN_TOP5_OVERLAP": "0.8"},
+    )
+    options = preparation_options(plan, "/data/embeddings/2026-11-28/manifest.txt")
+    assert options == {
+        "model": "resnet50",
+        "weights": "random",
+        "precision": "int8",
+        "model_cache": plan["model_cache"],
+        "manifest": "/data/embeddings/2026-11-28/manifest.txt",
+        "min_centred_cosine_mean": 0.99,
+        "min_centred_cosine": 0.97,
+        "min_top5_overlap": 0.8,
+    }
+    assert plan["model_cache"].endswith("/model_cache")
+    assert command_line({"model": "resnet50", "precision": "int8"}) == [
+        "--model=resnet50",
+        "--precision=int8",
+    ]
+
+
+def test_the_prepared_model_goes_to_the_pipeline():
+    plan = resolve_run({}, NOV_28, LOCAL)
+    arguments = launch(plan, MANIFEST, "image_embeddings", "/cache/0123456789abcdef")
+    assert arguments.pipeline_options["prepared_model"] == "/cache/0123456789abcdef"
+    assert "prepared_model" not in pipeline_options(plan, MANIFEST)

@@ -21,6 +21,7 @@ DATAFLOW = {
     "IMAGE_EMBEDDINGS_GCP_PROJECT": "photo-project",
     "IMAGE_EMBEDDINGS_GCP_REGION": "europe-west1",
     "IMAGE_EMBEDDINGS_DATAFLOW_TEMP_LOCATION": "gs://photos/tmp",
+    "IMAGE_EMBEDDINGS_MODEL_CACHE": "gs://photos/model_cache",
 }
 NOV_28 = datetime(2026, 11, 28, tzinfo=UTC)
 
@@ -68,6 +69,9 @@ def test_empty_params_keep_the_settings():
         ({"max_failure_rate": 2}, "between 0 and 1"),
         ({"pca_components": 0}, "positive whole number"),
         ({"runner": "DataflowRunner"}, "IMAGE_EMBEDDINGS_GCP_PROJECT is required"),
+        ({"runner": "DataflowRunner"}, "MODEL_CACHE must be a gs:// URI on Dataflow"),
+        ({"engine": "tensorflow", "precision": "int8"}, "int8 needs engine openvino"),
+        ({"precision": "float16"}, "precision must be one of float32, int8, bfloat16"),
     ],
 )
 def test_bad_values_are_refused_with_what_is_expected(params, expected):

@@ -42,7 +42,7 @@ ANONYMOUS_GOOGLE = json.dumps(
 
 
 @pytest.fixture(scope="session")
-def airflow_environ(tmp_path_factory) -> dict[str, str]:
+def airflow_environ(tmp_path_factory, model_cache) -> dict[str, str]:
     """The environment of `make run` for a fresh Airflow home, random weights, the small model."""
     home = tmp_path_factory.mktemp("airflow-home")
     environ = {
@@ -56,6 +56,8 @@ def airflow_environ(tmp_path_factory) -> dict[str, str]:
         IMAGE_EMBEDDINGS_WEIGHTS="random",
         IMAGE_EMBEDDINGS_MODEL=SMALL_MODEL[0],
         IMAGE_EMBEDDINGS_PCA_COMPONENTS="4",
+        # One model cache for the session: each model is prepared once, by the first DAG run.
+        IMAGE_EMBEDDINGS_MODEL_CACHE=model_cache,
         # Each test day holds one file that is no image among a handful of images.
         IMAGE_EMBEDDINGS_MAX_FAILURE_RATE="0.25",
         AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT=ANONYMOUS_GOOGLE,

@@ -85,7 +85,9 @@ class DataflowStandIn:
     """Does the work of the day's Dataflow job when the job is first polled: runs the same
     pipeline locally, then reports the job DONE (or FAILED)."""
 
-    def __init__(self, manifest: str, output: str, input_root: str, model: str) -> None:
+    def __init__(
+        self, manifest: str, output: str, input_root: str, model: str, model_cache: str
+    ) -> None:
         self.command = [
             sys.executable,
             "-m",
@@ -95,6 +97,8 @@ class DataflowStandIn:
             f"--input_root={input_root}",
             f"--model={model}",
             "--weights=random",
+            # The model the DAG's prepare_model task put in the cache: a hit, as on a worker.
+            f"--model_cache={model_cache}",
         ]
         self.lock = threading.Lock()
         self.runs = 0
@@ -120,11 +124,16 @@ def test_a_retried_dataflow_launch_attaches_to_the_running_job(gcs_environ, gcs_
         gcp_project="photo-project",
         gcp_region="europe-west1",
         dataflow_temp_location=f"gs://{bucket}/tmp",
+        model_cache=f"gs://{bucket}/model_cache",
     )
     good, bad = write_day(environ["IMAGE_EMBEDDINGS_INPUT_ROOT"], day, good=6, bad=1)
     output = f"gs://{bucket}/embeddings/{day}"
     stand_in = DataflowStandIn(
-        join(output, "manifest.txt"), output, f"gs://{bucket}/images/{day}", SMALL_MODEL[0]
+        join(output, "manifest.txt"),
+        output,
+        f"gs://{bucket}/images/{day}",
+        SMALL_MODEL[0],
+        environ["IMAGE_EMBEDDINGS_MODEL_CACHE"],
     )
     fake = FakeDataflow("photo-project", "europe-west1", on_poll=stand_in)
     running = fake.add_job("image-embeddings-20261126", "JOB_STATE_RUNNING")
