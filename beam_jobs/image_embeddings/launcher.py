@@ -21,6 +21,12 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from beam_jobs.image_embeddings import io
 from beam_jobs.image_embeddings.contract import manifest_entries
+from beam_jobs.image_embeddings.earlier_runs import (
+    ReuseSource,
+    folder_name,
+    reuse_sources,
+    set_aside_previous_run,
+)
 from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
 from beam_jobs.image_embeddings.models import ModelSpec, resolve_model
 from beam_jobs.image_embeddings.options import JobOptions, parse_known_args
@@ -74,11 +80,14 @@ def count_entries(manifest: str) -> int:
     return len(set(manifest_entries(io.read_text(manifest).splitlines())))
 
 
-def prepare_launch(job: JobOptions, count: bool) -> int | None:
-    """Check the manifest, remove the earlier run's `_SUCCESS`, then its shards; count the
-    entries if asked."""
+def prepare_launch(job: JobOptions, count: bool, fingerprint: str) -> int | None:
+    """Check the manifest; set the earlier run's embeddings aside for reuse (when reuse is on and
+    it has this fingerprint); remove its `_SUCCESS`, then its shards; count the entries if asked.
+    """
     if not io.exists(job.manifest):
         raise FileNotFoundError(f"manifest not found: {job.manifest}")
+    if job.reuse_days or job.reuse_from:
+        set_aside_previous_run(job.output, fingerprint)
     remove_success_marker(job.output)
     remove_earlier_shards(job.output)
     return count_entries(job.manifest) if count else None
@@ -111,8 +120,16 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     # A dry run builds the job offline: it must not touch the manifest or the output.
     dry_run = bool(options.view_as(TestOptions).dry_run)
     waits = not is_dataflow(options) or job.wait_until_finish
-    total = None if dry_run else prepare_launch(job, count=waits)
-    build_pipeline(pipeline, job, spec, run_info(job, spec, options), total)
+    info = run_info(job, spec, options)
+    if dry_run:
+        # Offline: the folders named are taken as they are, unchecked.
+        sources = [ReuseSource(folder_name(folder), folder) for folder in job.reuse_from]
+        total = None
+    else:
+        total = prepare_launch(job, count=waits, fingerprint=info["fingerprint"])
+        sources = reuse_sources(job.output, job.reuse_days, job.reuse_from, info["fingerprint"])
+    info["reuse_sources"] = [{"day": source.day, "folder": source.folder} for source in sources]
+    build_pipeline(pipeline, job, spec, info, total, sources)
     LOGGER.info(
         "embedding %s entries of %s into %s with %s (%s weights, %s)",
         "the" if total is None else total,

@@ -11,6 +11,7 @@ from beam_jobs.image_embeddings.io import check_supported
 from beam_jobs.image_embeddings.models import PRECISIONS, check_weights, resolve_model
 
 EMBEDDING_DTYPES = ("float32", "float16")
+DEFAULT_REUSE_DAYS = 30
 
 USAGE = "python -m beam_jobs.image_embeddings --manifest URI --output URI [options] [Beam options]"
 EPILOG = """\
@@ -39,6 +40,8 @@ class JobOptions:
     num_shards: int = 0
     progress_interval_secs: float = 30.0
     wait_until_finish: bool = False
+    reuse_days: int = DEFAULT_REUSE_DAYS
+    reuse_from: tuple[str, ...] = ()
 
 
 def _positive_int(text: str) -> int:
@@ -67,6 +70,10 @@ def _location(text: str) -> str:
         return check_supported(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _locations(text: str) -> tuple[str, ...]:
+    return tuple(_location(part.strip()) for part in text.split(",") if part.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with a remote runner (DataflowRunner), wait for the job to end instead of "
         "returning once it is submitted; local runners always wait",
+    )
+    reuse = parser.add_argument_group(
+        "reuse",
+        "An image whose bytes (sha256) an earlier run embedded under the same model fingerprint "
+        "is not sent through the model: its embedding is copied, and its row names the day "
+        "(reused_from). Earlier runs: the output's own earlier run and, when the output folder is "
+        "named after a day (OUTPUT_ROOT/YYYY-MM-DD), the finished days before it.",
+    )
+    reuse.add_argument(
+        "--reuse_days",
+        metavar="N",
+        type=_non_negative_int,
+        default=JobOptions.reuse_days,
+        help="days before the output's day to reuse embeddings from; 0 with no --reuse_from "
+        "turns reuse off (default: %(default)s)",
+    )
+    reuse.add_argument(
+        "--reuse_from",
+        metavar="URI[,URI...]",
+        type=_locations,
+        default=JobOptions.reuse_from,
+        help="more output folders of earlier runs to reuse embeddings from, comma-separated; "
+        "each is used only when its _SUCCESS has this run's model fingerprint",
     )
     return parser
 
