@@ -30,6 +30,8 @@ class KeyByDigest(beam.DoFn):
 
     def process(self, element):
         filename, table = element
+        if not table.num_rows:
+            return  # an earlier day on which every image failed
         day = self._day_of_folder[posixpath.dirname(filename)]
         digests = table.column("sha256").to_pylist()
         values = table.column("embedding").combine_chunks().flatten()

@@ -62,6 +62,8 @@ def pipeline_options(plan: Mapping[str, Any], manifest: str) -> dict[str, Any]:
         "model": plan["model"],
         "weights": plan["weights"],
         "batch_size": plan["batch_size"],
+        # The launcher reuses embeddings of the finished days before it with the same model.
+        "reuse_days": plan["reuse_days"],
     }
     if plan["runner"] != DATAFLOW_RUNNER:
         return options

@@ -19,6 +19,7 @@ from image_embeddings_airflow.settings import (
     validate_date,
     validate_failure_rate,
     validate_model,
+    validate_reuse_days,
     validate_runner,
     validate_uri,
     validate_weights,
@@ -80,6 +81,14 @@ def dag_params() -> dict[str, Param]:
             "of a Keras weights file. " + UNSET.format(variable="IMAGE_EMBEDDINGS_WEIGHTS"),
             minLength=1,
         ),
+        "reuse_days": _optional(
+            "integer",
+            "Reuse lookback (days)",
+            "Images whose bytes a finished run of the last N days (or this day's earlier run) "
+            "embedded with the same model are copied, not embedded again; 0 embeds every image. "
+            + UNSET.format(variable="IMAGE_EMBEDDINGS_REUSE_DAYS"),
+            minimum=0,
+        ),
         "max_failure_rate": _optional(
             "number",
             "Maximum failure rate",
@@ -109,6 +118,7 @@ class RunPlan:
     model: str
     weights: str
     batch_size: int
+    reuse_days: int
     max_failure_rate: float
     pca_components: int
     pca_sample_size: int
@@ -146,6 +156,7 @@ _VALIDATORS = {
     "runner": validate_runner,
     "model": validate_model,
     "weights": validate_weights,
+    "reuse_days": validate_reuse_days,
     "max_failure_rate": validate_failure_rate,
     "pca_components": validate_components,
 }

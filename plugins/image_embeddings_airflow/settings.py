@@ -55,6 +55,12 @@ class Settings:
         "imagenet",
     )
     batch_size: int = _doc("Images per model call.", "32")
+    reuse_days: int = _doc(
+        "Days before day D whose finished runs under the same model fingerprint lend their "
+        "embeddings to images with the same bytes (sha256), instead of the model; 0 sends every "
+        "image through the model.",
+        "30",
+    )
     max_failure_rate: float = _doc(
         "Largest fraction of a day's images that may fail before validation fails the run.",
         "0.05",
@@ -219,6 +225,20 @@ def _positive_int(value: int | str, what: str) -> int:
     return number
 
 
+def validate_reuse_days(value: int | str) -> int:
+    """Return the reuse lookback in days as an int >= 0; raise ValueError otherwise."""
+    expected = "reuse lookback must be a whole number of days, 0 or more"
+    if isinstance(value, bool):
+        raise ValueError(f"{expected}, got {value!r}")
+    try:
+        days = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if days < 0:
+        raise ValueError(f"{expected}, got {value!r}")
+    return days
+
+
 def validate_components(value: int | str) -> int:
     """Return the number of PCA components as a positive int; raise ValueError otherwise."""
     return _positive_int(value, "number of PCA components")
@@ -274,6 +294,7 @@ _CHECKS = {
     "model": validate_model,
     "weights": validate_weights,
     "batch_size": partial(_positive_int, what="batch size"),
+    "reuse_days": validate_reuse_days,
     "max_failure_rate": validate_failure_rate,
     "pca_components": validate_components,
     "pca_sample_size": validate_sample_size,

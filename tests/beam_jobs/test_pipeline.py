@@ -320,9 +320,16 @@ def test_rerun_replaces_the_output(local_run, tmp_path, weights_file, reference_
     manifest.write_text("\n".join(first) + "\n")
     argv = [f"--manifest={manifest}", f"--output={output}", "--num_shards=1"]
 
-    # A run that fails after launch leaves no marker behind, not the earlier run's.
+    # A launch refused before it touches the day (no weights file to digest) leaves it whole.
     with pytest.raises(Exception, match="missing.weights.h5"):
         run([*argv, f"--weights={tmp_path / 'missing.weights.h5'}"])
+    assert (output / "_SUCCESS").exists()
+    # A run that fails after launch (weights that do not load) leaves no marker behind, not the
+    # earlier run's.
+    broken = tmp_path / "broken.weights.h5"
+    broken.write_bytes(b"not a weights file")
+    with pytest.raises(Exception, match="broken.weights.h5|file signature"):
+        run([*argv, f"--weights={broken}"])
     assert not (output / "_SUCCESS").exists()
 
     run([*argv, f"--weights={weights_file}", "--embedding_dtype=float16"])

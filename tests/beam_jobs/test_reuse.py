@@ -19,6 +19,8 @@ from beam_jobs.image_embeddings.images import load_image
 from beam_jobs.image_embeddings.launcher import prepare_launch, run
 from beam_jobs.image_embeddings.models import build_model, resolve_model
 from beam_jobs.image_embeddings.options import parse_known_args
+from beam_jobs.image_embeddings.outputs import ImageFacts
+from beam_jobs.image_embeddings.reuse import KeyByDigest, copied_rows
 from image_embeddings_airflow.validation import validate_output
 from tests.image_factory import write_images
 
@@ -57,6 +59,34 @@ def rows_of(output: Path, kind: str = "embeddings") -> dict[str, dict]:
 
 def marker(output: Path) -> dict:
     return json.loads((output / "_SUCCESS").read_text())
+
+
+def test_earlier_rows_are_keyed_by_digest_with_their_day():
+    schema = embeddings_schema(2)
+    rows = [
+        {"uri": "a.jpg", "embedding": [1.0, 2.0], "sha256": "aa", "reused_from": None},
+        {"uri": "b.jpg", "embedding": [3.0, 4.0], "sha256": "bb", "reused_from": "2026-11-20"},
+    ]
+    table = pa.Table.from_pylist(rows, schema=schema).select(["sha256", "embedding"])
+    key = KeyByDigest({"/out/2026-11-27": EARLIER})
+    keyed = list(key.process(("/out/2026-11-27/embeddings-00000-of-00001.parquet", table)))
+    assert [(digest, day, list(vector)) for digest, (day, vector) in keyed] == [
+        ("aa", EARLIER, [1.0, 2.0]),
+        ("bb", EARLIER, [3.0, 4.0]),
+    ]
+    # An earlier day on which every image failed has shards without rows.
+    assert list(key.process(("/out/2026-11-27/embeddings-00000-of-00001.parquet", table[:0]))) == []
+
+
+def test_the_newest_earlier_day_lends_the_embedding_to_every_uri_with_those_bytes():
+    images = [ImageFacts(uri, 4, 3, "aa", 99) for uri in ("x.jpg", "copy-of-x.jpg")]
+    earlier = [("2026-11-20", np.ones(2)), (EARLIER, np.full(2, 2.0)), ("2026-11-25", np.zeros(2))]
+    rows = list(copied_rows(("aa", {"images": images, "earlier": earlier}), "m", "float32"))
+    assert [(row["uri"], row["reused_from"], list(row["embedding"])) for row in rows] == [
+        ("x.jpg", EARLIER, [2.0, 2.0]),
+        ("copy-of-x.jpg", EARLIER, [2.0, 2.0]),
+    ]
+    assert list(copied_rows(("bb", {"images": [], "earlier": earlier}), "m", "float32")) == []
 
 
 @dataclass

@@ -103,6 +103,7 @@ def test_every_param_is_described_and_optional(dag):
         "runner",
         "model",
         "weights",
+        "reuse_days",
         "max_failure_rate",
         "pca_components",
     }
@@ -121,7 +122,7 @@ GOOD_CONFS = [
     {"date": None, "runner": "DataflowRunner"},
     {"input_root": "gs://bucket-1/images", "output_root": "/srv/embeddings"},
     {"output_root": "file:///srv/embeddings"},
-    {"max_failure_rate": 0, "pca_components": 2},
+    {"max_failure_rate": 0, "pca_components": 2, "reuse_days": 0},
     {"max_failure_rate": 1, "pca_components": 128, "model": "resnet50", "weights": "random"},
 ]
 
@@ -137,6 +138,7 @@ BAD_CONFS = [
     {"max_failure_rate": "5%"},
     {"pca_components": 1},
     {"pca_components": 2.5},
+    {"reuse_days": -1},
     {"model": ""},
 ]
 

@@ -59,6 +59,7 @@ def test_local_options_are_the_job_options_only():
         "model": "resnet50",
         "weights": "random",
         "batch_size": 32,
+        "reuse_days": 30,
     }
     assert launch(plan, MANIFEST, "image_embeddings").dataflow_config is None
 
@@ -73,6 +74,7 @@ def test_dataflow_options_carry_the_worker_settings():
         "model": "resnet50",
         "weights": "imagenet",
         "batch_size": 16,
+        "reuse_days": 30,
         "temp_location": "gs://photos/tmp",
         "staging_location": "gs://photos/staging",
         "machine_type": "n2-standard-4",
