@@ -1,5 +1,5 @@
 """`make bench`: model ceiling, pipeline (TensorFlow and OpenVINO), the seed's way, bfloat16,
-daily steps and storage.
+reuse, daily steps and storage.
 
 Every figure comes from child processes, so each one's start-up and peak memory are its own.
 Throughput is the difference between a small and a large run of the same command, each less the
@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from benchmarks.report import (
     daily_table,
     main_table,
     pair_row,
+    ratio,
     render,
     row_cosines,
     scaling,
@@ -54,7 +56,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "out"
 MODEL = "resnet50"
 WEIGHTS = "random"  # the same arithmetic as ImageNet's; nothing to download
-SECTIONS = ("openvino", "camera", "seed", "bf16", "daily", "storage", "dag")
+# "main" is the model ceiling and the pipeline on 640x480 photos, which the other rows compare to.
+SECTIONS = ("main", "openvino", "camera", "seed", "bf16", "reuse", "daily", "storage", "dag")
+# Share of a reuse day's images that an earlier run embedded.
+REUSED_SHARE = 0.8
 TABLE_ORDER = (
     "ceiling_float32",
     "ceiling_openvino_float32",
@@ -67,6 +72,8 @@ TABLE_ORDER = (
     "pipeline_float32_camera",
     "seed_photos",
     "seed_camera",
+    "reuse_cold_photos",
+    "reuse_warm_photos",
 )
 # CPU flags that decide the model's speed; without one of BF16_FLAGS, bfloat16 is emulated.
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
@@ -103,6 +110,7 @@ class Sizes:
     ceiling_batches: int = 10
     daily_rows: tuple[int, int] = (200_000, 400_000)
     calibration_images: int = 96  # int8: 64 to calibrate on, 32 held out
+    reuse_images: tuple[int, int] = (80, 400)
 
 
 QUICK = Sizes(
@@ -113,6 +121,7 @@ QUICK = Sizes(
     ceiling_batches=2,
     daily_rows=(2_000, 4_000),
     calibration_images=12,
+    reuse_images=(5, 10),
 )
 
 
@@ -219,9 +228,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=parse_pair,
         help=f"embeddings validated and reduced (default {defaults.daily_rows})",
     )
+    parser.add_argument(
+        "--reuse-images",
+        type=parse_pair,
+        help=f"640x480 days, cold and {REUSED_SHARE:.0%} embedded before "
+        f"(default {defaults.reuse_images})",
+    )
     parser.add_argument("--batch_size", type=int, default=32, help="images per model call")
     parser.add_argument(
         "--skip", type=parse_sections, default=frozenset(), help=f"any of {','.join(SECTIONS)}"
+    )
+    parser.add_argument(
+        "--only",
+        type=parse_sections,
+        default=frozenset(),
+        help="run only these sections (same names as --skip), e.g. --only reuse",
     )
     parser.add_argument(
         "--no-warmup",
@@ -249,6 +270,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
             "seed_camera_images",
             "ceiling_batches",
             "daily_rows",
+            "reuse_images",
         )
         if getattr(args, name) is not None
     }
@@ -307,15 +329,20 @@ def _version(package: str) -> str | None:
 # --- the runs -------------------------------------------------------------------------------
 
 
+def skipped_sections(args: argparse.Namespace) -> frozenset[str]:
+    """The sections not to run: those of --skip, all but those of --only, and bf16 and storage
+    without main (they compare with its runs)."""
+    skip = args.skip | (frozenset(SECTIONS) - args.only if args.only else frozenset())
+    return skip | {"bf16", "storage"} if "main" in skip else skip
+
+
 def prepare_images(bench: Bench, skip: frozenset[str]) -> dict[str, imagesets.ImageSet]:
     sizes = bench.sizes
-    wanted = {
-        SMALL_SET: max(
-            sizes.images[1],
-            sizes.seed_images[1] if "seed" not in skip else 0,
-            sizes.calibration_images if "openvino" not in skip else 0,
-        )
-    }
+    photos = [sizes.images[1] if "main" not in skip else 0]
+    photos.append(sizes.seed_images[1] if "seed" not in skip else 0)
+    photos.append(sizes.calibration_images if "openvino" not in skip else 0)
+    photos.append(len(reuse_day(sizes.reuse_images[1])) if "reuse" not in skip else 0)
+    wanted = {SMALL_SET: max(photos)}
     if "camera" not in skip:
         camera_seed = sizes.seed_camera_images[1] if "seed" not in skip else 0
         wanted[CAMERA_SET] = max(sizes.camera_images[1], camera_seed)
@@ -519,6 +546,70 @@ def measure_seed_way(bench: Bench, images: imagesets.ImageSet, counts: tuple[int
     return pair_row(key, name, bench.pairs[key], bytes_per_image=large.result["bytes_per_image"])
 
 
+def reuse_day(count: int) -> list[int]:
+    """Indices of a day of `count` images whose first REUSED_SHARE were in the cold day (the
+    first `count` images); the rest come after those."""
+    shared = round(count * REUSED_SHARE)
+    return [*range(shared), *range(count, 2 * count - shared)]
+
+
+def run_reuse_day(
+    bench: Bench, photos: imagesets.ImageSet, count: int, earlier: Path | None
+) -> tuple[Measured, Path]:
+    """A day of `count` images: cold (`earlier` None: the first `count`), or 80% of them again
+    reusing `earlier`'s embeddings. Outputs start empty, so the day has no earlier run of its own.
+    """
+    kind = "warm" if earlier else "cold"
+    indices = reuse_day(count) if earlier else list(range(count))
+    manifest = imagesets.write_manifest(
+        [photos.path(index) for index in indices],
+        bench.out / "manifests" / f"reuse-{kind}-{count}.txt",
+    )
+    output = bench.run_dir(f"reuse-{kind}-{count}")
+    shutil.rmtree(output, ignore_errors=True)
+    reuse = ["--reuse_days", "0"] + (["--reuse_from", str(earlier)] if earlier else [])
+    extra = [*reuse, *bench.pipeline_args]
+    measured = bench.measure(
+        f"reuse-{kind}-{count}",
+        pipeline_command(manifest, output, bench.batch_size, "float32", "float32", extra),
+    )
+    marker = check_success(output, count)
+    expected = round(count * REUSED_SHARE) if earlier else 0
+    if marker["reused"] != expected:
+        raise RuntimeError(f"{output}: {marker['reused']} reused, {expected} expected")
+    return measured, output
+
+
+def measure_reuse(bench: Bench, photos: imagesets.ImageSet, counts: tuple[int, int]) -> dict:
+    """Cold days and days 80% embedded before, each warm run right after its cold one.
+
+    Throughput by difference of whole runs (start-up included in neither): what a day costs per
+    image once start-up is spread over a real day's images; the large pair's wall times too.
+    """
+    runs = {}
+    for count in counts:
+        cold, cold_output = run_reuse_day(bench, photos, count, None)
+        warm, _ = run_reuse_day(bench, photos, count, cold_output)
+        runs[count] = (cold, warm)
+    small, large = counts
+    rows = {}
+    for index, kind in enumerate(("cold", "warm")):
+        key = f"reuse_{kind}_photos"
+        bench.pairs[key] = Pair(small, large, runs[small][index], runs[large][index])
+        share = "" if kind == "cold" else f", {REUSED_SHARE:.0%} embedded before"
+        name = f"reuse: a day {kind}{share}, {photos.label} (DirectRunner, whole runs)"
+        rows[key] = pair_row(key, name, bench.pairs[key])
+    cold, warm = runs[large]
+    return {
+        "rows": rows,
+        "images_per_s_ratio": ratio(
+            rows["reuse_warm_photos"].images_per_s, rows["reuse_cold_photos"].images_per_s
+        ),
+        "wall_ratio": cold.seconds / warm.seconds,
+        "images": large,
+    }
+
+
 def embedding_shards(output: Path) -> list[str]:
     return glob.glob(shard_glob(str(output), EMBEDDINGS_PREFIX))
 
@@ -607,7 +698,7 @@ def measure_dag_parse(bench: Bench) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     sizes = sizes_from(args)
-    skip = args.skip
+    skip = skipped_sections(args)
     bench = Bench(
         out=args.out.resolve(),
         sizes=sizes,
@@ -628,10 +719,12 @@ def run(args: argparse.Namespace) -> dict:
     prepared = {}
     if "openvino" not in skip:
         prepared = {p: prepare_openvino(bench, photos, p) for p in ("float32", "int8")}
-    rows["ceiling_float32"] = measure_ceiling(bench, photos, "float32")
+    if "main" not in skip:
+        rows["ceiling_float32"] = measure_ceiling(bench, photos, "float32")
     for precision, model in prepared.items():
         rows[f"ceiling_openvino_{precision}"] = measure_ceiling(bench, photos, precision, model)
-    rows["pipeline_float32_photos"] = measure_pipeline(bench, photos, sizes.images, "float32")
+    if "main" not in skip:
+        rows["pipeline_float32_photos"] = measure_pipeline(bench, photos, sizes.images, "float32")
     for precision, model in prepared.items():
         rows[f"pipeline_openvino_{precision}_photos"] = measure_pipeline(
             bench, photos, sizes.images, precision, model
@@ -652,12 +745,16 @@ def run(args: argparse.Namespace) -> dict:
             bench.run_dir(f"pipeline-float32-float32-photos-{sizes.images[1]}"),
             bench.run_dir(f"pipeline-bfloat16-float32-photos-{sizes.images[1]}"),
         )
+    reuse = None
+    if "reuse" not in skip:
+        reuse = measure_reuse(bench, photos, sizes.reuse_images)
+        rows.update(reuse.pop("rows"))
     rows = {key: rows[key] for key in TABLE_ORDER if key in rows}
     with_ratios(rows)
     storage = [] if "storage" in skip else measure_storage(bench, photos, rows.get("seed_photos"))
     daily = [] if "daily" in skip else measure_daily(bench)
     dag = None if "dag" in skip else measure_dag_parse(bench)
-    checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag)
+    checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag, reuse)
     per_core = scaling(rows, about["cores"])
     about["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     return {
@@ -672,6 +769,7 @@ def run(args: argparse.Namespace) -> dict:
         "rows": [asdict(row) for row in rows.values()],
         "runs": bench.runs,
         "bf16_cosine": cosine,
+        "reuse": reuse,
         "storage": storage,
         "daily": daily,
         "dag_parse": dag,

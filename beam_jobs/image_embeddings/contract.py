@@ -15,6 +15,9 @@ EMBEDDINGS_PREFIX = "embeddings"
 FAILURES_PREFIX = "failures"
 SHARD_SUFFIX = ".parquet"
 SUCCESS_MARKER = "_SUCCESS"
+# A rerun of day D sets the earlier run's embeddings (and a copy of its marker) aside here before
+# it clears D, reuses them, and deletes the folder once its own marker is written.
+PREVIOUS_RUN_FOLDER = "_previous_run"
 # Beam's shard name template, and the pattern that reads (index, count) back from a file name.
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SHARD_NUMBER = re.compile(r"-(\d+)-of-(\d+)" + re.escape(SHARD_SUFFIX) + "$")
@@ -85,6 +88,9 @@ STAGES = (STAGE_INPUT, STAGE_READ, STAGE_DECODE, STAGE_INFERENCE)
 
 # Keys of the JSON success marker that every consumer may rely on.
 SUCCESS_KEYS = ("images", "embedded", "failed", "model", "dim")
+# A marker with these keys describes rows that carry `sha256`: their embeddings may be reused by a
+# later run with the same fingerprint. `reused` counts the rows copied from earlier runs.
+REUSE_KEYS = ("fingerprint", "reused")
 
 
 def manifest_entries(lines: Iterable[str]) -> Iterator[str]:
@@ -128,6 +134,11 @@ def embeddings_schema(dim: int | None = None, float_type: str = "float32"):
             ("model", pa.string()),
             ("width", pa.int32()),
             ("height", pa.int32()),
+            # Hex sha256 of the image's bytes, their count, and the day (output folder name)
+            # the embedding was copied from; null when the model computed it in this run.
+            ("sha256", pa.string()),
+            ("size_bytes", pa.int64()),
+            ("reused_from", pa.string()),
         ]
     )
 
@@ -142,5 +153,7 @@ def failures_schema():
             ("stage", pa.string()),
             ("error", pa.string()),
             ("model", pa.string()),
+            # Null when the bytes were never read (refused input, missing, over the byte cap).
+            ("sha256", pa.string()),
         ]
     )

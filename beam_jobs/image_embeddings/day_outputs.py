@@ -13,6 +13,7 @@ from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
     FAILURES_PREFIX,
     LEASE_NAME,
+    PREVIOUS_RUN_FOLDER,
     SHARD_SUFFIX,
     SUCCESS_MARKER,
 )
@@ -45,9 +46,15 @@ def relative(output: str, path: str) -> str:
     return path[len(output.rstrip("/")) + 1 :]
 
 
-def everything(name: str) -> bool:
-    """Staging: the whole day folder is replaced (the lease is always kept)."""
-    return True
+def is_reusable_run(name: str) -> bool:
+    """The earlier run's marker and shards, and what a rerun set aside: what reuse reads."""
+    return name == SUCCESS_MARKER or is_shard(name) or name.startswith(PREVIOUS_RUN_FOLDER + "/")
+
+
+def all_but_reusable_run(name: str) -> bool:
+    """Staging: reports, plots and Beam's staging folders go; the earlier run stays until the
+    launch has set it aside for reuse (and then replaces it)."""
+    return not is_reusable_run(name)
 
 
 def is_shard(name: str) -> bool:

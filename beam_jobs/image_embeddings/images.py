@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import hashlib
 import io
 import os
 import posixpath
@@ -55,12 +57,15 @@ BACKGROUND = (255, 255, 255)
 class LoadedImage:
     """One image ready for the model: `pixels` is uint8 (height, width, 3) RGB, not preprocessed.
 
-    `width` and `height` are the original image's, after EXIF orientation.
+    `width` and `height` are the original image's, after EXIF orientation; `sha256` (hex) and
+    `size_bytes` describe the file's bytes.
     """
 
     pixels: np.ndarray
     width: int
     height: int
+    sha256: str | None = None
+    size_bytes: int | None = None
 
 
 class ImageLoadError(Exception):
@@ -310,15 +315,22 @@ class LoadImageFn(beam.DoFn):
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[tuple[str, WindowedValue, Future]] = deque()
 
-    def load(self, uri: str) -> tuple[LoadedImage | ImageLoadError, int]:
-        """(the loaded image or why it failed, bytes read); safe to call from any thread."""
-        data = b""
+    def load(self, uri: str) -> tuple[LoadedImage | ImageLoadError, int, str | None]:
+        """(the loaded image or why it failed, bytes read, their sha256 or None when the bytes
+        were never read); safe to call from any thread."""
+        data, digest = b"", None
         try:
             check_inside_root(uri, self.input_root)
             data = read_bounded(uri, self.max_image_bytes)
-            return load_image(data, self.size), len(data)
+            digest = hashlib.sha256(data).hexdigest()
+            loaded = load_image(data, self.size)
+            return (
+                dataclasses.replace(loaded, sha256=digest, size_bytes=len(data)),
+                len(data),
+                digest,
+            )
         except ImageLoadError as error:
-            return error, len(data)
+            return error, len(data), digest
 
     def setup(self) -> None:
         threads = min(self.prefetch, os.cpu_count() or 1)
@@ -351,15 +363,18 @@ class LoadImageFn(beam.DoFn):
         yield from self._outputs(uri, at, future.result())
 
     def _outputs(
-        self, uri: str, at: WindowedValue, outcome: tuple[LoadedImage | ImageLoadError, int]
+        self,
+        uri: str,
+        at: WindowedValue,
+        outcome: tuple[LoadedImage | ImageLoadError, int, str | None],
     ) -> Iterator[WindowedValue | beam.pvalue.TaggedOutput]:
         # Metrics are counted here, on the bundle's thread: Beam's metric cells are per thread.
-        loaded, bytes_read = outcome
+        loaded, bytes_read, digest = outcome
         if bytes_read:
             self.bytes_read.update(bytes_read)
         if isinstance(loaded, ImageLoadError):
             self.failed[loaded.stage].inc()
-            failure = {"uri": uri, "stage": loaded.stage, "error": str(loaded)}
+            failure = {"uri": uri, "stage": loaded.stage, "error": str(loaded), "sha256": digest}
             yield beam.pvalue.TaggedOutput(FAILED_TAG, at.with_value(failure))
             return
         self.loaded.inc()

@@ -102,3 +102,12 @@ def delete_folders(folders: list[str]) -> None:
     """Delete folders with everything in them, local or on an object store."""
     # Beam deletes a local folder recursively by its path, an object-store one by its prefix.
     delete([folder if is_local(folder) else folder.rstrip("/") + "/" for folder in folders])
+
+
+def copy(sources: list[str], destinations: list[str]) -> None:
+    """Copy files one to one, replacing what is there; local destination folders are created."""
+    for destination in destinations:
+        if is_local(destination):
+            os.makedirs(os.path.dirname(destination.removeprefix("file://")), exist_ok=True)
+    if sources:
+        FileSystems.copy(sources, destinations)

@@ -25,6 +25,12 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from beam_jobs.image_embeddings import gcs, io, lease
 from beam_jobs.image_embeddings.accuracy import check_accuracy
 from beam_jobs.image_embeddings.contract import manifest_entries
+from beam_jobs.image_embeddings.earlier_runs import (
+    ReuseSource,
+    folder_name,
+    reuse_sources,
+    set_aside_previous_run,
+)
 from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
 from beam_jobs.image_embeddings.model_cache import read_card
 from beam_jobs.image_embeddings.models import ModelSpec, resolve_model
@@ -114,11 +120,15 @@ def give_back(taken: lease.Lease, options: PipelineOptions, job_ended: bool) -> 
     lease.release(taken, lease_client(options, taken.output))
 
 
-def prepare_launch(job: JobOptions, count: bool) -> int | None:
-    """Check the manifest, remove the earlier run's outputs (`_SUCCESS` first); count the
-    entries if asked."""
+def prepare_launch(job: JobOptions, count: bool, fingerprint: str) -> int | None:
+    """Check the manifest; set the earlier run's embeddings aside for reuse (when reuse is on and
+    it has this fingerprint); remove the earlier run's outputs (`_SUCCESS` first); count the
+    entries if asked.
+    """
     if not io.exists(job.manifest):
         raise FileNotFoundError(f"manifest not found: {job.manifest}")
+    if job.reuse_days or job.reuse_from:
+        set_aside_previous_run(job.output, fingerprint)
     remove_earlier_run(job.output)
     return count_entries(job.manifest) if count else None
 
@@ -203,14 +213,24 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
             )
     info = run_info(job, spec, options, card)
     if dry_run:
-        return _run_built(pipeline, job, spec, options, info, None, waits, dry_run)
+        # Offline: the folders named are taken as they are, unchecked.
+        sources = [ReuseSource(folder_name(folder), folder) for folder in job.reuse_from]
+        info["reuse_sources"] = reuse_record(sources)
+        return _run_built(pipeline, job, spec, options, info, None, sources, waits, dry_run)
     taken = take_day(job, options)
     try:
-        total = prepare_launch(job, count=waits)
-        result = _run_built(pipeline, job, spec, options, info, total, waits, dry_run)
+        total = prepare_launch(job, count=waits, fingerprint=info["fingerprint"])
+        sources = reuse_sources(job.output, job.reuse_days, job.reuse_from, info["fingerprint"])
+        info["reuse_sources"] = reuse_record(sources)
+        result = _run_built(pipeline, job, spec, options, info, total, sources, waits, dry_run)
     finally:
         give_back(taken, options, job_ended=waits)
     return result
+
+
+def reuse_record(sources: Sequence[ReuseSource]) -> list[dict[str, str]]:
+    """The runs reused from, as `_SUCCESS` records them."""
+    return [{"day": source.day, "folder": source.folder} for source in sources]
 
 
 def _run_built(
@@ -220,11 +240,12 @@ def _run_built(
     options: PipelineOptions,
     info: dict[str, Any],
     total: int | None,
+    sources: Sequence[ReuseSource],
     waits: bool,
     dry_run: bool,
 ) -> PipelineResult:
     """Build the job into `pipeline`, run it, wait if asked, report."""
-    build_pipeline(pipeline, job, spec, info, total)
+    build_pipeline(pipeline, job, spec, info, total, sources)
     LOGGER.info(
         "embedding %s entries of %s into %s with %s (%s weights, %s, %s)",
         "the" if total is None else total,

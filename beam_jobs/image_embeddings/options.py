@@ -15,6 +15,7 @@ from beam_jobs.image_embeddings.lease import DEFAULT_TTL
 from beam_jobs.image_embeddings.models import check_weights, resolve_model
 
 EMBEDDING_DTYPES = ("float32", "float16")
+DEFAULT_REUSE_DAYS = 30
 
 USAGE = "python -m beam_jobs.image_embeddings --manifest URI --output URI [options] [Beam options]"
 EPILOG = """\
@@ -55,6 +56,8 @@ class JobOptions:
     wait_until_finish: bool = False
     lease_holder: str | None = None  # None: this command holds the day, as `cli:<host>:<pid>`
     lease_ttl_secs: float = DEFAULT_TTL.total_seconds()
+    reuse_days: int = DEFAULT_REUSE_DAYS
+    reuse_from: tuple[str, ...] = ()
 
     def thresholds(self) -> Thresholds:
         return Thresholds(
@@ -95,6 +98,10 @@ def location(text: str) -> str:
         return check_supported(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _locations(text: str) -> tuple[str, ...]:
+    return tuple(location(part.strip()) for part in text.split(",") if part.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,6 +249,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=JobOptions.lease_ttl_secs,
         help="seconds after which the lease of a run that died holding it expires "
         "(default: %(default)s)",
+    )
+    reuse = parser.add_argument_group(
+        "reuse",
+        "An image whose bytes (sha256) an earlier run embedded under the same model fingerprint "
+        "is not sent through the model: its embedding is copied, and its row names the day "
+        "(reused_from). Earlier runs: the output's own earlier run and, when the output folder is "
+        "named after a day (OUTPUT_ROOT/YYYY-MM-DD), the finished days before it.",
+    )
+    reuse.add_argument(
+        "--reuse_days",
+        metavar="N",
+        type=_non_negative_int,
+        default=JobOptions.reuse_days,
+        help="days before the output's day to reuse embeddings from; 0 with no --reuse_from "
+        "turns reuse off (default: %(default)s)",
+    )
+    reuse.add_argument(
+        "--reuse_from",
+        metavar="URI[,URI...]",
+        type=_locations,
+        default=JobOptions.reuse_from,
+        help="more output folders of earlier runs to reuse embeddings from, comma-separated; "
+        "each is used only when its _SUCCESS has this run's model fingerprint",
     )
     return parser
 

@@ -7,7 +7,7 @@ import logging
 import posixpath
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -17,6 +17,7 @@ from beam_jobs.image_embeddings import day_outputs, io
 from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
     FAILURES_PREFIX,
+    PREVIOUS_RUN_FOLDER,
     SHARD_NUMBER,
     SHARD_SUFFIX,
     SHARD_TEMPLATE,
@@ -30,32 +31,60 @@ from beam_jobs.image_embeddings.contract import (
 LOGGER = logging.getLogger(__name__)
 
 
+class ImageFacts(NamedTuple):
+    """What a row says about an image besides its embedding; it travels with the pixels."""
+
+    uri: str
+    width: int
+    height: int
+    sha256: str
+    size_bytes: int
+
+
+def image_facts(uri: str, image: Any) -> ImageFacts:
+    """The facts of a loaded image (`images.LoadedImage`) listed under `uri`."""
+    return ImageFacts(uri, image.width, image.height, image.sha256, image.size_bytes)
+
+
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the millisecond."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def embedding_row(
-    uri: str, width: int, height: int, embedding: np.ndarray, model: str, dtype: str
+    image: ImageFacts,
+    embedding: np.ndarray,
+    model: str,
+    dtype: str,
+    reused_from: str | None = None,
 ) -> dict[str, Any]:
-    """A row of `embeddings-*.parquet`; `dtype` is the stored float type."""
+    """A row of `embeddings-*.parquet`; `dtype` is the stored float type, `reused_from` the day
+    an earlier run embedded the same bytes on (None: embedded by this run)."""
     return {
-        "uri": uri,
+        "uri": image.uri,
         "embedding": np.asarray(embedding, dtype=dtype),
         "model": model,
-        "width": width,
-        "height": height,
+        "width": image.width,
+        "height": image.height,
+        "sha256": image.sha256,
+        "size_bytes": image.size_bytes,
+        "reused_from": reused_from,
     }
 
 
-def failure_row(failure: Mapping[str, str], model: str) -> dict[str, str]:
-    """A row of `failures-*.parquet` from a `{"uri", "stage", "error"}` failure."""
+def failure_row(failure: Mapping[str, str | None], model: str) -> dict[str, str | None]:
+    """A row of `failures-*.parquet` from a `{"uri", "stage", "error", "sha256"?}` failure."""
     return {
         "uri": failure["uri"],
         "stage": failure["stage"],
         "error": failure["error"],
         "model": model,
+        "sha256": failure.get("sha256"),
     }
+
+
+def is_reused(row: Mapping[str, Any]) -> bool:
+    return row["reused_from"] is not None
 
 
 def embedding_length(row: Mapping[str, Any]) -> int:
@@ -157,7 +186,8 @@ class WriteFailures(beam.PTransform):
 
 
 class _CommitFn(beam.DoFn):
-    """Runs once, after both writes: checks the counts, removes stale files, writes `_SUCCESS`."""
+    """Runs once, after both writes: checks the counts, removes stale files, writes `_SUCCESS`,
+    then deletes the earlier run's embeddings that the launch had set aside for reuse."""
 
     def __init__(self, output: str, run_info: Mapping[str, Any], declared_dim: int | None):
         self._output = output
@@ -173,6 +203,7 @@ class _CommitFn(beam.DoFn):
         embedded: int,
         failed: int,
         duplicates: int,
+        reused: int,
         dims: list[int],
     ) -> Iterator[dict[str, Any]]:
         if embedded + failed != images:
@@ -201,6 +232,7 @@ class _CommitFn(beam.DoFn):
             "embedded": embedded,
             "failed": failed,
             "duplicates": duplicates,
+            "reused": reused,
             "dim": single_dim(dims, self._declared_dim),
             **self._run_info,
             "finished_at": finished_at,
@@ -212,6 +244,8 @@ class _CommitFn(beam.DoFn):
         io.write_text(
             marker_path(self._output), json.dumps(record, indent=2) + "\n", "application/json"
         )
+        # Only now: had the run died before its marker, a rerun would still find them.
+        io.delete_folders(io.folders_matching(self._output, PREVIOUS_RUN_FOLDER))
         yield record
 
     def _expected(self, prefix: str, written: list[str]) -> list[str]:
@@ -228,7 +262,8 @@ class CommitOutput(beam.PTransform):
 
     Input: a dict of PCollections, `embeddings_files` and `failures_files` (paths the writes
     report), `uris` (distinct manifest entries), `embeddings` and `failures` (rows), `duplicates`
-    (one int). `run_info` goes into the marker as is (model, weights, started_at, ...).
+    (one int). `run_info` goes into the marker as is (model, weights, started_at, ...); the
+    marker counts `reused`, the embeddings rows copied from earlier runs.
     Output: the marker's record.
     """
 
@@ -255,6 +290,11 @@ class CommitOutput(beam.PTransform):
                 failures_files=AsList(inputs["failures_files"]),
                 images=AsSingleton(inputs["uris"] | "CountImages" >> count()),
                 embedded=AsSingleton(inputs["embeddings"] | "CountEmbedded" >> count()),
+                reused=AsSingleton(
+                    inputs["embeddings"]
+                    | "ReusedRows" >> beam.Filter(is_reused)
+                    | "CountReused" >> count()
+                ),
                 failed=AsSingleton(inputs["failures"] | "CountFailed" >> count()),
                 duplicates=AsSingleton(inputs["duplicates"]),
                 dims=AsList(dims),

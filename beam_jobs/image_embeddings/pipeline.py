@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -11,21 +11,22 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from beam_jobs.image_embeddings.contract import METRICS_NAMESPACE, STAGE_INFERENCE, manifest_entries
+from beam_jobs.image_embeddings.earlier_runs import ReuseSource
 from beam_jobs.image_embeddings.images import FAILED_TAG, LoadedImage, LoadImageFn
 from beam_jobs.image_embeddings.models import KerasModelHandler, ModelSpec
 from beam_jobs.image_embeddings.openvino_engine import OpenVINOModelHandler
 from beam_jobs.image_embeddings.options import JobOptions
 from beam_jobs.image_embeddings.outputs import (
     CommitOutput,
+    ImageFacts,
     WriteEmbeddings,
     WriteFailures,
     embedding_row,
     failure_row,
+    image_facts,
 )
 from beam_jobs.image_embeddings.progress import EMBEDDED, TrackProgress, failed_counter
-
-# What RunInference's keyed handler carries beside each image: its URI and original size.
-ImageKey = tuple[str, int, int]
+from beam_jobs.image_embeddings.reuse import ReuseEarlierEmbeddings
 
 
 def parse_line(line: str) -> list[str]:
@@ -37,21 +38,23 @@ def extra_copies(entry_count: tuple[str, int]) -> int:
     return entry_count[1] - 1
 
 
-def key_image(element: tuple[str, LoadedImage]) -> tuple[ImageKey, np.ndarray]:
+# What RunInference's keyed handler carries beside each image's pixels: the facts of its row.
+# (No annotation of the NamedTuple: Beam would pick a schema coder for the key.)
+def key_image(element: tuple[str, LoadedImage]) -> tuple:
     uri, image = element
-    return (uri, image.width, image.height), image.pixels
+    return image_facts(uri, image), image.pixels
 
 
-def inference_failure(uri: str, error: str) -> dict[str, str]:
+def inference_failure(image: ImageFacts, error: str) -> dict[str, str]:
     failed_counter(STAGE_INFERENCE).inc()
-    return {"uri": uri, "stage": STAGE_INFERENCE, "error": error}
+    return {"uri": image.uri, "stage": STAGE_INFERENCE, "error": error, "sha256": image.sha256}
 
 
 def failed_batch(element: tuple[list, tuple]) -> Iterator[dict[str, str]]:
     """Failures for every image of a batch the model raised on (RunInference's dead letters)."""
     batch, (_, error, _) = element
-    for (uri, _, _), _ in batch:
-        yield inference_failure(uri, f"model call failed: {error}")
+    for image, _ in batch:
+        yield inference_failure(image, f"model call failed: {error}")
 
 
 def model_handler(job: JobOptions) -> KerasModelHandler | OpenVINOModelHandler:
@@ -129,23 +132,27 @@ class ToEmbeddingRows(beam.DoFn):
         self._model = model
         self._dtype = dtype
 
-    def process(self, element: tuple[ImageKey, np.ndarray]):
-        (uri, width, height), embedding = element
+    def process(self, element: tuple[ImageFacts, np.ndarray]):
+        image, embedding = element
         reason = unstorable(embedding, self._dtype)
         if reason is not None:
-            yield beam.pvalue.TaggedOutput(FAILED_TAG, inference_failure(uri, reason))
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, inference_failure(image, reason))
             return
         EMBEDDED.inc()
-        yield embedding_row(uri, width, height, embedding, self._model, self._dtype)
+        yield embedding_row(image, embedding, self._model, self._dtype)
 
 
 class EmbedImages(beam.PTransform):
-    """Image URIs -> (embedding rows, failure rows): load, RunInference in batches, rows."""
+    """Image URIs -> (embedding rows, failure rows): load, reuse what earlier runs embedded,
+    RunInference in batches over the rest, rows."""
 
-    def __init__(self, job: JobOptions, spec: ModelSpec) -> None:
+    def __init__(
+        self, job: JobOptions, spec: ModelSpec, reuse_from: Sequence[ReuseSource] = ()
+    ) -> None:
         super().__init__()
         self._job = job
         self._spec = spec
+        self._reuse_from = list(reuse_from)
 
     def expand(self, uris):
         job, spec = self._job, self._spec
@@ -155,9 +162,15 @@ class EmbedImages(beam.PTransform):
                 spec.input_size, job.max_image_bytes, job.input_root, prefetch=2 * job.batch_size
             )
         ).with_outputs(FAILED_TAG, main="images")
+        to_embed, copied = loaded.images, ()
+        if self._reuse_from:
+            to_embed, reused = loaded.images | "ReuseEarlierEmbeddings" >> ReuseEarlierEmbeddings(
+                self._reuse_from, spec.name, job.embedding_dtype
+            )
+            copied = (reused,)
         handler = KeyedModelHandler(model_handler(job))
         embedded, dead_letters = (
-            loaded.images
+            to_embed
             | "KeyImages" >> beam.Map(key_image)
             | "RunInference"
             >> RunInference(handler, metrics_namespace=METRICS_NAMESPACE).with_exception_handling()
@@ -174,7 +187,8 @@ class EmbedImages(beam.PTransform):
             | "AllFailures" >> beam.Flatten()
             | "ToFailureRows" >> beam.Map(failure_row, spec.name)
         )
-        return rows.rows, failures
+        all_rows = (rows.rows, *copied) | "AllRows" >> beam.Flatten()
+        return all_rows, failures
 
 
 def build_pipeline(
@@ -183,10 +197,12 @@ def build_pipeline(
     spec: ModelSpec,
     run_info: dict[str, Any],
     total: int | None,
+    reuse_from: Sequence[ReuseSource] = (),
 ) -> None:
-    """Add the whole job to `pipeline`: read, embed, write, track progress, commit."""
+    """Add the whole job to `pipeline`: read, embed (reusing `reuse_from`), write, track
+    progress, commit."""
     uris, duplicates = pipeline | "ReadManifest" >> ReadManifest(job.manifest)
-    rows, failures = uris | "EmbedImages" >> EmbedImages(job, spec)
+    rows, failures = uris | "EmbedImages" >> EmbedImages(job, spec, reuse_from)
     embeddings_files = rows | "WriteEmbeddings" >> WriteEmbeddings(
         job.output, spec.dim, job.embedding_dtype, job.num_shards
     )

@@ -85,6 +85,8 @@ def summary_line(marker: Mapping[str, Any], batches: Mapping[str, float] | None 
         f"{marker['failed']} failed, {marker['duplicates']} duplicate manifest lines; "
         f"{rate:.1f} images/s over {format_duration(duration)}"
     )
+    if marker.get("reused"):
+        line += f"; {marker['reused']} embeddings reused from earlier runs"
     if batches and batches.get("count"):
         line += f"; {batches['count']} batches of {batches['mean']:.1f} images on average"
     return line

@@ -175,12 +175,14 @@ def validate(plan: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_summary(marker: Mapping[str, Any]) -> dict[str, Any]:
-    """Images, embedded, failed, images per second and duration of one pipeline run."""
+    """Images, embedded (of which reused from earlier runs), failed, images per second and
+    duration of one pipeline run."""
     duration = marker.get("duration_s")
     rate = marker["embedded"] / duration if duration else None
     return {
         "images": marker["images"],
         "embedded": marker["embedded"],
+        "reused": marker.get("reused"),
         "failed": marker["failed"],
         "images_per_s": round(rate, 2) if rate is not None else None,
         "duration_s": round(duration, 1) if duration is not None else None,

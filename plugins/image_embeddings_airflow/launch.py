@@ -90,6 +90,8 @@ def pipeline_options(
         "batch_size": plan["batch_size"],
         "engine": plan["engine"],
         "precision": plan["precision"],
+        # The launcher reuses embeddings of the finished days before it with the same model.
+        "reuse_days": plan["reuse_days"],
     } | _present({"prepared_model": prepared_model})
     if plan["runner"] != DATAFLOW_RUNNER:
         return options

@@ -87,9 +87,10 @@ def _delete_one(uri: str) -> None:
 def stage_manifest(input_dir: str, output_dir: str) -> ManifestInfo:
     """Replace `output_dir` with a fresh manifest of the images under `input_dir`.
 
-    The output folder belongs to one day's run (the caller holds its lease), so everything a
-    previous run left there but the lease is deleted first: a rerun never mixes stale shards or
-    reports with new ones; a file that cannot be deleted fails staging, named. A missing or empty
+    The output folder belongs to one day's run (the caller holds its lease), so what a previous
+    run left there is deleted first: its reports now, its marker and shards at launch, once they
+    are set aside for reuse (at once when the day has no images); a file that cannot be deleted
+    fails staging, named. A missing or empty
     input folder gives an empty manifest and a count of 0. Every other object is counted as
     skipped, by reason and extension, in `skipped.json` beside the manifest. Memory stays
     bounded: URIs stream from the listing to the file one at a time.
@@ -97,7 +98,7 @@ def stage_manifest(input_dir: str, output_dir: str) -> ManifestInfo:
     input_dir, output_dir = storage.absolute(input_dir), storage.absolute(output_dir)
     _check_folders(input_dir, output_dir)
     day_outputs.remove(
-        output_dir, storage.list_files(output_dir), _delete_one, day_outputs.everything
+        output_dir, storage.list_files(output_dir), _delete_one, day_outputs.all_but_reusable_run
     )
     uri = join(output_dir, MANIFEST_NAME)
     count = 0
@@ -107,5 +108,10 @@ def stage_manifest(input_dir: str, output_dir: str) -> ManifestInfo:
             handle.write(image + "\n")
             count += 1
     storage.write_json(skipped_uri(output_dir), skips.to_dict())
+    if count == 0:
+        # Nothing will replace the earlier run: it must not stand for a day that has no images.
+        day_outputs.remove(
+            output_dir, storage.list_files(output_dir), _delete_one, day_outputs.is_reusable_run
+        )
     log.info("Staged %d image URIs from %s in %s; %s", count, input_dir, uri, skips.summary())
     return ManifestInfo(uri=uri, count=count, skipped=skips)

@@ -23,6 +23,7 @@ from image_embeddings_airflow.settings import (
     validate_failure_rate,
     validate_model,
     validate_precision,
+    validate_reuse_days,
     validate_runner,
     validate_uri,
     validate_weights,
@@ -108,6 +109,14 @@ def dag_params() -> dict[str, Param]:
             "IMAGE_EMBEDDINGS_CALIBRATION_MANIFEST, else a seeded sample of the day's images.",
             pattern=ROOT_PATTERN,
         ),
+        "reuse_days": _optional(
+            "integer",
+            "Reuse lookback (days)",
+            "Images whose bytes a finished run of the last N days (or this day's earlier run) "
+            "embedded with the same model are copied, not embedded again; 0 embeds every image. "
+            + UNSET.format(variable="IMAGE_EMBEDDINGS_REUSE_DAYS"),
+            minimum=0,
+        ),
         "max_failure_rate": _optional(
             "number",
             "Maximum failure rate",
@@ -144,6 +153,7 @@ class RunPlan:
     int8_min_centred_cosine_mean: float
     int8_min_centred_cosine: float
     int8_min_top5_overlap: float
+    reuse_days: int
     max_failure_rate: float
     pca_components: int
     pca_sample_size: int
@@ -184,6 +194,7 @@ _VALIDATORS = {
     "engine": validate_engine,
     "precision": validate_precision,
     "calibration_manifest": lambda value: validate_uri(value, "calibration manifest"),
+    "reuse_days": validate_reuse_days,
     "max_failure_rate": validate_failure_rate,
     "pca_components": validate_components,
 }

@@ -80,6 +80,12 @@ class Settings:
         "int8: manifest of the images to calibrate on and check against float32. "
         "Empty: a seeded sample of the day's own images.",
     )
+    reuse_days: int = _doc(
+        "Days before day D whose finished runs under the same model fingerprint lend their "
+        "embeddings to images with the same bytes (sha256), instead of the model; 0 sends every "
+        "image through the model.",
+        "30",
+    )
     max_failure_rate: float = _doc(
         "Largest fraction of a day's images that may fail before validation fails the run.",
         "0.05",
@@ -287,6 +293,20 @@ def _positive_int(value: int | str, what: str) -> int:
     return number
 
 
+def validate_reuse_days(value: int | str) -> int:
+    """Return the reuse lookback in days as an int >= 0; raise ValueError otherwise."""
+    expected = "reuse lookback must be a whole number of days, 0 or more"
+    if isinstance(value, bool):
+        raise ValueError(f"{expected}, got {value!r}")
+    try:
+        days = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if days < 0:
+        raise ValueError(f"{expected}, got {value!r}")
+    return days
+
+
 def validate_components(value: int | str) -> int:
     """Return the number of PCA components as a positive int; raise ValueError otherwise."""
     return _positive_int(value, "number of PCA components")
@@ -361,6 +381,7 @@ _CHECKS = {
     "int8_min_centred_cosine_mean": validate_threshold,
     "int8_min_centred_cosine": validate_threshold,
     "int8_min_top5_overlap": validate_threshold,
+    "reuse_days": validate_reuse_days,
     "max_failure_rate": validate_failure_rate,
     "pca_components": validate_components,
     "pca_sample_size": validate_sample_size,

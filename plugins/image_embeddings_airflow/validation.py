@@ -20,6 +20,7 @@ from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
     FAILURES_PREFIX,
     MANIFEST_NAME,
+    REUSE_KEYS,
     SHARD_NUMBER,
     STAGES,
     SUCCESS_KEYS,
@@ -38,6 +39,7 @@ REPORT_NAME = "validation.json"
 BATCH_ROWS = 2048
 EXAMPLES = 5
 MANIFEST_CHUNK = 16384
+SHA256_HEX = r"^[0-9a-f]{64}$"
 
 
 @dataclass
@@ -90,6 +92,7 @@ def _new_checks() -> dict[str, Check]:
         Check("dimension", "embeddings of the wrong dimension"),
         Check("finite", "embeddings with NaN or infinity"),
         Check("nonzero", "all-zero embeddings"),
+        Check("digests", "embeddings without the sha256 of their bytes"),
         Check("failure_reasons", "failures without a known stage or an error message"),
         Check("failure_rate"),
     ]
@@ -155,6 +158,7 @@ class _Scan:
 
     hash_chunks: list[np.ndarray] = field(default_factory=list)
     rows: int = 0
+    reused: int = 0
     readable: bool = True
     stages: Counter = field(default_factory=Counter)
 
@@ -314,10 +318,31 @@ def _check_reasons(batch: pa.RecordBatch, where: str, first: int, scan: _Scan, c
             checks["failure_reasons"].fail(f"row {first + row} of {where} has no error message")
 
 
-def _scan_shards(shards: list[str], kind: str, dim: int | None, checks) -> _Scan:
-    """Stream every shard of one kind: URI digests, and the per-row checks of that kind."""
+def carries_digests(marker: dict[str, Any] | None) -> bool:
+    """True when the marker says its rows carry `sha256` and `reused_from`."""
+    return marker is not None and all(key in marker for key in REUSE_KEYS)
+
+
+def _check_digests(batch: pa.RecordBatch, where: str, first: int, scan: _Scan, checks) -> None:
+    """Each row's sha256 is 64 hex digits; count the rows copied from earlier runs."""
+    valid = pc.fill_null(pc.match_substring_regex(batch.column("sha256"), SHA256_HEX), False)
+    bad = np.flatnonzero(~np.asarray(valid))
+    checks["digests"].fail_many(
+        len(bad), (f"row {first + row} of {where} has no valid sha256" for row in bad)
+    )
+    scan.reused += batch.num_rows - batch.column("reused_from").null_count
+
+
+def _scan_shards(
+    shards: list[str], kind: str, dim: int | None, checks, digests: bool = False
+) -> _Scan:
+    """Stream every shard of one kind: URI digests, and the per-row checks of that kind;
+    with `digests`, the content digests and reuse of embeddings rows too."""
     scan = _Scan()
     columns = ["uri", "embedding"] if kind == EMBEDDINGS_PREFIX else ["uri", "stage", "error"]
+    with_digests = digests and kind == EMBEDDINGS_PREFIX
+    if with_digests:
+        columns += ["sha256", "reused_from"]
     for shard in shards:
         where = posixpath.basename(shard)
         try:
@@ -328,6 +353,8 @@ def _scan_shards(shards: list[str], kind: str, dim: int | None, checks) -> _Scan
                     _check_reasons(batch, where, first, scan, checks)
                 elif dim is not None:
                     _check_vectors(batch, where, first, dim, checks)
+                if with_digests:
+                    _check_digests(batch, where, first, scan, checks)
         except (pa.ArrowException, OSError, ValueError) as error:
             scan.readable = False
             checks["shards"].fail(f"{where} cannot be read: {error}")
@@ -432,6 +459,12 @@ def _check_counts(marker, manifest: _Scan | None, distinct: int | None, scans, c
             f"{SUCCESS_MARKER} says {marker.get('images')} images but {MANIFEST_NAME} holds "
             f"{distinct} distinct entries"
         )
+    reused = scans[EMBEDDINGS_PREFIX]
+    if carries_digests(marker) and reused.readable and marker["reused"] != reused.reused:
+        check.fail(
+            f"{SUCCESS_MARKER} says {marker['reused']} reused but the {EMBEDDINGS_PREFIX} shards "
+            f"hold {reused.reused} rows with reused_from"
+        )
     duplicates = marker.get("duplicates")
     if distinct is None or not isinstance(duplicates, int):
         return
@@ -473,7 +506,8 @@ def validate_output(
     dim = _expected_dim(marker, expected_dim, checks["success_marker"])
     if dim is None:
         dim = _first_embedding_dim(shards[EMBEDDINGS_PREFIX])
-    scans = {kind: _scan_shards(shards[kind], kind, dim, checks) for kind in shards}
+    digests = carries_digests(marker)
+    scans = {kind: _scan_shards(shards[kind], kind, dim, checks, digests) for kind in shards}
     distinct = None
     if manifest is not None:
         expected = np.unique(manifest.hashes())
@@ -489,6 +523,7 @@ def validate_output(
             "images": images,
             "embedded": scans[EMBEDDINGS_PREFIX].rows,
             "failed": failed,
+            "reused": scans[EMBEDDINGS_PREFIX].reused if digests else None,
             "embeddings_shards": len(shards[EMBEDDINGS_PREFIX]),
             "failures_shards": len(shards[FAILURES_PREFIX]),
             "marker": {key: marker.get(key) for key in SUCCESS_KEYS} if marker else None,

@@ -137,6 +137,25 @@ def test_a_custom_container_replaces_the_setup_file():
     assert "workflow.tar.gz" not in staged_files(job)
 
 
+def transform_names(job) -> set[str]:
+    return {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
+
+
+def test_reuse_adds_the_join_with_earlier_runs_to_the_job(setup_file_job):
+    earlier = f"{BUCKET}/2026-11-27"
+    job = run([*DATAFLOW_ARGS, f"--sdk_container_image={CONTAINER}", f"--reuse_from={earlier}"]).job
+    reuse = "EmbedImages/ReuseEarlierEmbeddings"
+    assert {
+        f"{reuse}/ReadEarlierEmbeddings/ReadParquet",
+        f"{reuse}/KnownDigests",
+        f"{reuse}/SplitKnown",
+        f"{reuse}/JoinByDigest",
+        f"{reuse}/CopyEmbeddings",
+    } <= transform_names(job)
+    # Offline, a dry run lists no earlier days: without --reuse_from the job has no reuse steps.
+    assert reuse not in transform_names(setup_file_job[0])
+
+
 def test_setup_file_is_added_only_where_needed():
     dataflow = ["--runner=DataflowRunner", "--project=p-123456"]
     assert pipeline_options(dataflow).view_as(SetupOptions).setup_file == str(SETUP_FILE)

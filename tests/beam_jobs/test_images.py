@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -551,7 +552,7 @@ def test_failure_reasons_are_readable(tmp_path):
     load = LoadImageFn((8, 8), max_image_bytes=20_000)
 
     def reason(name: str) -> str:
-        error, _ = load.load(str(corpus[name]))
+        error, _, _ = load.load(str(corpus[name]))
         assert isinstance(error, ImageLoadError)
         return str(error)
 
@@ -564,6 +565,22 @@ def test_failure_reasons_are_readable(tmp_path):
     assert reason("wide_6000x8") == (
         f"image is {corpus['wide_6000x8'].stat().st_size} bytes, over the 20000-byte cap"
     )
+
+
+def test_the_digest_is_of_the_bytes_read_and_absent_when_none_were(tmp_path):
+    corpus = write_bad_inputs(tmp_path / "corpus")
+    good = write_image(tmp_path / "good.jpg", size=(16, 12), seed=3)
+    load = LoadImageFn((8, 8))
+
+    image, bytes_read, digest = load.load(str(good))
+    assert digest == image.sha256 == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert image.size_bytes == bytes_read == good.stat().st_size
+    not_an_image = corpus["text_named_jpg"]
+    error, _, digest = load.load(str(not_an_image))
+    assert isinstance(error, ImageLoadError)
+    assert digest == hashlib.sha256(not_an_image.read_bytes()).hexdigest()
+    error, bytes_read, digest = load.load(str(corpus["missing_file"]))
+    assert (error.stage, bytes_read, digest) == (STAGE_READ, 0, None)
 
 
 # --- gs:// through Beam's filesystem --------------------------------------------------------
@@ -616,6 +633,8 @@ def test_images_load_from_gcs(beam_gcs, tmp_path):
     pipeline.run().wait_until_finish()
 
     local = load_image(image.read_bytes(), size)
-    first, bytes_read = LoadImageFn(size).load(uri["odd name"])
+    first, bytes_read, digest = LoadImageFn(size).load(uri["odd name"])
     np.testing.assert_array_equal(first.pixels, local.pixels)
     assert (first.width, first.height, bytes_read) == (64, 48, image.stat().st_size)
+    assert digest == first.sha256 == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert first.size_bytes == image.stat().st_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs.image_embeddings.contract import SUCCESS_KEYS, failures_schema
+from beam_jobs.image_embeddings.contract import SUCCESS_KEYS, embeddings_schema, failures_schema
 from beam_jobs.image_embeddings.outputs import (
     CommitOutput,
+    ImageFacts,
     WriteEmbeddings,
     WriteFailures,
     embedding_row,
@@ -57,20 +59,33 @@ def test_single_dim():
         single_dim([3], 4)
 
 
+def facts(uri: str, width: int = 640, height: int = 480) -> ImageFacts:
+    return ImageFacts(uri, width, height, hashlib.sha256(uri.encode()).hexdigest(), 1000)
+
+
 def test_embedding_row_stores_the_requested_float_type():
-    row = embedding_row("a.jpg", 640, 480, np.array([0.5, 1.5], np.float32), "m", "float16")
+    row = embedding_row(facts("a.jpg"), np.array([0.5, 1.5], np.float32), "m", "float16")
     assert row["embedding"].dtype == np.float16
     assert (row["uri"], row["width"], row["height"], row["model"]) == ("a.jpg", 640, 480, "m")
+    assert list(row) == embeddings_schema().names
+    assert (row["sha256"], row["size_bytes"], row["reused_from"]) == (
+        facts("a.jpg").sha256,
+        1000,
+        None,
+    )
 
 
 def test_failure_row_names_every_column_of_the_schema():
     row = failure_row({"uri": "x", "stage": "read", "error": "file not found"}, "m")
     assert list(row) == failures_schema().names
+    assert row["sha256"] is None
 
 
 def _rows(count: int, dim: int) -> list[dict]:
     return [
-        embedding_row(f"img-{i}.jpg", 10 + i, 20, np.full(dim, i, np.float32), "toy", "float32")
+        embedding_row(
+            facts(f"img-{i}.jpg", 10 + i, 20), np.full(dim, i, np.float32), "toy", "float32"
+        )
         for i in range(count)
     ]
 
@@ -104,12 +119,17 @@ def test_commit_leaves_exactly_this_runs_files(tmp_path: Path):
     (output / "beam-temp-embeddings-0123abcd").mkdir()
     (output / "beam-temp-embeddings-0123abcd" / "partial").write_bytes(b"x")
     (output / "beam-temp-failures-4567ef").mkdir()
+    # The earlier run's embeddings, set aside at launch for reuse; two rows are copies of them.
+    (output / "_previous_run").mkdir()
+    (output / "_previous_run" / "embeddings-00000-of-00001.parquet").write_bytes(b"x")
+    rows = [*_rows(3, 4), *(row | {"reused_from": "2026-11-27"} for row in _rows(5, 4)[3:])]
 
-    _write_and_commit(str(output), _rows(5, 4), [], num_shards=2)
+    _write_and_commit(str(output), rows, [], num_shards=2)
 
     marker = json.loads((output / "_SUCCESS").read_text())
     assert set(SUCCESS_KEYS) <= set(marker)
     assert (marker["images"], marker["embedded"], marker["failed"]) == (5, 5, 0)
+    assert marker["reused"] == 2
     assert (marker["duplicates"], marker["dim"], marker["model"]) == (2, 4, "toy")
     assert marker["started_at"] == RUN_INFO["started_at"]
     assert marker["duration_s"] > 0

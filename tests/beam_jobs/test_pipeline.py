@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -26,6 +27,7 @@ from beam_jobs.image_embeddings.contract import (
 from beam_jobs.image_embeddings.images import load_image
 from beam_jobs.image_embeddings.launcher import run
 from beam_jobs.image_embeddings.models import build_model, resolve_model
+from beam_jobs.image_embeddings.outputs import ImageFacts
 from beam_jobs.image_embeddings.pipeline import ToEmbeddingRows, failed_batch, parse_line
 from tests.image_factory import BAD_INPUT_STAGES, write_bad_inputs, write_image, write_images
 
@@ -255,6 +257,10 @@ def test_manifest_lines_parse_like_the_contract():
     assert parse_line("/x/hash#1.jpg") == ["/x/hash#1.jpg"]
 
 
+def facts(uri: str) -> ImageFacts:
+    return ImageFacts(uri, 3, 2, hashlib.sha256(uri.encode()).hexdigest(), 100)
+
+
 class RefusesOddPixels(ModelHandler):
     """A model that sums pixels in batches of four, and raises on a batch with an odd pixel."""
 
@@ -272,8 +278,8 @@ class RefusesOddPixels(ModelHandler):
 
 def test_a_failing_batch_becomes_one_failure_per_image():
     """RunInference's dead letters, as Beam really emits them, name every image of the batch."""
-    good = [((f"good-{n}.jpg", 8, 8), np.full((2, 2, 3), n, np.uint8)) for n in (2, 4, 6, 8)]
-    bad = [((f"bad-{n}.jpg", 8, 8), np.full((2, 2, 3), n, np.uint8)) for n in (10, 1, 12, 14)]
+    good = [(facts(f"good-{n}.jpg"), np.full((2, 2, 3), n, np.uint8)) for n in (2, 4, 6, 8)]
+    bad = [(facts(f"bad-{n}.jpg"), np.full((2, 2, 3), n, np.uint8)) for n in (10, 1, 12, 14)]
     error = "model call failed: ValueError('odd pixel')"
     with beam.Pipeline() as pipeline:
         embedded, dead_letters = (
@@ -282,21 +288,26 @@ def test_a_failing_batch_becomes_one_failure_per_image():
             | RunInference(KeyedModelHandler(RefusesOddPixels())).with_exception_handling()
         )
         failures = dead_letters.failed_inferences | beam.FlatMap(failed_batch)
-        expected = [{"uri": key[0], "stage": STAGE_INFERENCE, "error": error} for key, _ in bad]
+        expected = [
+            {"uri": key.uri, "stage": STAGE_INFERENCE, "error": error, "sha256": key.sha256}
+            for key, _ in bad
+        ]
         assert_that(failures, equal_to(expected), label="CheckFailures")
         assert_that(embedded | beam.Keys(), equal_to([key for key, _ in good]), label="CheckRows")
 
 
 def test_a_non_finite_embedding_is_a_failure_not_a_row():
     to_rows = ToEmbeddingRows("resnet50", "float32")
-    (row,) = to_rows.process((("a.jpg", 3, 2), np.array([0.5, 1.0], np.float32)))
+    (row,) = to_rows.process((facts("a.jpg"), np.array([0.5, 1.0], np.float32)))
     assert (row["uri"], row["width"], row["height"]) == ("a.jpg", 3, 2)
-    (tagged,) = to_rows.process((("b.jpg", 3, 2), np.array([np.nan, 1.0], np.float32)))
+    assert (row["sha256"], row["reused_from"]) == (facts("a.jpg").sha256, None)
+    (tagged,) = to_rows.process((facts("b.jpg"), np.array([np.nan, 1.0], np.float32)))
     assert tagged.tag == "failed"
     assert tagged.value == {
         "uri": "b.jpg",
         "stage": STAGE_INFERENCE,
         "error": "model output is not finite (NaN or inf)",
+        "sha256": facts("b.jpg").sha256,
     }
 
 
@@ -334,9 +345,16 @@ def test_rerun_replaces_the_output(local_run, tmp_path, weights_file, reference_
     manifest.write_text("\n".join(first) + "\n")
     argv = [f"--manifest={manifest}", f"--output={output}", "--num_shards=1", "--engine=tensorflow"]
 
-    # A run that fails after launch leaves no marker behind, not the earlier run's.
+    # A launch refused before it touches the day (no weights file to digest) leaves it whole.
     with pytest.raises(Exception, match="missing.weights.h5"):
         run([*argv, f"--weights={tmp_path / 'missing.weights.h5'}"])
+    assert (output / "_SUCCESS").exists()
+    # A run that fails after launch (weights that do not load) leaves no marker behind, not the
+    # earlier run's.
+    broken = tmp_path / "broken.weights.h5"
+    broken.write_bytes(b"not a weights file")
+    with pytest.raises(Exception, match="broken.weights.h5|file signature"):
+        run([*argv, f"--weights={broken}"])
     assert not (output / "_SUCCESS").exists()
 
     run([*argv, f"--weights={weights_file}", "--embedding_dtype=float16"])

@@ -58,6 +58,9 @@ def test_summary_line():
         "summary: 103 images, 100 embedded, 3 failed, 2 duplicate manifest lines; "
         "5.0 images/s over 21s; 4 batches of 25.0 images on average"
     )
+    assert summary_line(marker | {"reused": 80}).endswith(
+        "over 21s; 80 embeddings reused from earlier runs"
+    )
 
 
 def test_reporter_logs_the_tally_at_each_interval(caplog):

@@ -63,6 +63,7 @@ def test_local_options_are_the_job_options_only():
         "batch_size": 32,
         "engine": "openvino",
         "precision": "float32",
+        "reuse_days": 30,
     }
     assert launch(plan, MANIFEST, "image_embeddings").dataflow_config is None
 
@@ -79,6 +80,7 @@ def test_dataflow_options_carry_the_worker_settings():
         "batch_size": 16,
         "engine": "openvino",
         "precision": "float32",
+        "reuse_days": 30,
         "temp_location": "gs://photos/tmp",
         "staging_location": "gs://photos/staging",
         "machine_type": "n2-standard-4",

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from image_embeddings_airflow.dag_tasks import resolve_run
+from image_embeddings_airflow.dag_tasks import resolve_run, run_summary
 from image_embeddings_airflow.params import resolve_plan, run_day, schedule_start
 from image_embeddings_airflow.settings import load_settings
 
@@ -48,6 +48,8 @@ def test_params_override_settings_and_fix_the_day_folders():
     assert plan.input_dir == "/data/images/2026-11-27"
     assert plan.output_dir == "gs://other-bucket/out/2026-11-27"
     assert plan.pca_components == 8
+    assert plan.reuse_days == 30
+    assert resolve_plan(load_settings(LOCAL), {"reuse_days": 0}, NOV_28).reuse_days == 0
     assert plan.runner == "DirectRunner"
     assert plan.as_dict()["max_failure_rate"] == 0.05
 
@@ -68,6 +70,7 @@ def test_empty_params_keep_the_settings():
         ({"max_failure_rate": -0.5}, "between 0 and 1"),
         ({"max_failure_rate": 2}, "between 0 and 1"),
         ({"pca_components": 0}, "positive whole number"),
+        ({"reuse_days": -3}, "param 'reuse_days': reuse lookback must be a whole number of days"),
         ({"runner": "DataflowRunner"}, "IMAGE_EMBEDDINGS_GCP_PROJECT is required"),
         ({"runner": "DataflowRunner"}, "MODEL_CACHE must be a gs:// URI on Dataflow"),
         ({"engine": "tensorflow", "precision": "int8"}, "int8 needs engine openvino"),
@@ -109,3 +112,17 @@ def test_schedule_start_comes_from_the_setting():
     )
     with pytest.raises(ValueError, match="IMAGE_EMBEDDINGS_START_DATE"):
         schedule_start({"IMAGE_EMBEDDINGS_START_DATE": "yesterday"})
+
+
+def test_the_run_summary_says_how_many_embeddings_were_reused():
+    marker = {"images": 10, "embedded": 9, "failed": 1, "reused": 8, "duration_s": 3.0}
+    assert run_summary(marker) == {
+        "images": 10,
+        "embedded": 9,
+        "reused": 8,
+        "failed": 1,
+        "images_per_s": 3.0,
+        "duration_s": 3.0,
+    }
+    older = {key: value for key, value in marker.items() if key != "reused"}
+    assert run_summary(older)["reused"] is None

@@ -70,20 +70,45 @@ def test_missing_or_empty_prefix_counts_zero(roots):
     assert read_manifest(missing.uri) == read_manifest(no_images.uri) == []
 
 
-def test_rerun_replaces_manifest_and_previous_outputs(roots):
+def test_rerun_replaces_manifest_and_reports_and_leaves_the_earlier_run_to_the_launch(roots):
     input_root, output_root = roots
     write_day(input_root, IMAGES)
     day_out = f"{output_root}/2026-11-28"
     stage_manifest(f"{input_root}/2026-11-28", day_out)
-    storage.write_bytes(f"{day_out}/embeddings-00002-of-00003.parquet", b"stale shard")
+    earlier_run = [
+        f"{day_out}/_SUCCESS",
+        f"{day_out}/_previous_run/embeddings-00000-of-00001.parquet",
+        f"{day_out}/embeddings-00002-of-00003.parquet",
+    ]
+    for uri in earlier_run:
+        storage.write_bytes(uri, b"earlier run")
+    storage.write_bytes(f"{day_out}/validation.json", b"stale report")
     storage.write_bytes(f"{day_out}/beam-temp-1/part", b"stale temp")
     storage.delete_prefix(f"{input_root}/2026-11-28/a")
 
     info = stage_manifest(f"{input_root}/2026-11-28", day_out)
 
     assert info.count == len([name for name in IMAGES if not name.startswith("a/")])
-    assert list(storage.list_files(day_out)) == [info.uri, f"{day_out}/{SKIPPED_NAME}"]
+    # The launch sets the earlier run aside for reuse, then replaces it.
+    assert sorted(storage.list_files(day_out)) == sorted(
+        [*earlier_run, info.uri, f"{day_out}/{SKIPPED_NAME}"]
+    )
     assert len(read_manifest(info.uri)) == info.count
+
+
+def test_a_day_left_without_images_keeps_nothing_of_its_earlier_run(roots):
+    input_root, output_root = roots
+    write_day(input_root, IMAGES)
+    day_out = f"{output_root}/2026-11-28"
+    stage_manifest(f"{input_root}/2026-11-28", day_out)
+    storage.write_bytes(f"{day_out}/_SUCCESS", b"{}")
+    storage.write_bytes(f"{day_out}/embeddings-00000-of-00001.parquet", b"earlier run")
+    storage.delete_prefix(f"{input_root}/2026-11-28")
+
+    info = stage_manifest(f"{input_root}/2026-11-28", day_out)
+
+    assert info.count == 0
+    assert sorted(storage.list_files(day_out)) == sorted([info.uri, f"{day_out}/{SKIPPED_NAME}"])
 
 
 def test_every_object_is_staged_or_counted_as_skipped(roots, caplog):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -42,6 +43,8 @@ def embeddings_table(uris: list[str], vectors: np.ndarray, schema: pa.Schema) ->
         embeddings = pa.ListArray.from_arrays(pa.array(offsets), flat)
     values = {"uri": uris, "model": ["resnet50"] * len(uris)}
     values |= {"width": [640] * len(uris), "height": [480] * len(uris)}
+    values |= {"sha256": [hashlib.sha256(uri.encode()).hexdigest() for uri in uris]}
+    values |= {"size_bytes": [1000] * len(uris), "reused_from": [None] * len(uris)}
     columns = [
         embeddings if f.name == "embedding" else pa.array(values[f.name], f.type) for f in schema
     ]
@@ -123,6 +126,26 @@ def test_fixed_size_float16_embeddings_pass(tmp_path):
     write_outputs(day, random_vectors(10), fixed_dim=True, float_type="float16")
 
     assert validate_output(day, 0.0).dim == DIM
+
+
+def test_digests_and_the_reused_count_are_checked(tmp_path):
+    day = str(tmp_path / "day")
+    write_outputs(day, random_vectors(6))
+    marker = storage.read_json(f"{day}/{SUCCESS_MARKER}") | {"fingerprint": "f00d", "reused": 0}
+    storage.write_json(f"{day}/{SUCCESS_MARKER}", marker)
+    assert validate_output(day, 0.0).counts["reused"] == 0
+
+    table = pq.read_table(f"{day}/{EMB0}")
+    rows = table.to_pylist()
+    rows[0]["reused_from"] = "2026-11-27"
+    rows[1]["sha256"] = "not-a-digest"
+    write_table(f"{day}/{EMB0}", rows, table.schema)
+    message = problems_of(day)
+
+    assert f"1 embeddings without the sha256 of their bytes: row 1 of {EMB0}" in message
+    assert (
+        "_SUCCESS says 0 reused but the embeddings shards hold 1 rows with reused_from" in message
+    )
 
 
 def test_deleted_shard_is_named(day):
