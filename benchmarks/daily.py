@@ -31,7 +31,7 @@ SHARD_ROWS = 50_000
 # Beam's WriteToParquet buffers 64 MiB per row group: 8192 rows of 2048 float32 values.
 ROW_GROUP_ROWS = 8192
 MODEL = "resnet50"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 # The DAG's defaults (IMAGE_EMBEDDINGS_* settings).
 MAX_FAILURE_RATE = 0.05
 PCA_COMPONENTS = 50
@@ -44,6 +44,11 @@ def shard_name(prefix: str, index: int, count: int) -> str:
 
 def image_uri(row: int) -> str:
     return f"gs://bench-images/2026-01-01/image-{row:08d}.jpg"
+
+
+def image_digest(row: int) -> str:
+    """A distinct stand-in for the sha256 of image `row`'s bytes."""
+    return f"{row:064x}"
 
 
 def synthetic_vectors(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -67,6 +72,8 @@ def _write_shard(path: Path, first: int, rows: int, dim: int, rng: np.random.Gen
                 pa.array([MODEL] * count),
                 pa.array(np.full(count, 640, np.int32)),
                 pa.array(np.full(count, 480, np.int32)),
+                pa.array([image_digest(row) for row in range(start, start + count)]),
+                pa.array(np.full(count, 50_000, np.int64)),
             ]
             writer.write_batch(pa.record_batch(columns, schema=schema))
 

@@ -11,6 +11,10 @@ EMBEDDINGS_PREFIX = "embeddings"
 FAILURES_PREFIX = "failures"
 SHARD_SUFFIX = ".parquet"
 SUCCESS_MARKER = "_SUCCESS"
+# What the reduce step writes beside the embeddings, and the search reads back.
+PCA_NAME = "pca.npz"
+NEIGHBOURS_INDEX_NAME = "neighbours.faiss"
+NEIGHBOURS_IDS_NAME = "neighbours-ids.parquet"
 # Beam's shard name template, and the pattern that reads (index, count) back from a file name.
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SHARD_NUMBER = re.compile(r"-(\d+)-of-(\d+)" + re.escape(SHARD_SUFFIX) + "$")
@@ -98,6 +102,8 @@ def embeddings_schema(dim: int | None = None, float_type: str = "float32"):
             ("model", pa.string()),
             ("width", pa.int32()),
             ("height", pa.int32()),
+            ("sha256", pa.string()),
+            ("size_bytes", pa.int64()),
         ]
     )
 
