@@ -1,11 +1,13 @@
-"""Drift of day D against its comparable previous days, in D's PCA space: `drift.json`.
+"""Drift of day D against its comparable previous days, in a PCA space of both: `drift.json`.
 
-The reference is the union of the previous days' `embedding-sample.npy` (uniform samples of their
-embeddings), projected with D's PCA; D is every row of its `projection.parquet`. Figures:
+D is its `embedding-sample.npy` (a uniform sample of its embeddings, written by the reduce step);
+the reference is the union of the previous days' samples. Both are projected on a PCA fitted to
+all of them together, with as many components as D's own PCA: D's PCA alone would hide a shift
+along directions in which D itself hardly varies. Figures:
 - `centroid_shift`: distance between the two centroids, over the reference's RMS spread;
 - `frechet_distance`: the Fréchet distance of two Gaussians fitted to the two sets, and
   `relative_frechet`, the same over the reference's total variance (the verdict's figure);
-- `far_share`: the share of D's images farther (Mahalanobis) from the reference centroid than
+- `far_share`: the share of D's (sampled) images farther (Mahalanobis) from the reference centroid than
   `FAR_QUANTILE` of the reference's own images: about 1 - FAR_QUANTILE when nothing changed.
 """
 
@@ -20,11 +22,11 @@ from beam_jobs.image_embeddings.contract import PCA_NAME, join
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.history import comparable_days
 from image_embeddings_airflow.reduction import (
-    PROJECTION_NAME,
     SAMPLE_NAME,
+    capped_components,
+    fit_pca,
     load_pca,
     load_sample,
-    read_projection,
 )
 
 log = logging.getLogger(__name__)
@@ -104,12 +106,14 @@ def measure_drift(
     history = comparable_days(root, day, fingerprint, reference_days, (SAMPLE_NAME,))
     figures = None
     if history.days:
-        pca = load_pca(join(output_dir, PCA_NAME))
+        sample = load_sample(join(output_dir, SAMPLE_NAME))
         reference = np.concatenate(
             [load_sample(join(root, other, SAMPLE_NAME)) for other in history.days]
         )
-        points = read_projection(join(output_dir, PROJECTION_NAME))
-        figures = drift_figures(points, pca.project(reference))
+        both = np.concatenate([sample, reference])
+        wanted = len(load_pca(join(output_dir, PCA_NAME)).components)
+        pca = fit_pca(both, capped_components(wanted, len(both), both.shape[1]))
+        figures = drift_figures(pca.project(sample), pca.project(reference))
     report = {
         "day": day,
         "fingerprint": fingerprint,

@@ -123,15 +123,15 @@ def uris_and_digests(shards: list[str]) -> tuple[list[str], list[str | None]]:
 
 
 def exact_within(uris: list[str], digests: list[str | None], day: str, found: Found) -> None:
-    """Every later row whose digest an earlier row of the day already had."""
+    """Every image whose digest an image of the day with a smaller URI already had."""
     first: dict[str, str] = {}
-    for uri, digest in zip(uris, digests, strict=True):
+    for uri, digest in sorted(zip(uris, digests, strict=True)):
         if digest is None:
             continue
         if digest in first:
             found.add(uri, first[digest], EXACT, 1.0, day)
         else:
-            first.setdefault(digest, uri)
+            first[digest] = uri
 
 
 def exact_across(
@@ -188,13 +188,13 @@ def confirmed(
 
 
 def near_within(coordinates, index, shards, pca: Pca, uris, digests, threshold, day, found) -> None:
-    """Near copies inside the day: the later row of a pair is the duplicate of the earlier."""
+    """Near copies inside the day: of a pair, the larger URI is the duplicate of the smaller."""
     pairs: set[tuple[int, int]] = set()
     for start in range(0, len(coordinates), BATCH_ROWS):
         similarities, ids = nearest(index, coordinates[start : start + BATCH_ROWS], NEIGHBOURS + 1)
         for query, other in candidate_pairs(similarities, ids, start, threshold - CANDIDATE_MARGIN):
             if query != other and (digests[query] is None or digests[query] != digests[other]):
-                pairs.add((max(query, other), min(query, other)))
+                pairs.add((query, other) if uris[query] > uris[other] else (other, query))
     for query, other, cosine in confirmed(sorted(pairs), shards, shards, pca.mean, threshold):
         found.add(uris[query], uris[other], NEAR, cosine, day)
 

@@ -85,7 +85,7 @@ class Settings:
     drift_threshold: float = _doc(
         "Relative Fréchet distance (over the reference's total variance) above which a day "
         "has drifted: the run logs a warning.",
-        "0.5",
+        "0.2",
         "Analysis",
     )
     drift_fails: bool = _doc(
@@ -270,7 +270,7 @@ def validate_similarity(value: float | str) -> float:
 
 def validate_drift_threshold(value: float | str) -> float:
     """Return a positive relative Fréchet distance; raise ValueError otherwise."""
-    expected = "drift threshold must be a positive number (relative Fréchet distance, e.g. 0.5)"
+    expected = "drift threshold must be a positive number (relative Fréchet distance, e.g. 0.2)"
     try:
         number = float(value)
     except (TypeError, ValueError):
