@@ -7,8 +7,9 @@ along directions in which D itself hardly varies. Figures:
 - `centroid_shift`: distance between the two centroids, over the reference's RMS spread;
 - `frechet_distance`: the Fréchet distance of two Gaussians fitted to the two sets, and
   `relative_frechet`, the same over the reference's total variance (the verdict's figure);
-- `far_share`: the share of D's (sampled) images farther (Mahalanobis) from the reference centroid than
-  `FAR_QUANTILE` of the reference's own images: about 1 - FAR_QUANTILE when nothing changed.
+- `far_share`: the share of D's (sampled) images farther (Mahalanobis) from the reference
+  centroid than `FAR_QUANTILE` of the reference's own images: about 1 - FAR_QUANTILE when
+  nothing changed.
 """
 
 from __future__ import annotations

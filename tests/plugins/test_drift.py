@@ -20,7 +20,7 @@ from image_embeddings_airflow.drift import (
     measure_drift,
 )
 from image_embeddings_airflow.reduction import reduce_dimensions
-from tests.plugins.test_duplicates import DIM, FINGERPRINT, digests_of, features, write_day
+from tests.plugins.test_duplicates import DIM, FINGERPRINT, digests_of, write_day
 
 THRESHOLD = 0.2
 REFERENCE_DAYS = ("2026-11-25", "2026-11-26", "2026-11-27")
