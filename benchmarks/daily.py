@@ -1,7 +1,8 @@
-"""Validation and PCA reduction over a synthetic day of 2048-d embeddings, as the DAG runs them.
+"""Validation, PCA reduction and duplicate search over a synthetic day of 2048-d embeddings.
 
-`python -m benchmarks.daily {validate,reduce} DAY_DIR` prints a BENCH_RESULT line; the parent
-writes the day first with `write_synthetic_day` (contract schema, manifest, `_SUCCESS`).
+`python -m benchmarks.daily {validate,reduce,duplicates} DAY_DIR` prints a BENCH_RESULT line; the
+parent writes the day first with `write_synthetic_day` (contract schema, manifest, `_SUCCESS`),
+and runs `duplicates` after `reduce` (it indexes the PCA projection), as the DAG does.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ RECIPE_VERSION = 2
 MAX_FAILURE_RATE = 0.05
 PCA_COMPONENTS = 50
 PCA_SAMPLE_SIZE = 20_000
+DUPLICATE_THRESHOLD = 0.95
+LOOKBACK_DAYS = 30
+# The day searched for duplicates; the synthetic day stands alone (no earlier day shares it).
+DAY = "2026-01-01"
 
 
 def shard_name(prefix: str, index: int, count: int) -> str:
@@ -131,7 +136,22 @@ def reduce(folder: str) -> dict:
     return {"rows": result.rows, "components": result.n_components}
 
 
-STEPS = {"validate": validate, "reduce": reduce}
+def duplicates(folder: str) -> dict:
+    from image_embeddings_airflow.day_index import write_day_index
+    from image_embeddings_airflow.duplicates import find_duplicates
+
+    _, coordinates, index = write_day_index(folder)
+    result = find_duplicates(
+        folder, DAY, coordinates, index, None, DUPLICATE_THRESHOLD, LOOKBACK_DAYS
+    )
+    return {
+        "rows": len(coordinates),
+        "exact": result.counts["exact"],
+        "near": result.counts["near"],
+    }
+
+
+STEPS = {"validate": validate, "reduce": reduce, "duplicates": duplicates}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
