@@ -158,6 +158,8 @@ def searched_days(root: str, day: str, count: int, fingerprint: str) -> tuple[li
         folder = join(root, other)
         if not storage.exists(join(folder, NEIGHBOURS_INDEX_NAME)):
             skipped[other] = f"no {NEIGHBOURS_INDEX_NAME} (not reduced, or not embedded)"
+        elif not storage.exists(join(folder, SUCCESS_MARKER)):
+            skipped[other] = f"no {SUCCESS_MARKER}: its run did not complete"
         elif read_marker(folder).get("fingerprint") != fingerprint:
             skipped[other] = "embedded under another model fingerprint"
         else:
