@@ -51,13 +51,17 @@ def prepared_day(root: str, day: str, vectors: np.ndarray, fingerprint: str = FI
     return f"{root}/{day}"
 
 
-@pytest.fixture
-def history(tmp_path) -> str:
-    root = str(tmp_path / "embeddings")
+def write_history(root: str) -> str:
+    """Three reference days of one imagery, and an older day under another fingerprint."""
     for seed, day in enumerate(REFERENCE_DAYS):
         prepared_day(root, day, imagery(300, seed=seed))
     prepared_day(root, "2026-11-24", different_imagery(300, seed=7), fingerprint="0" * 16)
     return root
+
+
+@pytest.fixture
+def history(tmp_path) -> str:
+    return write_history(str(tmp_path / "embeddings"))
 
 
 def test_same_imagery_is_stable_and_different_imagery_drifts(history):
