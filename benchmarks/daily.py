@@ -1,7 +1,8 @@
-"""Validation and PCA reduction over a synthetic day of 2048-d embeddings, as the DAG runs them.
+"""Validation, PCA reduction and duplicate search over a synthetic day of 2048-d embeddings.
 
-`python -m benchmarks.daily {validate,reduce} DAY_DIR` prints a BENCH_RESULT line; the parent
-writes the day first with `write_synthetic_day` (contract schema, manifest, `_SUCCESS`).
+`python -m benchmarks.daily {validate,reduce,duplicates} DAY_DIR` prints a BENCH_RESULT line; the
+parent writes the day first with `write_synthetic_day` (contract schema, manifest, `_SUCCESS`),
+and runs `duplicates` after `reduce` (it indexes the PCA projection), as the DAG does.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ SHARD_ROWS = 50_000
 # Beam's WriteToParquet buffers 64 MiB per row group: 8192 rows of 2048 float32 values.
 ROW_GROUP_ROWS = 8192
 MODEL = "resnet50"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 # The DAG's defaults (IMAGE_EMBEDDINGS_* settings).
 MAX_FAILURE_RATE = 0.05
 PCA_COMPONENTS = 50
 PCA_SAMPLE_SIZE = 20_000
+DUPLICATE_THRESHOLD = 0.95
+LOOKBACK_DAYS = 30
+# The day searched for duplicates; the synthetic day stands alone (no earlier day shares it).
+DAY = "2026-01-01"
 
 
 def shard_name(prefix: str, index: int, count: int) -> str:
@@ -44,6 +49,11 @@ def shard_name(prefix: str, index: int, count: int) -> str:
 
 def image_uri(row: int) -> str:
     return f"gs://bench-images/2026-01-01/image-{row:08d}.jpg"
+
+
+def image_digest(row: int) -> str:
+    """A distinct stand-in for the sha256 of image `row`'s bytes."""
+    return f"{row:064x}"
 
 
 def synthetic_vectors(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -67,6 +77,8 @@ def _write_shard(path: Path, first: int, rows: int, dim: int, rng: np.random.Gen
                 pa.array([MODEL] * count),
                 pa.array(np.full(count, 640, np.int32)),
                 pa.array(np.full(count, 480, np.int32)),
+                pa.array([image_digest(row) for row in range(start, start + count)]),
+                pa.array(np.full(count, 50_000, np.int64)),
             ]
             writer.write_batch(pa.record_batch(columns, schema=schema))
 
@@ -124,7 +136,22 @@ def reduce(folder: str) -> dict:
     return {"rows": result.rows, "components": result.n_components}
 
 
-STEPS = {"validate": validate, "reduce": reduce}
+def duplicates(folder: str) -> dict:
+    from image_embeddings_airflow.day_index import write_day_index
+    from image_embeddings_airflow.duplicates import find_duplicates
+
+    _, coordinates, index = write_day_index(folder)
+    result = find_duplicates(
+        folder, DAY, coordinates, index, None, DUPLICATE_THRESHOLD, LOOKBACK_DAYS
+    )
+    return {
+        "rows": len(coordinates),
+        "exact": result.counts["exact"],
+        "near": result.counts["near"],
+    }
+
+
+STEPS = {"validate": validate, "reduce": reduce, "duplicates": duplicates}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -286,7 +286,7 @@ def targets(
             digits=".4f",
         ),
         Target(
-            "validation and reduction peak memory",
+            "validation, reduction and duplicate search peak memory",
             max((entry["peak_mb"] for entry in daily), default=None),
             MB_LIMIT_DAILY,
             False,

@@ -226,7 +226,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--daily-rows",
         type=parse_pair,
-        help=f"embeddings validated and reduced (default {defaults.daily_rows})",
+        help="embeddings validated, reduced and searched for duplicates "
+        f"(default {defaults.daily_rows})",
     )
     parser.add_argument(
         "--reuse-images",
@@ -669,7 +670,7 @@ def measure_daily(bench: Bench) -> list[dict]:
         bench.say(
             f"synthetic day of {rows:,} embeddings ready in {time.perf_counter() - started:.1f} s"
         )
-        for step in ("validate", "reduce"):
+        for step in ("validate", "reduce", "duplicates"):
             measured = bench.measure(
                 f"daily-{step}-{rows}", python_command("benchmarks.daily", step, str(day))
             )

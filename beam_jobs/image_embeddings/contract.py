@@ -18,6 +18,10 @@ SUCCESS_MARKER = "_SUCCESS"
 # A rerun of day D sets the earlier run's embeddings (and a copy of its marker) aside here before
 # it clears D, reuses them, and deletes the folder once its own marker is written.
 PREVIOUS_RUN_FOLDER = "_previous_run"
+# What the reduce step writes beside the embeddings, and the search reads back.
+PCA_NAME = "pca.npz"
+NEIGHBOURS_INDEX_NAME = "neighbours.faiss"
+NEIGHBOURS_IDS_NAME = "neighbours-ids.parquet"
 # Beam's shard name template, and the pattern that reads (index, count) back from a file name.
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SHARD_NUMBER = re.compile(r"-(\d+)-of-(\d+)" + re.escape(SHARD_SUFFIX) + "$")

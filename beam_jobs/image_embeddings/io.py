@@ -47,6 +47,12 @@ def read_text(uri: str) -> str:
         return handle.read().decode("utf-8")
 
 
+def read_bytes(uri: str) -> bytes:
+    """The whole content of a small file."""
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read()
+
+
 def write_text(uri: str, text: str, mime_type: str = "text/plain") -> None:
     """Write `text` (UTF-8) to `uri`, replacing any existing file."""
     with FileSystems.create(

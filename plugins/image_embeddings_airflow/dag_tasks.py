@@ -200,6 +200,7 @@ def reduce(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]
     except ValueError as error:
         # Too few embeddings for a PCA: the same outputs fail the same way on a retry.
         raise AirflowFailException(str(error)) from None
+    analysis = analyse(plan, marker)
     summary = run_summary(marker)
     log.info("Plot of day %s: %s", plan["day"], result.plot_uri)
     log.info(
@@ -219,4 +220,53 @@ def reduce(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]
         "model": marker["model"],
         "weights": marker.get("weights"),
         **summary,
+        **analysis,
+    }
+
+
+def analyse(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]:
+    """After the PCA: the day's neighbours index, its duplicates and its drift.
+
+    A drifted day logs a warning, and fails the task (after writing `drift.json`) only when
+    `drift_fails` is set: the same outputs drift the same way on a retry.
+    """
+    from image_embeddings_airflow.day_index import write_day_index
+    from image_embeddings_airflow.drift import DRIFTED, measure_drift
+    from image_embeddings_airflow.duplicates import count_in_validation, find_duplicates
+
+    output_dir, day, fingerprint = plan["output_dir"], plan["day"], marker.get("fingerprint")
+    index_uri, coordinates, index = write_day_index(output_dir)
+    duplicates = find_duplicates(
+        output_dir,
+        day,
+        coordinates,
+        index,
+        fingerprint,
+        plan["duplicate_threshold"],
+        plan["lookback_days"],
+    )
+    count_in_validation(output_dir, duplicates.counts)
+    drift = measure_drift(
+        output_dir, day, fingerprint, plan["drift_reference_days"], plan["drift_threshold"]
+    )
+    figures = drift["figures"] or {}
+    if drift["verdict"] == DRIFTED:
+        message = (
+            f"Day {day} drifted from {', '.join(drift['reference_days'])}: relative Fréchet "
+            f"distance {figures['relative_frechet']:.3f} > {drift['threshold']}, "
+            f"{figures['far_share']:.1%} of its images far from the reference"
+        )
+        if plan["drift_fails"]:
+            raise AirflowFailException(message + " (IMAGE_EMBEDDINGS_DRIFT_FAILS is true)")
+        log.warning(message)
+    else:
+        log.info("Drift of day %s: %s", day, drift["verdict"])
+    return {
+        "index": index_uri,
+        "duplicates": {key: duplicates.counts[key] for key in ("exact", "near", "images")},
+        "drift": {
+            "verdict": drift["verdict"],
+            "relative_frechet": figures.get("relative_frechet"),
+            "reference_days": drift["reference_days"],
+        },
     }

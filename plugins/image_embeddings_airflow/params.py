@@ -157,6 +157,11 @@ class RunPlan:
     max_failure_rate: float
     pca_components: int
     pca_sample_size: int
+    duplicate_threshold: float
+    lookback_days: int
+    drift_reference_days: int
+    drift_threshold: float
+    drift_fails: bool
     gcp_conn_id: str
     gcp_project: str | None
     gcp_region: str | None

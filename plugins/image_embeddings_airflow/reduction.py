@@ -13,17 +13,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, join, shard_glob
+from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, PCA_NAME, join, shard_glob
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.settings import validate_components, validate_sample_size
 
 log = logging.getLogger(__name__)
 
 PROJECTION_NAME = "projection.parquet"
-PCA_NAME = "pca.npz"
 PLOT_NAME = "projection.png"
+# A uniform sample of the day's embeddings, float16, kept for later days' drift references.
+SAMPLE_NAME = "embedding-sample.npy"
 BATCH_ROWS = 2048
 PLOT_POINTS = 5000
+SAMPLE_ROWS = 2000
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def projection_schema(n_components: int) -> pa.Schema:
     )
 
 
-def _vector_batches(shards: list[str]) -> Iterator[tuple[list[str], np.ndarray]]:
+def vector_batches(shards: list[str]) -> Iterator[tuple[list[str], np.ndarray]]:
     """(URIs, float32 matrix) for every `BATCH_ROWS` embeddings, shard by shard."""
     for shard in shards:
         for batch in storage.parquet_batches(shard, ["uri", "embedding"], BATCH_ROWS):
@@ -85,7 +87,7 @@ def sample_rows(shards: list[str], picks: np.ndarray) -> np.ndarray:
     """The embeddings at sorted global row numbers `picks`, in one streaming pass."""
     sample: np.ndarray | None = None
     first = filled = 0
-    for _, matrix in _vector_batches(shards):
+    for _, matrix in vector_batches(shards):
         end = np.searchsorted(picks, first + len(matrix))
         if sample is None:
             sample = np.empty((len(picks), matrix.shape[1]), dtype=np.float32)
@@ -159,7 +161,7 @@ def write_projection(shards: list[str], pca: Pca, uri: str) -> int:
     schema = projection_schema(len(pca.components))
     rows = 0
     with storage.open_file(uri, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
-        for uris, matrix in _vector_batches(shards):
+        for uris, matrix in vector_batches(shards):
             coordinates = pca.project(matrix)
             columns = [pa.array(uris, pa.string())] + [
                 pa.array(coordinates[:, i]) for i in range(coordinates.shape[1])
@@ -181,6 +183,36 @@ def save_pca(pca: Pca, sample_size: int, uri: str) -> None:
         sample_size=np.int64(sample_size),
     )
     storage.write_bytes(uri, buffer.getvalue())
+
+
+def load_pca(uri: str) -> Pca:
+    """A PCA saved by `save_pca`."""
+    with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as saved:
+        return Pca(
+            components=saved["components"],
+            mean=saved["mean"],
+            explained_variance=saved["explained_variance"],
+            explained_variance_ratio=saved["explained_variance_ratio"],
+        )
+
+
+def read_projection(uri: str) -> np.ndarray:
+    """Every row of `projection.parquet` as a (rows, components) float32 matrix."""
+    with storage.open_file(uri, "rb") as handle:
+        table = pq.read_table(handle).drop_columns(["uri"])
+    return np.stack([np.asarray(column.to_numpy(), np.float32) for column in table.columns], 1)
+
+
+def save_sample(sample: np.ndarray, uri: str) -> None:
+    """`embedding-sample.npy`: float16 rows, enough for another day's drift reference."""
+    buffer = io.BytesIO()
+    np.save(buffer, sample.astype(np.float16), allow_pickle=False)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def load_sample(uri: str) -> np.ndarray:
+    """The rows saved by `save_sample`, float32."""
+    return np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False).astype(np.float32)
 
 
 def plot_projection(points: np.ndarray, ratio: np.ndarray, title: str, uri: str) -> None:
@@ -220,9 +252,12 @@ def reduce_dimensions(
     sample = sample_rows(shards, picks)
     kept = capped_components(n_components, len(sample), sample.shape[1])
     pca = fit_pca(sample, kept)
-    uris = {name: join(output_dir, name) for name in (PROJECTION_NAME, PCA_NAME, PLOT_NAME)}
+    names = (PROJECTION_NAME, PCA_NAME, PLOT_NAME, SAMPLE_NAME)
+    uris = {name: join(output_dir, name) for name in names}
     rows = write_projection(shards, pca, uris[PROJECTION_NAME])
     save_pca(pca, len(sample), uris[PCA_NAME])
+    kept_rows = rng.choice(len(sample), size=min(SAMPLE_ROWS, len(sample)), replace=False)
+    save_sample(sample[np.sort(kept_rows)], uris[SAMPLE_NAME])
     shown = sample[rng.choice(len(sample), size=min(PLOT_POINTS, len(sample)), replace=False)]
     title = (
         f"{posixpath.basename(output_dir)}: {rows} embeddings, {len(shown)} shown, "

@@ -112,6 +112,33 @@ class Settings:
     pca_sample_size: int = _doc(
         "Embeddings sampled (uniformly) to fit the PCA; bounds its memory.", "20000", "Quality"
     )
+    # Duplicates, drift and similarity search (docs/data-products.md).
+    duplicate_threshold: float = _doc(
+        "Centred cosine at or above which two images are near duplicates (0 to 1].",
+        "0.95",
+        "Analysis",
+    )
+    lookback_days: int = _doc(
+        "Earlier days (same model fingerprint) searched for copies of a day's images.",
+        "30",
+        "Analysis",
+    )
+    drift_reference_days: int = _doc(
+        "Previous days (same model fingerprint) that form a day's drift reference.",
+        "7",
+        "Analysis",
+    )
+    drift_threshold: float = _doc(
+        "Relative Fréchet distance (over the reference's total variance) above which a day "
+        "has drifted: the run logs a warning.",
+        "0.2",
+        "Analysis",
+    )
+    drift_fails: bool = _doc(
+        "true: a drifted day fails the run (after writing drift.json); false: a warning only.",
+        "false",
+        "Analysis",
+    )
     start_date: str = _doc("First day the daily schedule covers (YYYY-MM-DD).", "2026-11-01", "DAG")
     gcp_conn_id: str = _doc(
         "Airflow connection used for gs:// and Dataflow.", DEFAULT_GCP_CONN_ID, "DAG"
@@ -317,6 +344,42 @@ def validate_sample_size(value: int | str) -> int:
     return _positive_int(value, "PCA sample size")
 
 
+def validate_similarity(value: float | str) -> float:
+    """Return a cosine threshold in (0, 1]; raise ValueError otherwise."""
+    expected = "similarity threshold must be a number above 0 and at most 1 (e.g. 0.95)"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if isinstance(value, bool) or not 0.0 < number <= 1.0:
+        raise ValueError(f"{expected}, got {value!r}")
+    return number
+
+
+def validate_drift_threshold(value: float | str) -> float:
+    """Return a positive relative Fréchet distance; raise ValueError otherwise."""
+    expected = "drift threshold must be a positive number (relative Fréchet distance, e.g. 0.2)"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{expected}, got {value!r}")
+    return number
+
+
+def validate_flag(value: bool | str) -> bool:
+    """Return true/false from a bool or its usual spellings; raise ValueError otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def validate_dataflow(settings: Settings) -> Settings:
     """Raise ValueError naming every setting a DataflowRunner launch lacks or gets wrong."""
     problems = [
@@ -386,6 +449,11 @@ _CHECKS = {
     "pca_components": validate_components,
     "pca_sample_size": validate_sample_size,
     "start_date": validate_date,
+    "duplicate_threshold": validate_similarity,
+    "lookback_days": partial(_positive_int, what="lookback days"),
+    "drift_reference_days": partial(_positive_int, what="drift reference days"),
+    "drift_threshold": validate_drift_threshold,
+    "drift_fails": validate_flag,
     "dataflow_temp_location": partial(validate_uri, what="Dataflow temp location"),
     "dataflow_staging_location": partial(validate_uri, what="Dataflow staging location"),
     "dataflow_max_workers": partial(_positive_int, what="Dataflow max workers"),

@@ -47,6 +47,11 @@ def split_gcs(uri: str) -> tuple[str, str]:
     return bucket, name
 
 
+def parent(uri: str) -> str:
+    """The folder holding a file or folder, for local paths and gs:// alike."""
+    return posixpath.dirname(uri.rstrip("/"))
+
+
 def absolute(uri: str) -> str:
     """A gs:// URI as is; a local path made absolute."""
     return uri if is_gcs(uri) else os.path.abspath(uri)

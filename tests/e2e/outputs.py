@@ -37,6 +37,11 @@ def check_day_outputs(
         "projection.parquet",
         "pca.npz",
         "projection.png",
+        "embedding-sample.npy",
+        "neighbours.faiss",
+        "neighbours-ids.parquet",
+        "duplicates.parquet",
+        "drift.json",
     } <= names, names
 
     manifest = storage.read_bytes(join(output_dir, "manifest.txt")).decode().splitlines()
@@ -68,6 +73,11 @@ def check_day_outputs(
     report = json.loads(storage.read_bytes(join(output_dir, "validation.json")))
     assert report["ok"] is True, report["problems"]
     assert report["counts"]["embedded"] == len(embedded)
+    assert {"exact", "near", "images", "days_compared"} <= set(report["duplicates"])
+    ids = _table(join(output_dir, "neighbours-ids.parquet"))
+    assert sorted(ids.column("uri").to_pylist()) == sorted(embedded)
+    drift = storage.read_json(join(output_dir, "drift.json"))
+    assert drift["verdict"] in ("stable", "drift", "no comparable history"), drift
 
     projection = _table(join(output_dir, "projection.parquet"))
     assert sorted(projection.column("uri").to_pylist()) == sorted(embedded)

@@ -79,6 +79,8 @@ def test_dags_test_on_gcs(gcs_environ, gcs_bucket):
 
     check_day_outputs(f"gs://{bucket}/embeddings/{day}", good, bad, *SMALL_MODEL)
     assert f"Plot of day {day}: gs://{bucket}/embeddings/{day}/projection.png" in log
+    assert f"Drift of day {day}: no comparable history" in log
+    assert f"Duplicates of {day}: 0 exact" in log
 
 
 class DataflowStandIn:

@@ -44,6 +44,9 @@ def test_defaults_live_in_the_repository_data_folder():
         20000,
     )
     assert settings.start_date == "2026-11-01"
+    assert (settings.duplicate_threshold, settings.lookback_days) == (0.95, 30)
+    assert (settings.drift_reference_days, settings.drift_threshold) == (7, 0.2)
+    assert settings.drift_fails is False
     assert settings.gcp_conn_id == "google_cloud_default"
     assert settings.gcp_project is None and settings.dataflow_max_workers is None
 
@@ -75,6 +78,11 @@ def test_every_variable_is_read_and_typed():
         "IMAGE_EMBEDDINGS_PCA_COMPONENTS": "8",
         "IMAGE_EMBEDDINGS_PCA_SAMPLE_SIZE": "1000",
         "IMAGE_EMBEDDINGS_START_DATE": "2025-01-31",
+        "IMAGE_EMBEDDINGS_DUPLICATE_THRESHOLD": "0.9",
+        "IMAGE_EMBEDDINGS_LOOKBACK_DAYS": "14",
+        "IMAGE_EMBEDDINGS_DRIFT_REFERENCE_DAYS": "3",
+        "IMAGE_EMBEDDINGS_DRIFT_THRESHOLD": "0.3",
+        "IMAGE_EMBEDDINGS_DRIFT_FAILS": "true",
         "IMAGE_EMBEDDINGS_GCP_CONN_ID": "gcp_prod",
         "IMAGE_EMBEDDINGS_GCP_PROJECT": "my-project",
         "IMAGE_EMBEDDINGS_GCP_REGION": "europe-west1",
@@ -109,6 +117,11 @@ def test_every_variable_is_read_and_typed():
         max_failure_rate=0.2,
         pca_components=8,
         pca_sample_size=1000,
+        duplicate_threshold=0.9,
+        lookback_days=14,
+        drift_reference_days=3,
+        drift_threshold=0.3,
+        drift_fails=True,
         start_date="2025-01-31",
         gcp_conn_id="gcp_prod",
         gcp_project="my-project",
@@ -137,7 +150,14 @@ def test_settings_table_documents_every_field():
         "IMAGE_EMBEDDINGS_" + field.name.upper() for field in dataclasses.fields(Settings)
     ]
     assert all(row.description.endswith(".") and row.section for row in SETTINGS)
-    assert {row.section for row in SETTINGS} == {"Data", "Pipeline", "Quality", "DAG", "Dataflow"}
+    assert {row.section for row in SETTINGS} == {
+        "Data",
+        "Pipeline",
+        "Quality",
+        "Analysis",
+        "DAG",
+        "Dataflow",
+    }
 
 
 @pytest.mark.parametrize(
@@ -163,6 +183,16 @@ def test_settings_table_documents_every_field():
             "90%",
             "IMAGE_EMBEDDINGS_INT8_MIN_TOP5_OVERLAP: an int8 accuracy",
         ),
+        ("DUPLICATE_THRESHOLD", "0", "IMAGE_EMBEDDINGS_DUPLICATE_THRESHOLD: similarity threshold"),
+        ("DUPLICATE_THRESHOLD", "1.5", "IMAGE_EMBEDDINGS_DUPLICATE_THRESHOLD: similarity"),
+        ("LOOKBACK_DAYS", "-3", "IMAGE_EMBEDDINGS_LOOKBACK_DAYS: lookback days must be"),
+        (
+            "DRIFT_REFERENCE_DAYS",
+            "a week",
+            "IMAGE_EMBEDDINGS_DRIFT_REFERENCE_DAYS: drift reference",
+        ),
+        ("DRIFT_THRESHOLD", "nan", "IMAGE_EMBEDDINGS_DRIFT_THRESHOLD: drift threshold must be"),
+        ("DRIFT_FAILS", "maybe", "IMAGE_EMBEDDINGS_DRIFT_FAILS: expected true or false"),
     ],
 )
 def test_bad_variable_is_refused_by_name(variable, value, message):

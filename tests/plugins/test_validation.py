@@ -32,7 +32,9 @@ def write_table(uri: str, rows: list[dict], schema: pa.Schema) -> None:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle)
 
 
-def embeddings_table(uris: list[str], vectors: np.ndarray, schema: pa.Schema) -> pa.Table:
+def embeddings_table(
+    uris: list[str], vectors: np.ndarray, schema: pa.Schema, digests: list[str] | None = None
+) -> pa.Table:
     """Rows of `embeddings-*.parquet`, built column-wise from a (rows, dim) matrix."""
     embedding_type = schema.field("embedding").type
     flat = pa.array(vectors.reshape(-1), type=embedding_type.value_type)
@@ -43,8 +45,12 @@ def embeddings_table(uris: list[str], vectors: np.ndarray, schema: pa.Schema) ->
         embeddings = pa.ListArray.from_arrays(pa.array(offsets), flat)
     values = {"uri": uris, "model": ["resnet50"] * len(uris)}
     values |= {"width": [640] * len(uris), "height": [480] * len(uris)}
-    values |= {"sha256": [hashlib.sha256(uri.encode()).hexdigest() for uri in uris]}
-    values |= {"size_bytes": [1000] * len(uris), "reused_from": [None] * len(uris)}
+    sha256 = digests or [hashlib.sha256(uri.encode()).hexdigest() for uri in uris]
+    values |= {
+        "sha256": sha256,
+        "size_bytes": [1000] * len(uris),
+        "reused_from": [None] * len(uris),
+    }
     columns = [
         embeddings if f.name == "embedding" else pa.array(values[f.name], f.type) for f in schema
     ]

@@ -1,0 +1,222 @@
+"""`python -m beam_jobs.image_embeddings.search`: the images of a day (or days) nearest a query.
+
+The query is embedded with the day's own model: model, weights and precision come from the day's
+`_SUCCESS`, and the model fingerprint rebuilt here must equal the one recorded there, so that the
+query and the day's images are comparable; otherwise the search is refused, saying which part
+differs. Each day is searched in its neighbours index (written by the DAG's reduce step); a
+similarity is the centred cosine in that day's PCA space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, timedelta
+from typing import Any
+
+import numpy as np
+
+from beam_jobs.image_embeddings import io as storage
+from beam_jobs.image_embeddings.contract import (
+    NEIGHBOURS_IDS_NAME,
+    NEIGHBOURS_INDEX_NAME,
+    PCA_NAME,
+    SUCCESS_MARKER,
+    join,
+)
+from beam_jobs.image_embeddings.neighbours import index_from_bytes, nearest
+
+OUTPUT_ROOT_VARIABLE = "IMAGE_EMBEDDINGS_OUTPUT_ROOT"
+
+
+class SearchRefused(Exception):
+    """The search cannot answer; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One image near the query."""
+
+    rank: int
+    similarity: float
+    day: str
+    uri: str
+
+
+def day_of(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a day written YYYY-MM-DD, got {text!r}"
+        ) from None
+
+
+def positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return number
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_jobs.image_embeddings.search",
+        description="Print the K images nearest IMAGE over day DATE, or DATE and the days "
+        "before it: one line each (rank, similarity, day, URI).",
+    )
+    parser.add_argument("--date", required=True, type=day_of, help="the day D (YYYY-MM-DD)")
+    parser.add_argument(
+        "--image", required=True, help="the query image: a local path or a gs:// URI"
+    )
+    parser.add_argument("--k", type=positive, default=10, help="images to print (default 10)")
+    parser.add_argument(
+        "--days",
+        type=positive,
+        default=1,
+        help="search D and the DAYS-1 days before it that share D's model fingerprint "
+        "(default 1: D only)",
+    )
+    parser.add_argument(
+        "--output_root",
+        default=os.environ.get(OUTPUT_ROOT_VARIABLE),
+        help=f"root of the days' outputs (default ${OUTPUT_ROOT_VARIABLE})",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args(argv)
+    if not args.output_root:
+        parser.error(f"pass --output_root or set {OUTPUT_ROOT_VARIABLE}")
+    return args
+
+
+def read_marker(day_dir: str) -> dict[str, Any]:
+    uri = join(day_dir, SUCCESS_MARKER)
+    if not storage.exists(uri):
+        raise SearchRefused(f"{uri} is missing: that day has not been embedded")
+    return json.loads(storage.read_text(uri))
+
+
+def check_fingerprint(marker: dict[str, Any], day: str):
+    """The day's model spec when this machine rebuilds the day's exact model; refuse otherwise."""
+    from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
+    from beam_jobs.image_embeddings.models import resolve_model
+
+    recorded = marker.get("fingerprint")
+    if not recorded:
+        raise SearchRefused(
+            f"{day}'s {SUCCESS_MARKER} has no model fingerprint: embed that day again to search it"
+        )
+    spec = resolve_model(marker["model"])
+    parts = fingerprint_parts(spec, marker["weights"], marker.get("precision", "float32"))
+    if fingerprint(parts) != recorded:
+        was = marker.get("fingerprint_parts", {})
+        changed = [
+            f"{key}: {was.get(key)!r} then, {value!r} now"
+            for key, value in parts.items()
+            if was.get(key) != value
+        ]
+        raise SearchRefused(
+            f"the query would be embedded under model fingerprint {fingerprint(parts)}, but {day} "
+            f"was embedded under {recorded}: similarities would mean nothing. Differences: "
+            + ("; ".join(changed) or "unknown (the marker lists no parts)")
+        )
+    return spec
+
+
+def embed_query(image: str, spec, weights: str, precision: str) -> np.ndarray:
+    """The query image's embedding, made as the pipeline makes the day's."""
+    from beam_jobs.image_embeddings.images import (
+        DEFAULT_MAX_IMAGE_BYTES,
+        ImageLoadError,
+        load_image,
+        read_bounded,
+    )
+    from beam_jobs.image_embeddings.models import CompiledEmbedder, build_model
+
+    try:
+        pixels = load_image(read_bounded(image, DEFAULT_MAX_IMAGE_BYTES), spec.input_size).pixels
+    except ImageLoadError as error:
+        raise SearchRefused(f"cannot use {image} as the query ({error.stage}): {error}") from None
+    model = build_model(spec, weights, precision)
+    embedder = CompiledEmbedder(model, spec, batch_size=1, jit_compile=False)
+    return embedder(pixels[np.newaxis])[0]
+
+
+def searched_days(root: str, day: str, count: int, fingerprint: str) -> tuple[list[str], dict]:
+    """D and the days before it (of `count` in all) with D's fingerprint and an index."""
+    days, skipped = [], {}
+    for back in range(count):
+        other = (date.fromisoformat(day) - timedelta(days=back)).isoformat()
+        folder = join(root, other)
+        if not storage.exists(join(folder, NEIGHBOURS_INDEX_NAME)):
+            skipped[other] = f"no {NEIGHBOURS_INDEX_NAME} (not reduced, or not embedded)"
+        elif not storage.exists(join(folder, SUCCESS_MARKER)):
+            skipped[other] = f"no {SUCCESS_MARKER}: its run did not complete"
+        elif read_marker(folder).get("fingerprint") != fingerprint:
+            skipped[other] = "embedded under another model fingerprint"
+        else:
+            days.append(other)
+    return days, skipped
+
+
+def day_hits(folder: str, day: str, vector: np.ndarray, k: int) -> list[Hit]:
+    """The `k` nearest images of one day, unranked."""
+    import pyarrow.parquet as pq
+
+    with np.load(io.BytesIO(storage.read_bytes(join(folder, PCA_NAME)))) as pca:
+        coordinates = (vector - pca["mean"]) @ pca["components"].T
+    index = index_from_bytes(storage.read_bytes(join(folder, NEIGHBOURS_INDEX_NAME)))
+    ids = pq.read_table(io.BytesIO(storage.read_bytes(join(folder, NEIGHBOURS_IDS_NAME))))
+    uris = ids.column("uri").to_pylist()
+    similarities, rows = nearest(index, coordinates[np.newaxis], k)
+    return [
+        Hit(0, float(similarity), day, uris[row])
+        for similarity, row in zip(similarities[0], rows[0], strict=True)
+        if row >= 0
+    ]
+
+
+def search(root: str, day: str, image: str, k: int, days: int) -> tuple[list[Hit], dict]:
+    """The `k` nearest images over the searched days, best first, and the days skipped."""
+    marker = read_marker(join(root, day))
+    spec = check_fingerprint(marker, day)
+    searched, skipped = searched_days(root, day, days, marker["fingerprint"])
+    if day not in searched:
+        raise SearchRefused(f"{day}: {skipped[day]}; run the DAG's reduce_dimensions for it")
+    vector = embed_query(image, spec, marker["weights"], marker.get("precision", "float32"))
+    hits = [hit for other in searched for hit in day_hits(join(root, other), other, vector, k)]
+    best = sorted(hits, key=lambda hit: (-hit.similarity, hit.day, hit.uri))[:k]
+    ranked = [Hit(rank + 1, hit.similarity, hit.day, hit.uri) for rank, hit in enumerate(best)]
+    return ranked, skipped
+
+
+def format_hit(hit: Hit, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(asdict(hit))
+    return f"{hit.rank:>3}  {hit.similarity:.4f}  {hit.day}  {hit.uri}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        hits, skipped = search(args.output_root, args.date, args.image, args.k, args.days)
+    except SearchRefused as error:
+        print(f"search refused: {error}", file=sys.stderr)
+        return 2
+    for day, reason in skipped.items():
+        print(f"{day} not searched: {reason}", file=sys.stderr)
+    for hit in hits:
+        print(format_hit(hit, args.json))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
