@@ -67,6 +67,7 @@ def _write_shard(path: Path, first: int, rows: int, dim: int, rng: np.random.Gen
                 pa.array([MODEL] * count),
                 pa.array(np.full(count, 640, np.int32)),
                 pa.array(np.full(count, 480, np.int32)),
+                pa.nulls(count, pa.binary()),
             ]
             writer.write_batch(pa.record_batch(columns, schema=schema))
 

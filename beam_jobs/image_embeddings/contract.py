@@ -86,7 +86,10 @@ def shard_glob(output: str, prefix: str) -> str:
 
 
 def embeddings_schema(dim: int | None = None, float_type: str = "float32"):
-    """Arrow schema of `embeddings-*.parquet`: one row per embedded image."""
+    """Arrow schema of `embeddings-*.parquet`: one row per embedded image.
+
+    `thumbnail` is a small JPEG of the image (about 96 px a side) for reports.
+    """
     import pyarrow as pa
 
     value = pa.float16() if float_type == "float16" else pa.float32()
@@ -98,6 +101,7 @@ def embeddings_schema(dim: int | None = None, float_type: str = "float32"):
             ("model", pa.string()),
             ("width", pa.int32()),
             ("height", pa.int32()),
+            ("thumbnail", pa.binary()),
         ]
     )
 

@@ -39,7 +39,13 @@ def utc_now() -> str:
 
 
 def embedding_row(
-    uri: str, width: int, height: int, embedding: np.ndarray, model: str, dtype: str
+    uri: str,
+    width: int,
+    height: int,
+    embedding: np.ndarray,
+    model: str,
+    dtype: str,
+    thumbnail: bytes | None = None,
 ) -> dict[str, Any]:
     """A row of `embeddings-*.parquet`; `dtype` is the stored float type."""
     return {
@@ -48,6 +54,7 @@ def embedding_row(
         "model": model,
         "width": width,
         "height": height,
+        "thumbnail": thumbnail,
     }
 
 

@@ -23,8 +23,8 @@ from beam_jobs.image_embeddings.outputs import (
 )
 from beam_jobs.image_embeddings.progress import EMBEDDED, TrackProgress, failed_counter
 
-# What RunInference's keyed handler carries beside each image: its URI and original size.
-ImageKey = tuple[str, int, int]
+# What RunInference's keyed handler carries beside each image: URI, original size, thumbnail.
+ImageKey = tuple[str, int, int, bytes]
 
 
 def parse_line(line: str) -> list[str]:
@@ -38,7 +38,7 @@ def extra_copies(entry_count: tuple[str, int]) -> int:
 
 def key_image(element: tuple[str, LoadedImage]) -> tuple[ImageKey, np.ndarray]:
     uri, image = element
-    return (uri, image.width, image.height), image.pixels
+    return (uri, image.width, image.height, image.thumbnail), image.pixels
 
 
 def inference_failure(uri: str, error: str) -> dict[str, str]:
@@ -49,7 +49,7 @@ def inference_failure(uri: str, error: str) -> dict[str, str]:
 def failed_batch(element: tuple[list, tuple]) -> Iterator[dict[str, str]]:
     """Failures for every image of a batch the model raised on (RunInference's dead letters)."""
     batch, (_, error, _) = element
-    for (uri, _, _), _ in batch:
+    for (uri, *_), _ in batch:
         yield inference_failure(uri, f"model call failed: {error}")
 
 
@@ -89,14 +89,16 @@ class ToEmbeddingRows(beam.DoFn):
         self._dtype = dtype
 
     def process(self, element: tuple[ImageKey, np.ndarray]):
-        (uri, width, height), embedding = element
+        (uri, width, height, thumbnail), embedding = element
         if not np.all(np.isfinite(embedding)):
             yield beam.pvalue.TaggedOutput(
                 FAILED_TAG, inference_failure(uri, "model output is not finite (NaN or inf)")
             )
             return
         EMBEDDED.inc()
-        yield embedding_row(uri, width, height, embedding, self._model, self._dtype)
+        yield embedding_row(
+            uri, width, height, embedding, self._model, self._dtype, thumbnail=thumbnail
+        )
 
 
 class EmbedImages(beam.PTransform):

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
 
 from beam_jobs.image_embeddings.contract import (
     STAGE_INFERENCE,
@@ -23,7 +24,7 @@ from beam_jobs.image_embeddings.contract import (
     embeddings_schema,
     failures_schema,
 )
-from beam_jobs.image_embeddings.images import load_image
+from beam_jobs.image_embeddings.images import THUMBNAIL_SIDE, load_image
 from beam_jobs.image_embeddings.launcher import run
 from beam_jobs.image_embeddings.models import build_model, resolve_model
 from beam_jobs.image_embeddings.pipeline import ToEmbeddingRows, failed_batch, parse_line
@@ -204,6 +205,11 @@ def test_outputs_keep_the_contract_schemas(local_run):
     rows = read_rows(shards)
     assert {row["model"] for row in rows} == {"resnet50"}
     assert {row["uri"]: (row["width"], row["height"]) for row in rows} == local_run.sizes
+    for row in rows:
+        thumbnail = Image.open(io.BytesIO(row["thumbnail"]))
+        width, height = local_run.sizes[row["uri"]]
+        assert thumbnail.format == "JPEG"
+        assert max(thumbnail.size) == min(THUMBNAIL_SIDE, max(width, height))
 
 
 def test_failures_name_their_stage_and_reason(local_run):
@@ -271,8 +277,12 @@ class RefusesOddPixels(ModelHandler):
 
 def test_a_failing_batch_becomes_one_failure_per_image():
     """RunInference's dead letters, as Beam really emits them, name every image of the batch."""
-    good = [((f"good-{n}.jpg", 8, 8), np.full((2, 2, 3), n, np.uint8)) for n in (2, 4, 6, 8)]
-    bad = [((f"bad-{n}.jpg", 8, 8), np.full((2, 2, 3), n, np.uint8)) for n in (10, 1, 12, 14)]
+    good = [
+        ((f"good-{n}.jpg", 8, 8, b"jpeg"), np.full((2, 2, 3), n, np.uint8)) for n in (2, 4, 6, 8)
+    ]
+    bad = [
+        ((f"bad-{n}.jpg", 8, 8, b"jpeg"), np.full((2, 2, 3), n, np.uint8)) for n in (10, 1, 12, 14)
+    ]
     error = "model call failed: ValueError('odd pixel')"
     with beam.Pipeline() as pipeline:
         embedded, dead_letters = (
@@ -288,9 +298,9 @@ def test_a_failing_batch_becomes_one_failure_per_image():
 
 def test_a_non_finite_embedding_is_a_failure_not_a_row():
     to_rows = ToEmbeddingRows("resnet50", "float32")
-    (row,) = to_rows.process((("a.jpg", 3, 2), np.array([0.5, 1.0], np.float32)))
-    assert (row["uri"], row["width"], row["height"]) == ("a.jpg", 3, 2)
-    (tagged,) = to_rows.process((("b.jpg", 3, 2), np.array([np.nan, 1.0], np.float32)))
+    (row,) = to_rows.process((("a.jpg", 3, 2, b"jpeg"), np.array([0.5, 1.0], np.float32)))
+    assert (row["uri"], row["width"], row["height"], row["thumbnail"]) == ("a.jpg", 3, 2, b"jpeg")
+    (tagged,) = to_rows.process((("b.jpg", 3, 2, b"jpeg"), np.array([np.nan, 1.0], np.float32)))
     assert tagged.tag == "failed"
     assert tagged.value == {
         "uri": "b.jpg",

@@ -31,7 +31,9 @@ def write_table(uri: str, rows: list[dict], schema: pa.Schema) -> None:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle)
 
 
-def embeddings_table(uris: list[str], vectors: np.ndarray, schema: pa.Schema) -> pa.Table:
+def embeddings_table(
+    uris: list[str], vectors: np.ndarray, schema: pa.Schema, thumbnails: list | None = None
+) -> pa.Table:
     """Rows of `embeddings-*.parquet`, built column-wise from a (rows, dim) matrix."""
     embedding_type = schema.field("embedding").type
     flat = pa.array(vectors.reshape(-1), type=embedding_type.value_type)
@@ -42,6 +44,7 @@ def embeddings_table(uris: list[str], vectors: np.ndarray, schema: pa.Schema) ->
         embeddings = pa.ListArray.from_arrays(pa.array(offsets), flat)
     values = {"uri": uris, "model": ["resnet50"] * len(uris)}
     values |= {"width": [640] * len(uris), "height": [480] * len(uris)}
+    values["thumbnail"] = thumbnails or [None] * len(uris)
     columns = [
         embeddings if f.name == "embedding" else pa.array(values[f.name], f.type) for f in schema
     ]
