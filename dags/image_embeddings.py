@@ -13,7 +13,7 @@ writes lives under `OUTPUT_ROOT/D/`, and a rerun of D replaces it.
 | `embed` | launches the pipeline; on Dataflow a retry attaches to the day's running job |
 | `wait` | Dataflow: waits (deferred) for the job; then confirms the `_SUCCESS` marker |
 | `validate` | every manifest entry embedded or failed exactly once, vectors sound, failure rate |
-| `reduce_dimensions` | PCA: `projection.parquet`, `pca.npz`, `projection.png`; the Asset |
+| `reduce_dimensions` | PCA: `projection.parquet`, `pca.npz`, `projection.png`; `report.html` |
 
 **Day D** is the `date` param when set, else the run's logical date. Scheduled runs start after
 their day has ended (data interval D 00:00 to D+1 00:00 UTC).

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
+from PIL import Image
 
 from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
 from image_embeddings_airflow import storage
@@ -37,6 +38,7 @@ def check_day_outputs(
         "projection.parquet",
         "pca.npz",
         "projection.png",
+        "report.html",
     } <= names, names
 
     manifest = storage.read_bytes(join(output_dir, "manifest.txt")).decode().splitlines()
@@ -50,6 +52,10 @@ def check_day_outputs(
         assert vectors.shape == (table.num_rows, dim)
         assert np.isfinite(vectors).all()
         assert set(table.column("model").to_pylist()) <= {model}
+        assert all(
+            Image.open(io.BytesIO(thumbnail)).format == "JPEG"
+            for thumbnail in table.column("thumbnail").to_pylist()
+        )
 
     failures = [_table(shard) for shard in _shards(output_dir, "failures")]
     assert sorted(uri for table in failures for uri in table.column("uri").to_pylist()) == sorted(
