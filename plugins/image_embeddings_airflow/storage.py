@@ -153,6 +153,32 @@ def list_files(prefix: str, recursive: bool = True) -> Iterator[str]:
     return _list_local(absolute(prefix), recursive)
 
 
+def subfolders(prefix: str) -> list[str]:
+    """Sorted names of the folders directly under `prefix` (gs://: common prefixes)."""
+    if is_gcs(prefix):
+        bucket, name = split_gcs(prefix)
+        pages = (
+            gcs_client()
+            .list_blobs(
+                bucket,
+                prefix=_gcs_prefix(name),
+                delimiter="/",
+                page_size=LIST_PAGE_SIZE,
+                **_bounds(),
+            )
+            .pages
+        )
+        found = {
+            folder.rstrip("/").rsplit("/", 1)[-1] for page in pages for folder in page.prefixes
+        }
+        return sorted(found)
+    try:
+        with os.scandir(absolute(prefix)) as scan:
+            return sorted(entry.name for entry in scan if entry.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def glob(pattern: str) -> list[str]:
     """Sorted files of one folder whose names match a shell pattern (`folder/name-*.parquet`)."""
     folder, name_pattern = posixpath.split(pattern)
