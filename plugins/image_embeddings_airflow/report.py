@@ -326,7 +326,7 @@ def _map_figure(report: DayReport):
         [uri, image_href(uri), data_url(report.thumbnails.get(uri))] for uri in sample.uris
     ]
     figure = go.Figure(
-        go.Scattergl(
+        go.Scatter(
             x=sample.xy[:, 0],
             y=sample.xy[:, 1],
             mode="markers",
@@ -337,7 +337,10 @@ def _map_figure(report: DayReport):
                 "color": sample.distances,
                 "colorscale": "Viridis",
                 "opacity": 0.8,
-                "colorbar": {"title": {"text": "distance<br>from centre"}, "thickness": 12},
+                "colorbar": {
+                    "title": {"text": "distance from centre", "side": "right"},
+                    "thickness": 12,
+                },
             },
         )
     )
@@ -362,7 +365,13 @@ def _drift_figure(series: Mapping[str, tuple[list[str], list[float]]]):
             for name, (days, values) in series.items()
         ]
     )
-    figure.update_layout(margin={"l": 40, "r": 10, "t": 10, "b": 40}, height=300)
+    figure.update_layout(
+        margin={"l": 50, "r": 10, "t": 10, "b": 40},
+        height=280,
+        plot_bgcolor="#fafbfc",
+        xaxis={"type": "category", "title": "day"},
+        legend={"orientation": "h", "y": -0.25},
+    )
     return figure
 
 
@@ -396,7 +405,7 @@ def _summary(report: DayReport) -> str:
         ("images", _number(marker["images"])),
         ("embedded", _number(marker["embedded"])),
         ("failed", f"{_number(marker['failed'])} ({failed_share:.1%})"),
-        ("duration", f"{_number(duration, 1)} s"),
+        ("duration", "—" if duration is None else f"{duration:,.1f} s"),
         ("images / s", _number(rate, 2)),
         ("model", _text(f"{marker['model']} ({marker['dim']}-d)")),
         ("weights", _text(marker.get("weights", "—"))),
@@ -519,11 +528,12 @@ def render_html(report: DayReport) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_text(title)}</title><style>{STYLE}</style></head>
-<body><header><h1>{_text(title)}</h1><p>{_text(subtitle)}</p></header>
+<body><div id="map-tip" hidden><img alt=""><div class="uri"></div></div>
+<header><h1>{_text(title)}</h1><p>{_text(subtitle)}</p></header>
 <main><div class="top"><div>{_map_section(report)}</div>
 <aside>{_summary(report)}</aside></div>
 {_failures_section(report)}{_duplicates_section(report)}{_outliers_section(report)}{_drift_section(report)}
-</main><div id="map-tip" hidden><img alt=""><div class="uri"></div></div></body></html>
+</main></body></html>
 """
 
 
