@@ -76,11 +76,8 @@ def _count(value: int | None) -> str:
 
 def _row(day: DaySummary) -> str:
     name = html.escape(day.day)
-    link = (
-        f'<a href="days/{name}/report" target="_blank" rel="noopener">report</a>'
-        if day.has_report
-        else ""
-    )
+    # Inside the UI's sandboxed frame a new window cannot open: the report replaces the list.
+    link = f'<a href="days/{name}/report">report</a>' if day.has_report else ""
     status_class = day.status.replace(" ", "-")
     return (
         f"<tr><td>{name}</td><td>{_count(day.images)}</td><td>{_count(day.embedded)}</td>"

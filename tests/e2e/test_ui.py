@@ -188,12 +188,21 @@ VIEW_DAY = "2026-11-21"
 VIEW_URL = "/image-embeddings/"
 
 
-def _hover_a_point(report) -> None:
-    """Move the mouse onto the map's first point, as a user's mouse would."""
+def _hover_a_point(page, report) -> None:
+    """Move the mouse onto the report's first map point, as a user's mouse would."""
     point = report.locator("#map .scatterlayer .point").first
     expect(point).to_be_attached()
     box = point.bounding_box()
-    report.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 30, y - 30)
+    page.mouse.move(x, y, steps=3)
+
+
+def _check_thumbnail_shown(report, good: list[str]) -> None:
+    tip = report.locator("#map-tip")
+    expect(tip).to_be_visible()
+    expect(tip.locator("img")).to_have_attribute("src", re.compile("^data:image/jpeg;base64,"))
+    assert tip.locator(".uri").inner_text() in good
 
 
 def _refused(url: str, headers: dict[str, str] | None = None) -> int:
@@ -231,17 +240,16 @@ def test_the_image_embeddings_view_lists_the_day_and_its_report_shows_thumbnails
         expect(row).to_contain_text("11.1%")  # 1 failed of 9
         _screenshot(page, "image-embeddings-view.png")
 
-        with page.context.expect_page() as opened:
-            row.get_by_role("link", name="report").click()
-        report = opened.value
-        report.set_viewport_size({"width": 1400, "height": 1000})
-        expect(
-            report.get_by_role("heading", name=f"Image embeddings of {VIEW_DAY}")
-        ).to_be_visible()
-        _hover_a_point(report)
-        tip = report.locator("#map-tip")
-        expect(tip).to_be_visible()
-        expect(tip.locator("img")).to_have_attribute("src", re.compile("^data:image/jpeg;base64,"))
-        assert tip.locator(".uri").inner_text() in good
-        _screenshot(report, "report-hover.png")
-        report.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)
+        row.get_by_role("link", name="report").click()
+        report = page.frame_locator("iframe")
+        heading = report.get_by_role("heading", name=f"Image embeddings of {VIEW_DAY}")
+        expect(heading).to_be_visible()
+        _hover_a_point(page, report)
+        _check_thumbnail_shown(report, good)
+        _screenshot(page, "report-in-airflow.png")
+
+        page.goto(f"{api.url}{VIEW_URL}days/{VIEW_DAY}/report")
+        _hover_a_point(page, page)
+        _check_thumbnail_shown(page, good)
+        _screenshot(page, "report-hover.png")
+        page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)

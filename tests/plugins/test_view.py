@@ -70,7 +70,7 @@ def test_days_are_listed_newest_first_with_their_state(root):
 def test_the_days_page_links_each_report(signed_in):
     page = signed_in.get("/").text
 
-    assert '<a href="days/2026-11-28/report"' in page
+    assert '<a href="days/2026-11-28/report">report</a>' in page
     assert page.count("/report") == 1
     assert '<td>5.0%</td><td class="text">stable</td>' in page
     assert "validation failed" in page and "50.0%" in page
