@@ -140,8 +140,8 @@ class DayReport:
 # --- reading the day ------------------------------------------------------------------------
 
 
-def _projection_columns(uri: str) -> list[str]:
-    """`uri` then the component columns of `projection.parquet`, from its footer."""
+def _column_names(uri: str) -> list[str]:
+    """The columns of a Parquet file, from its footer."""
     import pyarrow.parquet as pq
 
     with storage.open_file(uri, "rb") as handle:
@@ -165,13 +165,14 @@ def sample_projection(uri: str, points: int = MAP_POINTS, outliers: int = OUTLIE
     xy, distances = [], []
     farthest: list[tuple[float, str]] = []
     first = 0
-    for batch in storage.parquet_batches(uri, _projection_columns(uri), BATCH_ROWS):
+    for batch in storage.parquet_batches(uri, _column_names(uri), BATCH_ROWS):
         names, matrix = _uris_and_matrix(batch)
         # The PCA centres the data: a row's norm is its distance from the day's centre.
         norms = np.linalg.norm(matrix, axis=1)
         chosen = picks[(picks >= first) & (picks < first + len(names))] - first
         uris += [names[index] for index in chosen]
-        plane = matrix[:, :2] if matrix.shape[1] > 1 else np.column_stack([matrix[:, 0], 0 * norms])
+        # A single kept component is drawn on a flat PC2 of zeros.
+        plane = np.pad(matrix[:, :2], ((0, 0), (0, 2 - min(2, matrix.shape[1]))))
         xy.append(plane[chosen])
         distances.append(norms[chosen])
         for index in np.argsort(norms)[::-1][:outliers]:
@@ -225,20 +226,20 @@ def duplicate_groups(
 
 def read_thumbnails(output_dir: str, wanted: Iterable[str]) -> dict[str, bytes]:
     """The stored thumbnails of the `wanted` URIs; none for a day written without them."""
-    wanted = set(wanted)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted_uris = pa.array(sorted(set(wanted)), pa.string())
     found: dict[str, bytes] = {}
     for shard in storage.glob(shard_glob(output_dir, EMBEDDINGS_PREFIX)):
-        try:
-            batches = list(storage.parquet_batches(shard, ["uri", "thumbnail"], BATCH_ROWS))
-        except ValueError:
+        if "thumbnail" not in _column_names(shard):
             log.info("%s has no thumbnails (written before they were added)", shard)
-            return {}
-        for batch in batches:
-            for uri, thumbnail in zip(
-                batch.column("uri").to_pylist(), batch.column("thumbnail").to_pylist(), strict=True
-            ):
-                if uri in wanted and thumbnail:
-                    found[uri] = thumbnail
+            continue
+        for batch in storage.parquet_batches(shard, ["uri", "thumbnail"], BATCH_ROWS):
+            kept = batch.filter(pc.is_in(batch.column("uri"), value_set=wanted_uris))
+            for row in kept.to_pylist():
+                if row["thumbnail"]:
+                    found[row["uri"]] = row["thumbnail"]
     return found
 
 

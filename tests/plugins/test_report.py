@@ -169,3 +169,16 @@ def test_an_image_opens_from_its_storage():
         "https://storage.cloud.google.com/bucket/images/a%20b.jpg"
     )
     assert image_href("/data/images/a.jpg") == "file:///data/images/a.jpg"
+
+
+def test_a_day_written_before_thumbnails_still_gets_its_map(tmp_path):
+    day = str(tmp_path / "2026-11-28")
+    write_outputs(day, random_vectors(8))
+    for shard in storage.glob(f"{day}/embeddings-*.parquet"):
+        pq.write_table(pq.read_table(shard).drop_columns(["thumbnail"]), shard)
+    reduce_dimensions(day, n_components=2, sample_size=8)
+
+    report = read_day(day)
+
+    assert report.thumbnails == {} and len(report.sample.uris) == 8
+    assert "<h2>Map of the day</h2>" in render_html(report)
