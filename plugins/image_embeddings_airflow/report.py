@@ -493,7 +493,7 @@ def _outliers_section(report: DayReport) -> str:
     if report.sample is None or not report.sample.outliers:
         return ""
     thumbs = "".join(
-        _thumb(report, uri, f"{posixpath.basename(uri)} ({distance:.2f})")
+        _thumb(report, uri, f"{posixpath.basename(uri)} ({distance:.3g})")
         for distance, uri in report.sample.outliers
     )
     hint = "Distance from the day's mean embedding, over the kept principal components."
@@ -521,6 +521,12 @@ def _drift_section(report: DayReport) -> str:
     return f'<section class="card"><h2>Drift against earlier days</h2>{facts}{chart}</section>'
 
 
+def _weights_warning(report: DayReport) -> str:
+    if report.marker.get("weights") != "random":
+        return ""
+    return '<p class="bad">Random weights: a smoke run, these embeddings carry no meaning.</p>'
+
+
 def render_html(report: DayReport) -> str:
     """The whole page: offline, every script, style and image inline."""
     title = f"Image embeddings of {report.day}"
@@ -530,7 +536,7 @@ def render_html(report: DayReport) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_text(title)}</title><style>{STYLE}</style></head>
 <body><div id="map-tip" hidden><img alt=""><div class="uri"></div></div>
-<header><h1>{_text(title)}</h1><p>{_text(subtitle)}</p></header>
+<header><h1>{_text(title)}</h1><p>{_text(subtitle)}</p>{_weights_warning(report)}</header>
 <main><div class="top"><div>{_map_section(report)}</div>
 <aside>{_summary(report)}</aside></div>
 {_failures_section(report)}{_duplicates_section(report)}{_outliers_section(report)}{_drift_section(report)}

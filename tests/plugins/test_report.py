@@ -111,6 +111,9 @@ def test_a_day_with_failures_and_duplicates_renders_every_section_it_has(day):
     assert "2026-11-27" in page  # the duplicate of an earlier day's image
     assert 'href="https://console.cloud.google.com/dataflow/jobs/x"' in page
     assert "60 of 60 images" in page
+    marker = storage.read_json(f"{day}/_SUCCESS")
+    storage.write_json(f"{day}/_SUCCESS", marker | {"weights": "random"})
+    assert "Random weights: a smoke run" in render_html(read_day(day))
 
 
 def test_the_report_is_self_contained(tmp_path):
@@ -133,7 +136,7 @@ def test_a_bare_day_renders_without_optional_sections(tmp_path):
 
     assert "the reduction has not run" in page
     assert '<h2>Failures</h2><p class="hint">None.</p>' in page
-    for absent in ("Near-duplicate groups", "Farthest", "Drift", "no thumbnail"):
+    for absent in ("Near-duplicate groups", "Farthest", "Drift", "no thumbnail", "Random weights"):
         assert absent not in page
 
 
