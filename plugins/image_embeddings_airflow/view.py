@@ -1,10 +1,16 @@
-"""The Image embeddings view of the Airflow UI: a FastAPI app listing the days and their reports."""
+"""The Image embeddings view of the Airflow UI: a FastAPI app listing the days and their reports.
+
+Imported by the API server only, at the view's first request (`plugins/image_embeddings_view.py`).
+"""
 
 from __future__ import annotations
 
 import html
 import os
 
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import HTMLResponse
 
@@ -36,12 +42,6 @@ a { color: #017cee; }
 
 def _require_read_access(user) -> None:
     """Refuse (403) a user whom Airflow does not allow to read this DAG's runs."""
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import (
-        DagAccessEntity,
-        DagDetails,
-    )
-
     allowed = get_auth_manager().is_authorized_dag(
         method="GET", access_entity=DagAccessEntity.RUN, details=DagDetails(id=DAG_ID), user=user
     )
@@ -53,9 +53,6 @@ async def signed_in_reader(request: Request):
     """The request's Airflow user, from its bearer token or the UI's session cookie, exactly as
     Airflow's REST API finds it: no token is 401, an invalid one 403, and so is a user who may
     not read this DAG's runs."""
-    # Airflow's API modules take seconds to import: only the API server, serving, needs them.
-    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
-
     user = await get_user(request, None, await bearer_scheme(request))
     _require_read_access(user)
     return user
