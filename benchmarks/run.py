@@ -645,6 +645,22 @@ def stored_bytes_per_image(output: Path) -> float:
     return stored / marker["embedded"]
 
 
+def column_bytes_per_image(output: Path, column: str) -> float:
+    """Stored (compressed) bytes of one column of the embeddings, per embedded image."""
+    import pyarrow.parquet as pq
+
+    marker = json.loads((output / SUCCESS_MARKER).read_text())
+    stored = 0
+    for path in embedding_shards(output):
+        metadata = pq.ParquetFile(path).metadata
+        index = metadata.schema.to_arrow_schema().get_field_index(column)
+        stored += sum(
+            metadata.row_group(group).column(index).total_compressed_size
+            for group in range(metadata.num_row_groups)
+        )
+    return stored / marker["embedded"]
+
+
 def measure_storage(bench: Bench, photos: imagesets.ImageSet, seed_row: Row | None) -> list:
     # The large run: the sink's dictionary pages weigh less per image as a file grows.
     count = bench.sizes.images[1]
@@ -655,6 +671,10 @@ def measure_storage(bench: Bench, photos: imagesets.ImageSet, seed_row: Row | No
         ("seed's way: one .npy of 7x7x2048 float32", seed_bytes),
         ("pipeline: Parquet, 2048 float32", stored_bytes_per_image(float32_output)),
         ("pipeline: Parquet, 2048 float16", stored_bytes_per_image(float16_output)),
+        (
+            "pipeline: of which the ~96 px JPEG thumbnail",
+            column_bytes_per_image(float32_output, "thumbnail"),
+        ),
     ]
     return [
         {"output": name, "bytes_per_image": value, "vs_seed": value / seed_bytes}

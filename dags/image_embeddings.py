@@ -15,7 +15,7 @@ writes lives under `OUTPUT_ROOT/D/`, and a rerun of D replaces it.
 | `embed` | launches the pipeline; on Dataflow a retry attaches to the day's running job |
 | `wait` | Dataflow: waits (deferred) for the job; then confirms the `_SUCCESS` marker |
 | `validate` | every manifest entry embedded or failed exactly once, vectors sound, failure rate |
-| `reduce_dimensions` | PCA outputs and plot; neighbours index, duplicates, drift; the Asset |
+| `reduce_dimensions` | PCA outputs and plot; neighbours index, duplicates, drift; `report.html` |
 | `release_day` | gives the day's `_LEASE` back, however the run ended |
 
 **Day D** is the `date` param when set, else the run's logical date. Scheduled runs start after

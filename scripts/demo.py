@@ -19,6 +19,7 @@ from demo_images import SCENES, day_images  # noqa: E402
 from beam_jobs.image_embeddings.contract import MANIFEST_NAME, SUCCESS_MARKER, join  # noqa: E402
 from image_embeddings_airflow import storage  # noqa: E402
 from image_embeddings_airflow.reduction import PCA_NAME, PROJECTION_NAME  # noqa: E402
+from image_embeddings_airflow.report import REPORT_HTML_NAME  # noqa: E402
 from image_embeddings_airflow.settings import day_dir, load_settings  # noqa: E402
 from image_embeddings_airflow.validation import REPORT_NAME  # noqa: E402
 
@@ -29,7 +30,14 @@ WEIGHTS_VARIABLE = "IMAGE_EMBEDDINGS_WEIGHTS"
 KERAS_CACHE = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 RESNET50_WEIGHTS = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 WEIGHTS_SERVER = "https://storage.googleapis.com/tensorflow/keras-applications/"
-OUTPUT_FILES = (MANIFEST_NAME, SUCCESS_MARKER, REPORT_NAME, PROJECTION_NAME, PCA_NAME)
+OUTPUT_FILES = (
+    MANIFEST_NAME,
+    SUCCESS_MARKER,
+    REPORT_NAME,
+    PROJECTION_NAME,
+    PCA_NAME,
+    REPORT_HTML_NAME,
+)
 
 RANDOM_BANNER = """
 ##########################################################################################
@@ -89,7 +97,7 @@ def run_day(day: str, environ: Mapping[str, str], log_dir: Path) -> tuple[bool, 
 
 
 def describe_day(output_root: str, day: str) -> list[str]:
-    """Lines telling what the day's run wrote and where its plot is."""
+    """Lines telling what the day's run wrote and where its report and plot are."""
     folder = day_dir(output_root, day)
     marker = storage.read_json(join(folder, SUCCESS_MARKER))
     files = sorted(storage.list_files(folder))
@@ -99,6 +107,7 @@ def describe_day(output_root: str, day: str) -> list[str]:
         f"{marker['failed']} failed ({marker['model']}, {marker['weights']} weights, "
         f"{marker['dim']}-d) in {marker['duration_s']:.0f} s",
         f"    outputs: {folder}/ ({len(files)} files)",
+        f"    report:  {join(folder, REPORT_HTML_NAME)}",
         f"    plot:    {join(folder, 'projection.png')}",
     ]
     if missing:

@@ -126,7 +126,10 @@ def shard_glob(output: str, prefix: str) -> str:
 
 
 def embeddings_schema(dim: int | None = None, float_type: str = "float32"):
-    """Arrow schema of `embeddings-*.parquet`: one row per embedded image."""
+    """Arrow schema of `embeddings-*.parquet`: one row per embedded image.
+
+    `thumbnail` is a small JPEG of the image (about 96 px a side) for reports.
+    """
     import pyarrow as pa
 
     value = pa.float16() if float_type == "float16" else pa.float32()
@@ -143,6 +146,8 @@ def embeddings_schema(dim: int | None = None, float_type: str = "float32"):
             ("sha256", pa.string()),
             ("size_bytes", pa.int64()),
             ("reused_from", pa.string()),
+            # A ~96 px JPEG of the image, for the day's report.
+            ("thumbnail", pa.binary()),
         ]
     )
 

@@ -52,18 +52,24 @@ SUPPORTED_FORMATS = tuple(IMAGE_FORMATS)
 # while the colour hidden under alpha 0 is arbitrary (often black).
 BACKGROUND = (255, 255, 255)
 
+# Thumbnails for the day's report: the longer side in pixels, and the JPEG quality.
+THUMBNAIL_SIDE = 96
+THUMBNAIL_QUALITY = 80
+
 
 @dataclass(frozen=True)
 class LoadedImage:
     """One image ready for the model: `pixels` is uint8 (height, width, 3) RGB, not preprocessed.
 
-    `width` and `height` are the original image's, after EXIF orientation; `sha256` (hex) and
+    `width` and `height` are the original image's, after EXIF orientation; `thumbnail` is a
+    JPEG of at most `THUMBNAIL_SIDE` pixels a side, aspect ratio kept; `sha256` (hex) and
     `size_bytes` describe the file's bytes.
     """
 
     pixels: np.ndarray
     width: int
     height: int
+    thumbnail: bytes
     sha256: str | None = None
     size_bytes: int | None = None
 
@@ -265,21 +271,32 @@ def resize_exact(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
+def thumbnail_jpeg(image: Image.Image) -> bytes:
+    """A JPEG of the RGB `image` shrunk to fit `THUMBNAIL_SIDE` pixels, aspect ratio kept."""
+    small = image.copy()
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
+    return buffer.getvalue()
+
+
 def load_image(data: bytes, size: tuple[int, int]) -> LoadedImage:
     """Decode `data` into model-ready pixels of `size` (height, width).
 
     Draft-decodes large JPEGs, applies EXIF orientation, converts to RGB and resizes the whole
-    image (no crop). Any failure raises ImageLoadError(STAGE_DECODE).
+    image (no crop), and makes its thumbnail from the same decoded pixels. Any failure raises
+    ImageLoadError(STAGE_DECODE).
     """
     image = open_image(data)
     stored = image.size
     decode_pixels(image, size)
     with _decode_stage():
-        upright = ImageOps.exif_transpose(image)
-        pixels = resize_exact(to_rgb(upright), size)
+        upright = to_rgb(ImageOps.exif_transpose(image))
+        pixels = resize_exact(upright, size)
+        thumbnail = thumbnail_jpeg(upright)
     turned = upright.size != image.size
     width, height = (stored[1], stored[0]) if turned else stored
-    return LoadedImage(pixels=pixels, width=width, height=height)
+    return LoadedImage(pixels=pixels, width=width, height=height, thumbnail=thumbnail)
 
 
 class LoadImageFn(beam.DoFn):

@@ -39,11 +39,14 @@ class ImageFacts(NamedTuple):
     height: int
     sha256: str
     size_bytes: int
+    thumbnail: bytes | None
 
 
 def image_facts(uri: str, image: Any) -> ImageFacts:
     """The facts of a loaded image (`images.LoadedImage`) listed under `uri`."""
-    return ImageFacts(uri, image.width, image.height, image.sha256, image.size_bytes)
+    return ImageFacts(
+        uri, image.width, image.height, image.sha256, image.size_bytes, image.thumbnail
+    )
 
 
 def utc_now() -> str:
@@ -69,6 +72,7 @@ def embedding_row(
         "sha256": image.sha256,
         "size_bytes": image.size_bytes,
         "reused_from": reused_from,
+        "thumbnail": image.thumbnail,
     }
 
 

@@ -190,8 +190,10 @@ def run_summary(marker: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def reduce(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]:
-    """Fit the PCA, project every embedding, plot; log where the plot is and the run's summary."""
+    """Fit the PCA, project every embedding, plot, write the day's report.html; log where the
+    plot and the report are, and the run's summary."""
     from image_embeddings_airflow.reduction import reduce_dimensions
+    from image_embeddings_airflow.report import write_report
 
     try:
         result = reduce_dimensions(
@@ -201,8 +203,10 @@ def reduce(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]
         # Too few embeddings for a PCA: the same outputs fail the same way on a retry.
         raise AirflowFailException(str(error)) from None
     analysis = analyse(plan, marker)
+    report = write_report(plan["output_dir"], marker.get("dataflow_job_url"))
     summary = run_summary(marker)
     log.info("Plot of day %s: %s", plan["day"], result.plot_uri)
+    log.info("Report of day %s: %s", plan["day"], report)
     log.info(
         "Summary of day %s: %d images, %d embedded, %d failed, %s img/s, %s s",
         plan["day"],
@@ -217,6 +221,7 @@ def reduce(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]
         "output_dir": plan["output_dir"],
         "plot": result.plot_uri,
         "projection": result.projection_uri,
+        "report": report,
         "model": marker["model"],
         "weights": marker.get("weights"),
         **summary,

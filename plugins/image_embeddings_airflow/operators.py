@@ -149,7 +149,12 @@ class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
                     method_name="execute_complete",
                     timeout=self.execution_timeout,
                 )
-        return read_success_marker(self.plan["output_dir"])
+        return self._marker()
+
+    def _marker(self) -> dict[str, Any]:
+        """The `_SUCCESS` summary, with the job's console page when it ran on Dataflow."""
+        marker = read_success_marker(self.plan["output_dir"])
+        return {**marker, "dataflow_job_url": self.job_url} if self.is_dataflow else marker
 
     def poke(self, context: Any) -> bool:
         job = self.hook.get_job(
@@ -176,7 +181,7 @@ class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
                 f"Waiting for Dataflow job {self.job_id} stopped: {event['message']} "
                 f"({self.job_url})"
             )
-        return read_success_marker(self.plan["output_dir"])
+        return self._marker()
 
     def on_kill(self) -> None:
         if self.is_dataflow and self.job_id:

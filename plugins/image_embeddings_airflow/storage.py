@@ -140,26 +140,33 @@ def _gcs_prefix(name: str) -> str:
     return name.rstrip("/") + "/" if name.strip("/") else ""
 
 
-def _list_gcs(prefix: str, recursive: bool) -> Iterator[str]:
+def _gcs_pages(prefix: str, delimiter: str | None, fields: str) -> Iterator[dict[str, Any]]:
+    """The JSON API's listing pages of the objects under a folder, one page at a time."""
     # gcsfs lists a whole folder into memory (and its listing cache) before returning; pages of
     # the JSON API, through gcsfs's authenticated and retried requests, stream instead.
     bucket, name = split_gcs(prefix)
     fs = filesystem(prefix)
     query = {
         "prefix": _gcs_prefix(name),
-        "delimiter": None if recursive else "/",
+        "delimiter": delimiter,
         "maxResults": LIST_PAGE_SIZE,
-        "fields": "items(name),nextPageToken",
+        "fields": f"{fields},nextPageToken",
     }
     token = None
     while True:
         page = fs.call("GET", "b/{}/o", bucket, json_out=True, pageToken=token, **query)
-        for item in page.get("items", ()):
-            if not item["name"].endswith("/"):
-                yield f"{GCS_SCHEME}{bucket}/{item['name']}"
+        yield page
         token = page.get("nextPageToken")
         if not token:
             return
+
+
+def _list_gcs(prefix: str, recursive: bool) -> Iterator[str]:
+    bucket, _ = split_gcs(prefix)
+    for page in _gcs_pages(prefix, None if recursive else "/", "items(name)"):
+        for item in page.get("items", ()):
+            if not item["name"].endswith("/"):
+                yield f"{GCS_SCHEME}{bucket}/{item['name']}"
 
 
 def _sort_key(entry: os.DirEntry) -> str:
@@ -193,6 +200,23 @@ def list_files(prefix: str, recursive: bool = True) -> Iterator[str]:
     if is_gcs(prefix):
         return _list_gcs(prefix, recursive)
     return _list_local(absolute(prefix), recursive)
+
+
+def subfolders(prefix: str) -> list[str]:
+    """Sorted names of the folders directly under `prefix` (gs://: common prefixes)."""
+    if is_gcs(prefix):
+        pages = _gcs_pages(prefix, "/", "prefixes")
+        found = {
+            name.rstrip("/").rsplit("/", 1)[-1]
+            for page in pages
+            for name in page.get("prefixes", ())
+        }
+        return sorted(found)
+    try:
+        with os.scandir(absolute(prefix)) as scan:
+            return sorted(entry.name for entry in scan if entry.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def glob(pattern: str) -> list[str]:

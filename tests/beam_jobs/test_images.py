@@ -23,6 +23,7 @@ from beam_jobs.image_embeddings.contract import IMAGE_FORMATS, STAGE_DECODE, STA
 from beam_jobs.image_embeddings.images import (
     FAILED_TAG,
     METRICS_NAMESPACE,
+    THUMBNAIL_SIDE,
     ImageLoadError,
     LoadedImage,
     LoadImageFn,
@@ -117,6 +118,26 @@ def test_exif_rotated_jpeg_is_turned_upright(tmp_path):
     assert (loaded.width, loaded.height) == (80, 40)
     expected = resize_exact(image, (20, 40)).astype(int)
     assert np.abs(loaded.pixels.astype(int) - expected).mean() < 4
+
+
+def test_thumbnail_is_a_small_upright_jpeg_of_the_whole_image(tmp_path):
+    image = quadrants(800, 400)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(image.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif.tobytes())
+
+    thumbnail = Image.open(io.BytesIO(load_image(data, (224, 224)).thumbnail))
+
+    assert thumbnail.format == "JPEG"
+    assert thumbnail.size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE // 2)
+    corners = np.asarray(thumbnail.convert("RGB").resize((2, 2), Image.Resampling.BOX)).astype(int)
+    np.testing.assert_allclose(corners.reshape(4, 3), [RED, GREEN, BLUE, WHITE], atol=24)
+
+
+def test_thumbnail_of_a_small_image_keeps_its_size():
+    thumbnail = load_image(encode(quadrants(40, 30), "PNG"), (224, 224)).thumbnail
+
+    assert Image.open(io.BytesIO(thumbnail)).size == (40, 30)
 
 
 # --- modes ----------------------------------------------------------------------------------

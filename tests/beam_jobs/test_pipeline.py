@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
 
 from beam_jobs.image_embeddings.contract import (
     STAGE_INFERENCE,
@@ -24,7 +25,7 @@ from beam_jobs.image_embeddings.contract import (
     embeddings_schema,
     failures_schema,
 )
-from beam_jobs.image_embeddings.images import load_image
+from beam_jobs.image_embeddings.images import THUMBNAIL_SIDE, load_image
 from beam_jobs.image_embeddings.launcher import run
 from beam_jobs.image_embeddings.models import build_model, resolve_model
 from beam_jobs.image_embeddings.outputs import ImageFacts
@@ -207,6 +208,11 @@ def test_outputs_keep_the_contract_schemas(local_run):
     rows = read_rows(shards)
     assert {row["model"] for row in rows} == {"resnet50"}
     assert {row["uri"]: (row["width"], row["height"]) for row in rows} == local_run.sizes
+    for row in rows:
+        thumbnail = Image.open(io.BytesIO(row["thumbnail"]))
+        width, height = local_run.sizes[row["uri"]]
+        assert thumbnail.format == "JPEG"
+        assert max(thumbnail.size) == min(THUMBNAIL_SIDE, max(width, height))
 
 
 def test_failures_name_their_stage_and_reason(local_run):
@@ -258,7 +264,7 @@ def test_manifest_lines_parse_like_the_contract():
 
 
 def facts(uri: str) -> ImageFacts:
-    return ImageFacts(uri, 3, 2, hashlib.sha256(uri.encode()).hexdigest(), 100)
+    return ImageFacts(uri, 3, 2, hashlib.sha256(uri.encode()).hexdigest(), 100, b"jpeg")
 
 
 class RefusesOddPixels(ModelHandler):
@@ -299,7 +305,7 @@ def test_a_failing_batch_becomes_one_failure_per_image():
 def test_a_non_finite_embedding_is_a_failure_not_a_row():
     to_rows = ToEmbeddingRows("resnet50", "float32")
     (row,) = to_rows.process((facts("a.jpg"), np.array([0.5, 1.0], np.float32)))
-    assert (row["uri"], row["width"], row["height"]) == ("a.jpg", 3, 2)
+    assert (row["uri"], row["width"], row["height"], row["thumbnail"]) == ("a.jpg", 3, 2, b"jpeg")
     assert (row["sha256"], row["reused_from"]) == (facts("a.jpg").sha256, None)
     (tagged,) = to_rows.process((facts("b.jpg"), np.array([np.nan, 1.0], np.float32)))
     assert tagged.tag == "failed"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
 import numpy as np
 import pyarrow.parquet as pq
+from PIL import Image
 
 from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
 from image_embeddings_airflow import storage
@@ -42,6 +44,7 @@ def check_day_outputs(
         "neighbours-ids.parquet",
         "duplicates.parquet",
         "drift.json",
+        "report.html",
     } <= names, names
 
     manifest = storage.read_bytes(join(output_dir, "manifest.txt")).decode().splitlines()
@@ -55,6 +58,8 @@ def check_day_outputs(
         assert vectors.shape == (table.num_rows, dim)
         assert np.isfinite(vectors).all()
         assert set(table.column("model").to_pylist()) <= {model}
+        thumbnails = table.column("thumbnail").to_pylist()
+        assert all(Image.open(io.BytesIO(thumbnail)).format == "JPEG" for thumbnail in thumbnails)
 
     failures = [_table(shard) for shard in _shards(output_dir, "failures")]
     assert sorted(uri for table in failures for uri in table.column("uri").to_pylist()) == sorted(
@@ -89,4 +94,9 @@ def check_day_outputs(
         assert pca["components"].shape == (len(components), dim)
         assert pca["mean"].shape == (dim,)
     assert storage.read_bytes(join(output_dir, "projection.png")).startswith(PNG_MAGIC)
+    # A day this small is plotted whole: the report holds every image's thumbnail.
+    report = storage.read_bytes(join(output_dir, "report.html")).decode().replace("\\u002f", "/")
+    for table in embeddings:
+        for thumbnail in table.column("thumbnail").to_pylist():
+            assert base64.b64encode(thumbnail).decode() in report
     return marker

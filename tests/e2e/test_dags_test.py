@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ import pytest
 
 from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
 from image_embeddings_airflow import storage
+from image_embeddings_airflow.launch import console_url
 from tests.e2e.conftest import DEFAULT_MODEL, REPO, SMALL_MODEL, airflow_local, write_day
 from tests.e2e.fake_dataflow import FakeDataflow, serving
 from tests.e2e.outputs import check_day_outputs
@@ -55,6 +57,7 @@ def test_make_run_embeds_a_local_day_with_resnet50(airflow_environ, tmp_path):
     # DirectRunner: the pipeline ran with the worker's own interpreter.
     assert f"Running command: {sys.executable} -m beam_jobs.image_embeddings" in log
     assert f"Plot of day {day}: {tmp_path / 'out' / day / 'projection.png'}" in log
+    assert f"Report of day {day}: {tmp_path / 'out' / day / 'report.html'}" in log
     assert f"Summary of day {day}: 6 images, 5 embedded, 1 failed" in log
 
 
@@ -173,3 +176,5 @@ def test_a_retried_dataflow_launch_attaches_to_the_running_job(gcs_environ, gcs_
     assert running in polled
     check_day_outputs(output, good, bad, *SMALL_MODEL)
     assert storage.exists(join(output, "projection.png"))
+    report = storage.read_bytes(join(output, "report.html")).decode()
+    assert console_url("photo-project", "europe-west1", running) in html.unescape(report)

@@ -90,3 +90,5 @@ def test_a_triggered_day_and_a_backfill_all_succeed(airflow):
     # Once per day; other modules sharing this Airflow may publish days of their own.
     published = [event["extra"]["day"] for event in events]
     assert sorted(day for day in published if day in days) == sorted(days)
+    reports = {event["extra"]["day"]: event["extra"]["report"] for event in events}
+    assert all(reports[day] == str(data / "embeddings" / day / "report.html") for day in days)

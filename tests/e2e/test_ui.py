@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import urllib.error
 import urllib.parse
+import urllib.request
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -179,3 +182,74 @@ def test_a_day_triggered_from_the_form_runs_green(airflow, page):
         _screenshot(page, "run-succeeded.png")
 
     check_day_outputs(str(data / "embeddings" / UI_DAY), good, [], *SMALL_MODEL)
+
+
+VIEW_DAY = "2026-11-21"
+VIEW_URL = "/image-embeddings/"
+
+
+def _hover_a_point(page, report) -> None:
+    """Move the mouse onto the report's first map point, as a user's mouse would."""
+    point = report.locator("#map .scatterlayer .point").first
+    expect(point).to_be_attached()
+    box = point.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 30, y - 30)
+    page.mouse.move(x, y, steps=3)
+
+
+def _check_thumbnail_shown(report, good: list[str]) -> None:
+    tip = report.locator("#map-tip")
+    expect(tip).to_be_visible()
+    expect(tip.locator("img")).to_have_attribute("src", re.compile("^data:image/jpeg;base64,"))
+    assert tip.locator(".uri").inner_text() in good
+
+
+def _refused(url: str, headers: dict[str, str] | None = None) -> int:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30)
+    return refused.value.code
+
+
+def test_the_image_embeddings_view_lists_the_day_and_its_report_shows_thumbnails(airflow, page):
+    api, _, data, home = airflow
+    password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
+    good, bad = write_day(str(data / "images"), VIEW_DAY, good=8, bad=1)
+    api.request("PATCH", DAG_API, {"is_paused": False})
+    run = api.request(
+        "POST", f"{DAG_API}/dagRuns", {"logical_date": None, "conf": {"date": VIEW_DAY}}
+    )
+    run = wait_for("the day's run", lambda: _finished(api, run["dag_run_id"]), RUN_TIMEOUT_S, home)
+    assert run["state"] == "success", _task_states(api, run["dag_run_id"])
+    check_day_outputs(str(data / "embeddings" / VIEW_DAY), good, bad, *SMALL_MODEL)
+
+    assert _refused(api.url + VIEW_URL) == 401
+    assert _refused(api.url + VIEW_URL, {"Authorization": "Bearer forged"}) == 403
+    token = {"Authorization": f"Bearer {api.token}"}
+    assert _refused(f"{api.url}{VIEW_URL}days/..%2e/report", token) == 404
+    with urllib.request.urlopen(urllib.request.Request(api.url + VIEW_URL, headers=token)) as ok:
+        assert VIEW_DAY in ok.read().decode()
+
+    with _screenshot_on_failure(page):
+        _log_in(page, api.url, password["admin"])
+        page.goto(f"{api.url}/dags")
+        page.get_by_role("link", name="Image embeddings").click()
+        view = page.frame_locator("iframe")
+        row = view.get_by_role("row").filter(has_text=VIEW_DAY)
+        expect(row).to_contain_text("reported")
+        expect(row).to_contain_text("11.1%")  # 1 failed of 9
+        _screenshot(page, "image-embeddings-view.png")
+
+        row.get_by_role("link", name="report").click()
+        report = page.frame_locator("iframe")
+        heading = report.get_by_role("heading", name=f"Image embeddings of {VIEW_DAY}")
+        expect(heading).to_be_visible()
+        _hover_a_point(page, report)
+        _check_thumbnail_shown(report, good)
+        _screenshot(page, "report-in-airflow.png")
+
+        page.goto(f"{api.url}{VIEW_URL}days/{VIEW_DAY}/report")
+        _hover_a_point(page, page)
+        _check_thumbnail_shown(page, good)
+        _screenshot(page, "report-hover.png")
+        page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)

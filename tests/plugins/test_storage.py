@@ -50,6 +50,14 @@ def test_missing_folder_lists_nothing(root):
     assert list(storage.list_files(f"{root}/missing")) == []
 
 
+def test_subfolders_are_the_folders_one_level_down(root):
+    populate(root)
+    storage.write_bytes(f"{root}-sibling/x.jpg", b"not inside root")
+
+    assert storage.subfolders(root) == ["a", "sp ace"]
+    assert storage.subfolders(f"{root}/missing") == []
+
+
 def test_glob_matches_names_in_one_folder(root):
     populate(root)
 

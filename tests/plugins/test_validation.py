@@ -33,7 +33,11 @@ def write_table(uri: str, rows: list[dict], schema: pa.Schema) -> None:
 
 
 def embeddings_table(
-    uris: list[str], vectors: np.ndarray, schema: pa.Schema, digests: list[str] | None = None
+    uris: list[str],
+    vectors: np.ndarray,
+    schema: pa.Schema,
+    digests: list[str] | None = None,
+    thumbnails: list | None = None,
 ) -> pa.Table:
     """Rows of `embeddings-*.parquet`, built column-wise from a (rows, dim) matrix."""
     embedding_type = schema.field("embedding").type
@@ -51,6 +55,7 @@ def embeddings_table(
         "size_bytes": [1000] * len(uris),
         "reused_from": [None] * len(uris),
     }
+    values["thumbnail"] = thumbnails or [None] * len(uris)
     columns = [
         embeddings if f.name == "embedding" else pa.array(values[f.name], f.type) for f in schema
     ]

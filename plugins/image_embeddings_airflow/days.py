@@ -1,0 +1,86 @@
+"""The days under OUTPUT_ROOT and what each one's outputs say: counts, failures, drift, status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
+from image_embeddings_airflow import storage
+from image_embeddings_airflow.report import DRIFT_NAME, REPORT_HTML_NAME, drift_verdict
+from image_embeddings_airflow.settings import day_dir, validate_date
+from image_embeddings_airflow.validation import REPORT_NAME
+
+# What a day's folder holds, from least to most finished.
+STATUS_INCOMPLETE = "incomplete"  # no `_SUCCESS`: running, failed, or cleared
+STATUS_EMBEDDED = "embedded"  # the pipeline finished; not validated yet
+STATUS_INVALID = "validation failed"
+STATUS_VALIDATED = "validated"  # validated; no report yet
+STATUS_REPORTED = "reported"
+
+
+@dataclass(frozen=True)
+class DaySummary:
+    """One row of the days' list."""
+
+    day: str
+    status: str
+    images: int | None = None
+    embedded: int | None = None
+    failed: int | None = None
+    drift: str | None = None
+
+    @property
+    def failure_rate(self) -> float | None:
+        return self.failed / self.images if self.images else None
+
+    @property
+    def has_report(self) -> bool:
+        return self.status == STATUS_REPORTED
+
+
+def _optional_json(uri: str) -> Any:
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def _status(folder: str, validation: dict[str, Any] | None) -> str:
+    if storage.exists(join(folder, REPORT_HTML_NAME)):
+        return STATUS_REPORTED
+    if validation is None:
+        return STATUS_EMBEDDED
+    return STATUS_VALIDATED if validation.get("ok") else STATUS_INVALID
+
+
+def summarize_day(output_root: str, day: str) -> DaySummary:
+    """What the folder of `day` (YYYY-MM-DD) under `output_root` says about its run."""
+    folder = day_dir(output_root, day)
+    marker = _optional_json(join(folder, SUCCESS_MARKER))
+    if marker is None:
+        return DaySummary(day, STATUS_INCOMPLETE)
+    return DaySummary(
+        day=day,
+        status=_status(folder, _optional_json(join(folder, REPORT_NAME))),
+        images=marker.get("images"),
+        embedded=marker.get("embedded"),
+        failed=marker.get("failed"),
+        drift=drift_verdict(_optional_json(join(folder, DRIFT_NAME))),
+    )
+
+
+def is_day(name: str) -> bool:
+    try:
+        validate_date(name)
+    except ValueError:
+        return False
+    return True
+
+
+def list_days(output_root: str) -> list[DaySummary]:
+    """Every day folder under `output_root`, newest first; other folders are left out."""
+    days = [name for name in storage.subfolders(output_root) if is_day(name)]
+    return [summarize_day(output_root, day) for day in sorted(days, reverse=True)]
+
+
+def report_uri(output_root: str, day: str) -> str:
+    """The report of `day`; raises ValueError unless `day` is a calendar day (YYYY-MM-DD)."""
+    return join(day_dir(output_root, day), REPORT_HTML_NAME)

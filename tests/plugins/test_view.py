@@ -1,0 +1,137 @@
+"""The Image embeddings view: days listed from OUTPUT_ROOT, reports served, to Airflow users."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from beam_jobs.image_embeddings.contract import SUCCESS_MARKER
+from image_embeddings_airflow import storage
+from image_embeddings_airflow.days import (
+    STATUS_EMBEDDED,
+    STATUS_INCOMPLETE,
+    STATUS_INVALID,
+    STATUS_REPORTED,
+    list_days,
+)
+from image_embeddings_airflow.report import DRIFT_NAME, REPORT_HTML_NAME
+from image_embeddings_airflow.validation import REPORT_NAME
+from image_embeddings_airflow.view import create_app, signed_in_reader
+
+REPORT = b"<!doctype html><title>the report of 2026-11-28</title>"
+
+
+def write_day(root: str, day: str, images: int, failed: int) -> str:
+    folder = f"{root}/{day}"
+    marker = {"images": images, "embedded": images - failed, "failed": failed}
+    storage.write_json(f"{folder}/{SUCCESS_MARKER}", marker)
+    return folder
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch) -> str:
+    """OUTPUT_ROOT with a reported day, a day that failed validation, an unfinished day, a stray
+    folder, and a report.html just outside the root."""
+    root = tmp_path / "embeddings"
+    reported = write_day(str(root), "2026-11-28", images=40, failed=2)
+    storage.write_bytes(f"{reported}/{REPORT_HTML_NAME}", REPORT)
+    storage.write_json(f"{reported}/{DRIFT_NAME}", {"verdict": "stable"})
+    invalid = write_day(str(root), "2026-11-27", images=10, failed=5)
+    storage.write_json(f"{invalid}/{REPORT_NAME}", {"ok": False})
+    write_day(str(root), "2026-11-26", images=3, failed=0)
+    (root / "2026-11-25").mkdir()
+    (root / "scratch").mkdir()
+    storage.write_bytes(str(tmp_path / REPORT_HTML_NAME), b"outside the output root")
+    monkeypatch.setenv("IMAGE_EMBEDDINGS_OUTPUT_ROOT", str(root))
+    return str(root)
+
+
+@pytest.fixture
+def signed_in(root) -> TestClient:
+    """A client of the view whose requests count as an allowed Airflow user's."""
+    app = create_app()
+    app.dependency_overrides[signed_in_reader] = lambda: "reader"
+    return TestClient(app)
+
+
+def test_days_are_listed_newest_first_with_their_state(root):
+    days = list_days(root)
+
+    assert [(day.day, day.status) for day in days] == [
+        ("2026-11-28", STATUS_REPORTED),
+        ("2026-11-27", STATUS_INVALID),
+        ("2026-11-26", STATUS_EMBEDDED),
+        ("2026-11-25", STATUS_INCOMPLETE),
+    ]
+    assert days[0].failure_rate == pytest.approx(0.05) and days[0].drift == "stable"
+    assert days[3].failure_rate is None
+
+
+def test_the_days_page_links_each_report(signed_in):
+    page = signed_in.get("/").text
+
+    assert '<a href="days/2026-11-28/report">report</a>' in page
+    assert page.count("/report") == 1
+    assert '<td>5.0%</td><td class="text">stable</td>' in page
+    assert "validation failed" in page and "50.0%" in page
+    assert "scratch" not in page
+
+
+def test_a_day_report_is_served(signed_in):
+    answer = signed_in.get("/days/2026-11-28/report")
+
+    assert answer.status_code == 200
+    assert answer.content == REPORT
+    assert answer.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/days/../report",
+        "/days/%2e%2e/report",
+        "/days/..%2F..%2Freport.html/report",
+        "/days/2026-11-28%2F..%2F../report",
+        "/days/%2Fetc%2Fpasswd/report",
+        "/days/2026-13-01/report",
+        "/days/scratch/report",
+        "/days/2026-11-26/report",
+    ],
+)
+def test_only_reports_of_days_inside_the_root_are_served(signed_in, path):
+    answer = signed_in.get(path)
+
+    assert answer.status_code == 404
+    assert b"outside" not in answer.content
+
+
+def test_a_bad_day_name_is_named_in_the_refusal(signed_in):
+    answer = signed_in.get("/days/..2026-11-28/report")
+
+    assert answer.status_code == 404
+    assert "YYYY-MM-DD" in answer.json()["detail"]
+
+
+@pytest.fixture
+def auth_manager(tmp_path, monkeypatch):
+    """Airflow's configured auth manager (the simple one), as the API server initialises it."""
+    from airflow.api_fastapi.app import init_auth_manager, purge_cached_app
+
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(tmp_path / "pw"))
+    yield init_auth_manager()
+    purge_cached_app()
+
+
+@pytest.mark.parametrize("path", ["/", "/days/2026-11-28/report"])
+def test_requests_without_a_valid_airflow_token_are_refused(root, auth_manager, path):
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    client = TestClient(create_app())
+    user = SimpleAuthManagerUser(username="someone", role="admin")
+    expired = auth_manager.generate_jwt(user, expiration_time_in_seconds=-60)
+
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers={"Authorization": f"Bearer {expired}"}).status_code == 401
+    assert client.get(path, headers={"Authorization": "Bearer forged"}).status_code == 403
+    assert client.get(path, cookies={"_token": "forged"}).status_code == 403
+    # A valid token is checked against Airflow's database: the browser test signs in for real.
