@@ -51,6 +51,11 @@ MODEL_NAMES = (
 )
 KERAS_FILE_SUFFIX = ".keras"
 
+# Choices of `--precision` (the model call's arithmetic) and `--embedding_dtype` (the stored
+# vectors' float type): the pipeline's options and the DAG's settings and params offer these.
+PRECISIONS = ("float32", "bfloat16")
+EMBEDDING_DTYPES = ("float32", "float16")
+
 # Where a manifest entry failed, as recorded in the `stage` column of the failures output.
 STAGE_INPUT = "input"  # refused before any read: not a valid URI, outside the input root
 STAGE_READ = "read"  # missing, a directory, unreadable, larger than the byte cap

@@ -17,7 +17,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler
 
-from beam_jobs.image_embeddings.contract import KERAS_FILE_SUFFIX, METRICS_NAMESPACE
+from beam_jobs.image_embeddings.contract import KERAS_FILE_SUFFIX, METRICS_NAMESPACE, PRECISIONS
 from beam_jobs.image_embeddings.weights import (
     IMAGENET,
     RANDOM,
@@ -29,9 +29,9 @@ from beam_jobs.image_embeddings.weights import (
     stalled_downloads_fail,
 )
 
-# --precision value -> Keras dtype policy. Mixed bfloat16 keeps variables in float32 and computes
-# in bfloat16, which CPUs with AVX512_BF16 run much faster.
-PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+# --precision value (the contract's PRECISIONS) -> Keras dtype policy. Mixed bfloat16 keeps
+# variables in float32 and computes in bfloat16, which CPUs with AVX512_BF16 run much faster.
+DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def build_model(spec: ModelSpec, weights: str, precision: str = "float32") -> An
     model = _load_keras_file(spec, weights) if spec.is_custom else _build_application(spec, weights)
     if precision != "float32":
         for layer in _layers(model):
-            layer.dtype_policy = PRECISIONS[precision]
+            layer.dtype_policy = DTYPE_POLICIES[precision]
     return model
 
 

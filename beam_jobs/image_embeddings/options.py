@@ -6,11 +6,10 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from beam_jobs.image_embeddings.contract import EMBEDDING_DTYPES, PRECISIONS
 from beam_jobs.image_embeddings.images import DEFAULT_MAX_IMAGE_BYTES
 from beam_jobs.image_embeddings.io import check_supported
-from beam_jobs.image_embeddings.models import PRECISIONS, check_weights, resolve_model
-
-EMBEDDING_DTYPES = ("float32", "float16")
+from beam_jobs.image_embeddings.models import check_weights, resolve_model
 
 USAGE = "python -m beam_jobs.image_embeddings --manifest URI --output URI [options] [Beam options]"
 EPILOG = """\
@@ -132,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     job.add_argument(
         "--precision",
-        choices=tuple(PRECISIONS),
+        choices=PRECISIONS,
         default=JobOptions.precision,
         help="arithmetic of the model call; bfloat16 is faster on CPUs that support it "
         "(default: %(default)s)",

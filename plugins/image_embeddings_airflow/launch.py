@@ -12,6 +12,8 @@ DATAFLOW_RUNNER = "DataflowRunner"
 # Seconds the launcher waits for a cancelled job to stop, and between job state polls.
 CANCEL_TIMEOUT_S = 300
 POLL_SLEEP_S = 30
+# Run plan entries that go to the pipeline as the same-named options (`--batch_size 32`).
+JOB_OPTIONS = ("model", "weights", "batch_size", "precision", "embedding_dtype", "num_shards")
 
 
 class WaitMode(enum.Enum):
@@ -59,10 +61,7 @@ def pipeline_options(plan: Mapping[str, Any], manifest: str) -> dict[str, Any]:
         "output": plan["output_dir"],
         # Entries outside the day's input folder are failures, never opened.
         "input_root": plan["input_dir"],
-        "model": plan["model"],
-        "weights": plan["weights"],
-        "batch_size": plan["batch_size"],
-    }
+    } | {name: plan[name] for name in JOB_OPTIONS}
     if plan["runner"] != DATAFLOW_RUNNER:
         return options
     image = plan["dataflow_sdk_container_image"]

@@ -5,13 +5,20 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from beam_jobs.image_embeddings.contract import KERAS_FILE_SUFFIX, MODEL_NAMES, join
+from beam_jobs.image_embeddings.contract import (
+    EMBEDDING_DTYPES,
+    KERAS_FILE_SUFFIX,
+    MODEL_NAMES,
+    PRECISIONS,
+    join,
+)
 
 PREFIX = "IMAGE_EMBEDDINGS_"
 DATA_VARIABLE = f"{PREFIX}DATA"
@@ -24,11 +31,159 @@ RUNNERS = ("DirectRunner", "DataflowRunner")
 WEIGHTS = ("imagenet", "random")
 _DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 _BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+# A location as the trigger form checks it: an absolute local path, a file:// URI or
+# gs://BUCKET/... (the form's message shows this pattern: keep it readable); `validate_uri`
+# checks the rest, bucket names included.
+LOCATION_PATTERN = r"^(/|file:///|gs://)"
 
 
-def _doc(description: str, default: str = "", section: str = "Pipeline"):
+@dataclass(frozen=True)
+class Rule:
+    """One validation rule: the check settings and params run, and the same rule in JSON schema.
+
+    `check` returns the normalised value or raises ValueError saying what is expected; `schema`
+    is what the trigger form checks before a run starts (a subset of `check`, never more).
+    """
+
+    check: Callable[[Any], Any]
+    schema: Mapping[str, Any]
+
+
+def _doc(description: str, default: str = "", section: str = "Pipeline", rule: Rule | None = None):
     """A dataclass field documented for the settings table (default as written in `.env`)."""
-    return field(metadata={"description": description, "default": default, "section": section})
+    metadata = {"description": description, "default": default, "section": section, "rule": rule}
+    return field(metadata=metadata)
+
+
+def validate_date(text: str) -> str:
+    """Return `text` if it is a calendar day written YYYY-MM-DD; raise ValueError otherwise."""
+    value = str(text).strip()
+    try:
+        if not _DATE_PATTERN.fullmatch(value):
+            raise ValueError
+        date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"date must be a calendar day written YYYY-MM-DD (e.g. 2026-11-28), got {text!r}"
+        ) from None
+    return value
+
+
+def validate_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    """Return `value` if it is one of `choices`; raise ValueError naming them otherwise."""
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def validate_runner(name: str) -> str:
+    """Return the runner name if Beam runs it here; raise ValueError otherwise."""
+    return validate_choice(name, RUNNERS, "runner")
+
+
+def validate_model(name: str) -> str:
+    """Return a model the pipeline knows: a built-in name (any case) or a `.keras` file URI."""
+    value = str(name).strip()
+    if value.lower().endswith(KERAS_FILE_SUFFIX):
+        return validate_uri(value, "model file")
+    if value.lower() not in MODEL_NAMES:
+        raise ValueError(
+            f"model must be one of {', '.join(MODEL_NAMES)} or the URI of a "
+            f"{KERAS_FILE_SUFFIX} file, got {name!r}"
+        )
+    return value.lower()
+
+
+def validate_uri(uri: str, what: str) -> str:
+    """Normalise a local path, file:// or gs:// URI; raise ValueError for anything else.
+
+    Local paths come back absolute and file:// loses its scheme, so that every consumer handles
+    exactly two kinds of location: absolute local paths and `gs://bucket/...`.
+    """
+    value = str(uri).strip()
+    expected = f"{what} must be a local path, a file:// URI or a gs://BUCKET/... URI"
+    if not value:
+        raise ValueError(f"{expected}, got an empty value")
+    if value.startswith("gs://"):
+        bucket = value[len("gs://") :].split("/", 1)[0]
+        if not _BUCKET_PATTERN.fullmatch(bucket):
+            raise ValueError(f"{expected}; {bucket!r} is not a valid bucket name in {value!r}")
+        return value.rstrip("/") if value.count("/") > 2 else value
+    if value.startswith("file://"):
+        value = value[len("file://") :]
+        if not value.startswith("/"):
+            raise ValueError(f"{expected}; file:// URIs need an absolute path, got {uri!r}")
+    elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+        raise ValueError(f"{expected}, got {uri!r}")
+    return os.path.abspath(value)
+
+
+def validate_failure_rate(value: float | str) -> float:
+    """Return the maximum failure rate as a float in [0, 1]; raise ValueError otherwise."""
+    expected = "maximum failure rate must be a fraction between 0 and 1 (0.05 allows 5%)"
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if isinstance(value, bool) or math.isnan(rate) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"{expected}, got {value!r}")
+    return rate
+
+
+def validate_components(value: int | str) -> int:
+    """Return the number of PCA components as a positive int; raise ValueError otherwise."""
+    return _positive_int(value, "number of PCA components")
+
+
+def validate_sample_size(value: int | str) -> int:
+    """Return the PCA sample size as a positive int; raise ValueError otherwise."""
+    return _positive_int(value, "PCA sample size")
+
+
+def validate_weights(value: str) -> str:
+    """Return `imagenet`, `random` or a normalised weights URI; raise ValueError otherwise."""
+    if value in WEIGHTS:
+        return value
+    return validate_uri(value, f"weights (one of {', '.join(WEIGHTS)} or a file)")
+
+
+def _at_least(value: int | str, minimum: int, expected: str) -> int:
+    """Return `value` as an int >= `minimum`; raise ValueError saying `expected` otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"{expected}, got {value!r}")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{expected}, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{expected}, got {value!r}")
+    return number
+
+
+def _positive_int(value: int | str, what: str) -> int:
+    """Return `value` as an int > 0; raise ValueError naming `what` otherwise."""
+    return _at_least(value, 1, f"{what} must be a positive whole number")
+
+
+def _location_rule(what: str) -> Rule:
+    return Rule(partial(validate_uri, what=what), {"type": "string", "pattern": LOCATION_PATTERN})
+
+
+def _shard_count(value: int | str) -> int:
+    """Return the number of embeddings files as an int >= 0; raise ValueError otherwise."""
+    return _at_least(value, 0, "number of embeddings files must be a whole number, 0 or more")
+
+
+def _positive_rule(what: str) -> Rule:
+    return Rule(partial(_positive_int, what=what), {"type": "integer", "minimum": 1})
+
+
+def _choice_rule(choices: tuple[str, ...], what: str) -> Rule:
+    check = partial(validate_choice, choices=choices, what=what)
+    return Rule(check, {"type": "string", "enum": list(choices)})
+
+
+DATE_RULE = Rule(validate_date, {"type": "string", "format": "date"})
 
 
 @dataclass(frozen=True)
@@ -40,49 +195,95 @@ class Settings:
         "(local path, file:// or gs://).",
         f"${DATA_VARIABLE}/images",
         "Data",
+        _location_rule("input root"),
     )
     output_root: str = _doc(
         "Where day D's manifest, embeddings, failures, reports and plot go: OUTPUT_ROOT/D/ "
         "(local path, file:// or gs://).",
         f"${DATA_VARIABLE}/embeddings",
         "Data",
+        _location_rule("output root"),
     )
-    runner: str = _doc("Beam runner: DirectRunner or DataflowRunner.", "DirectRunner")
-    model: str = _doc("Embedding model (resnet50: 2048-d, average pooling).", "resnet50")
+    runner: str = _doc(
+        "Beam runner: DirectRunner or DataflowRunner.",
+        "DirectRunner",
+        rule=_choice_rule(RUNNERS, "runner"),
+    )
+    model: str = _doc(
+        "Embedding model (resnet50: 2048-d, average pooling).",
+        "resnet50",
+        rule=Rule(validate_model, {"type": "string", "minLength": 1}),
+    )
     weights: str = _doc(
         "Model weights: imagenet, random (offline smoke runs only: meaningless embeddings) "
         "or the URI of a Keras weights file.",
         "imagenet",
+        rule=Rule(validate_weights, {"type": "string", "minLength": 1}),
     )
-    batch_size: int = _doc("Images per model call.", "32")
+    batch_size: int = _doc("Images per model call.", "32", rule=_positive_rule("batch size"))
+    precision: str = _doc(
+        f"Arithmetic of the model call: {', '.join(PRECISIONS)} (bfloat16 is faster only on "
+        "CPUs with bfloat16 instructions).",
+        "float32",
+        rule=_choice_rule(PRECISIONS, "precision"),
+    )
+    embedding_dtype: str = _doc(
+        f"Float type of the stored embeddings: {', '.join(EMBEDDING_DTYPES)} (float16 halves "
+        "the bytes).",
+        "float32",
+        rule=_choice_rule(EMBEDDING_DTYPES, "embedding dtype"),
+    )
+    num_shards: int = _doc(
+        "Number of embeddings files; 0 lets the runner decide.",
+        "0",
+        rule=Rule(_shard_count, {"type": "integer", "minimum": 0}),
+    )
     max_failure_rate: float = _doc(
         "Largest fraction of a day's images that may fail before validation fails the run.",
         "0.05",
         "Quality",
+        Rule(validate_failure_rate, {"type": "number", "minimum": 0, "maximum": 1}),
     )
     pca_components: int = _doc(
-        "Principal components kept by the dimensionality reduction.", "50", "Quality"
+        "Principal components kept by the dimensionality reduction.",
+        "50",
+        "Quality",
+        Rule(validate_components, {"type": "integer", "minimum": 1}),
     )
     pca_sample_size: int = _doc(
-        "Embeddings sampled (uniformly) to fit the PCA; bounds its memory.", "20000", "Quality"
+        "Embeddings sampled (uniformly) to fit the PCA; bounds its memory.",
+        "20000",
+        "Quality",
+        Rule(validate_sample_size, {"type": "integer", "minimum": 1}),
     )
-    start_date: str = _doc("First day the daily schedule covers (YYYY-MM-DD).", "2026-11-01", "DAG")
+    start_date: str = _doc(
+        "First day the daily schedule covers (YYYY-MM-DD).", "2026-11-01", "DAG", DATE_RULE
+    )
     gcp_conn_id: str = _doc(
         "Airflow connection used for gs:// and Dataflow.", DEFAULT_GCP_CONN_ID, "DAG"
     )
     gcp_project: str | None = _doc("Google Cloud project of the Dataflow jobs.", "", "Dataflow")
     gcp_region: str | None = _doc("Dataflow region, e.g. europe-west1.", "", "Dataflow")
     dataflow_temp_location: str | None = _doc(
-        "gs:// prefix for Dataflow temporary files.", "", "Dataflow"
+        "gs:// prefix for Dataflow temporary files.",
+        "",
+        "Dataflow",
+        _location_rule("Dataflow temp location"),
     )
     dataflow_staging_location: str | None = _doc(
-        "gs:// prefix where Dataflow stages the job's package.", "", "Dataflow"
+        "gs:// prefix where Dataflow stages the job's package.",
+        "",
+        "Dataflow",
+        _location_rule("Dataflow staging location"),
     )
     dataflow_machine_type: str | None = _doc(
         "Worker machine type, e.g. n2-standard-4.", "", "Dataflow"
     )
     dataflow_max_workers: int | None = _doc(
-        "Upper bound of the autoscaled worker count.", "", "Dataflow"
+        "Upper bound of the autoscaled worker count.",
+        "",
+        "Dataflow",
+        _positive_rule("Dataflow max workers"),
     )
     dataflow_sdk_container_image: str | None = _doc(
         "Custom worker container image with the pipeline's dependencies.", "", "Dataflow"
@@ -135,100 +336,6 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-def validate_date(text: str) -> str:
-    """Return `text` if it is a calendar day written YYYY-MM-DD; raise ValueError otherwise."""
-    value = str(text).strip()
-    try:
-        if not _DATE_PATTERN.fullmatch(value):
-            raise ValueError
-        date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(
-            f"date must be a calendar day written YYYY-MM-DD (e.g. 2026-11-28), got {text!r}"
-        ) from None
-    return value
-
-
-def validate_runner(name: str) -> str:
-    """Return the runner name if Beam runs it here; raise ValueError otherwise."""
-    if name not in RUNNERS:
-        raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {name!r}")
-    return name
-
-
-def validate_model(name: str) -> str:
-    """Return a model the pipeline knows: a built-in name (any case) or a `.keras` file URI."""
-    value = str(name).strip()
-    if value.lower().endswith(KERAS_FILE_SUFFIX):
-        return validate_uri(value, "model file")
-    if value.lower() not in MODEL_NAMES:
-        raise ValueError(
-            f"model must be one of {', '.join(MODEL_NAMES)} or the URI of a "
-            f"{KERAS_FILE_SUFFIX} file, got {name!r}"
-        )
-    return value.lower()
-
-
-def validate_uri(uri: str, what: str) -> str:
-    """Normalise a local path, file:// or gs:// URI; raise ValueError for anything else.
-
-    Local paths come back absolute and file:// loses its scheme, so that every consumer handles
-    exactly two kinds of location: absolute local paths and `gs://bucket/...`.
-    """
-    value = str(uri).strip()
-    expected = f"{what} must be a local path, a file:// URI or a gs://BUCKET/... URI"
-    if not value:
-        raise ValueError(f"{expected}, got an empty value")
-    if value.startswith("gs://"):
-        bucket = value[len("gs://") :].split("/", 1)[0]
-        if not _BUCKET_PATTERN.fullmatch(bucket):
-            raise ValueError(f"{expected}; {bucket!r} is not a valid bucket name in {value!r}")
-        return value.rstrip("/") if value.count("/") > 2 else value
-    if value.startswith("file://"):
-        value = value[len("file://") :]
-        if not value.startswith("/"):
-            raise ValueError(f"{expected}; file:// URIs need an absolute path, got {uri!r}")
-    elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
-        raise ValueError(f"{expected}, got {uri!r}")
-    return os.path.abspath(value)
-
-
-def validate_failure_rate(value: float | str) -> float:
-    """Return the maximum failure rate as a float in [0, 1]; raise ValueError otherwise."""
-    expected = "maximum failure rate must be a fraction between 0 and 1 (0.05 allows 5%)"
-    try:
-        rate = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{expected}, got {value!r}") from None
-    if isinstance(value, bool) or math.isnan(rate) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"{expected}, got {value!r}")
-    return rate
-
-
-def _positive_int(value: int | str, what: str) -> int:
-    """Return `value` as an int > 0; raise ValueError naming `what` otherwise."""
-    expected = f"{what} must be a positive whole number"
-    if isinstance(value, bool):
-        raise ValueError(f"{expected}, got {value!r}")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"{expected}, got {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"{expected}, got {value!r}")
-    return number
-
-
-def validate_components(value: int | str) -> int:
-    """Return the number of PCA components as a positive int; raise ValueError otherwise."""
-    return _positive_int(value, "number of PCA components")
-
-
-def validate_sample_size(value: int | str) -> int:
-    """Return the PCA sample size as a positive int; raise ValueError otherwise."""
-    return _positive_int(value, "PCA sample size")
-
-
 def validate_dataflow(settings: Settings) -> Settings:
     """Raise ValueError naming every setting a DataflowRunner launch lacks or gets wrong."""
     problems = [
@@ -255,41 +362,23 @@ def day_dir(root: str, day: str) -> str:
     return join(root, validate_date(day))
 
 
-def validate_weights(value: str) -> str:
-    """Return `imagenet`, `random` or a normalised weights URI; raise ValueError otherwise."""
-    if value in WEIGHTS:
-        return value
-    return validate_uri(value, f"weights (one of {', '.join(WEIGHTS)} or a file)")
-
-
 def _text(environ: Mapping[str, str], name: str) -> str | None:
     value = environ.get(_variable(name), "").strip()
     return value or None
 
 
-_CHECKS = {
-    "input_root": partial(validate_uri, what="input root"),
-    "output_root": partial(validate_uri, what="output root"),
-    "runner": validate_runner,
-    "model": validate_model,
-    "weights": validate_weights,
-    "batch_size": partial(_positive_int, what="batch size"),
-    "max_failure_rate": validate_failure_rate,
-    "pca_components": validate_components,
-    "pca_sample_size": validate_sample_size,
-    "start_date": validate_date,
-    "dataflow_temp_location": partial(validate_uri, what="Dataflow temp location"),
-    "dataflow_staging_location": partial(validate_uri, what="Dataflow staging location"),
-    "dataflow_max_workers": partial(_positive_int, what="Dataflow max workers"),
-}
+def setting_rule(name: str) -> Rule | None:
+    """The validation rule of the Settings field `name` (None: any text)."""
+    return next(f.metadata["rule"] for f in fields(Settings) if f.name == name)
 
 
 def _checked(name: str, value: str | None):
     """Validate one raw value, naming its environment variable in the error."""
-    if value is None or name not in _CHECKS:
+    check = setting_rule(name)
+    if value is None or check is None:
         return value
     try:
-        return _CHECKS[name](value)
+        return check.check(value)
     except ValueError as error:
         raise ValueError(f"{_variable(name)}: {error}") from None
 

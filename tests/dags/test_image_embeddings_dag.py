@@ -103,6 +103,10 @@ def test_every_param_is_described_and_optional(dag):
         "runner",
         "model",
         "weights",
+        "batch_size",
+        "precision",
+        "embedding_dtype",
+        "num_shards",
         "max_failure_rate",
         "pca_components",
     }
@@ -113,6 +117,8 @@ def test_every_param_is_described_and_optional(dag):
         assert "null" in param.schema["type"], name
     assert params.get_param("date").schema["format"] == "date"
     assert params.get_param("runner").schema["enum"] == [None, "DirectRunner", "DataflowRunner"]
+    assert params.get_param("precision").schema["enum"] == [None, "float32", "bfloat16"]
+    assert params.get_param("embedding_dtype").schema["enum"] == [None, "float32", "float16"]
 
 
 GOOD_CONFS = [
@@ -123,6 +129,7 @@ GOOD_CONFS = [
     {"output_root": "file:///srv/embeddings"},
     {"max_failure_rate": 0, "pca_components": 2},
     {"max_failure_rate": 1, "pca_components": 128, "model": "resnet50", "weights": "random"},
+    {"batch_size": 1, "precision": "bfloat16", "embedding_dtype": "float16", "num_shards": 0},
 ]
 
 BAD_CONFS = [
@@ -138,6 +145,11 @@ BAD_CONFS = [
     {"pca_components": 1},
     {"pca_components": 2.5},
     {"model": ""},
+    {"batch_size": 0},
+    {"precision": "float16"},
+    {"embedding_dtype": "bfloat16"},
+    {"num_shards": -1},
+    {"num_shards": 1.5},
 ]
 
 

@@ -43,6 +43,12 @@ def test_defaults_live_in_the_repository_data_folder():
         50,
         20000,
     )
+    assert (settings.batch_size, settings.precision, settings.embedding_dtype) == (
+        32,
+        "float32",
+        "float32",
+    )
+    assert settings.num_shards == 0
     assert settings.start_date == "2026-11-01"
     assert settings.gcp_conn_id == "google_cloud_default"
     assert settings.gcp_project is None and settings.dataflow_max_workers is None
@@ -63,6 +69,9 @@ def test_every_variable_is_read_and_typed():
         "IMAGE_EMBEDDINGS_MODEL": "resnet50",
         "IMAGE_EMBEDDINGS_WEIGHTS": "random",
         "IMAGE_EMBEDDINGS_BATCH_SIZE": "64",
+        "IMAGE_EMBEDDINGS_PRECISION": "bfloat16",
+        "IMAGE_EMBEDDINGS_EMBEDDING_DTYPE": "float16",
+        "IMAGE_EMBEDDINGS_NUM_SHARDS": "4",
         "IMAGE_EMBEDDINGS_MAX_FAILURE_RATE": "0.2",
         "IMAGE_EMBEDDINGS_PCA_COMPONENTS": "8",
         "IMAGE_EMBEDDINGS_PCA_SAMPLE_SIZE": "1000",
@@ -90,6 +99,9 @@ def test_every_variable_is_read_and_typed():
         model="resnet50",
         weights="random",
         batch_size=64,
+        precision="bfloat16",
+        embedding_dtype="float16",
+        num_shards=4,
         max_failure_rate=0.2,
         pca_components=8,
         pca_sample_size=1000,
@@ -133,6 +145,9 @@ def test_settings_table_documents_every_field():
         ("MAX_FAILURE_RATE", "5%", "IMAGE_EMBEDDINGS_MAX_FAILURE_RATE: maximum failure rate"),
         ("PCA_COMPONENTS", "0", "IMAGE_EMBEDDINGS_PCA_COMPONENTS: number of PCA components"),
         ("BATCH_SIZE", "-1", "IMAGE_EMBEDDINGS_BATCH_SIZE: batch size must be a positive"),
+        ("PRECISION", "fp16", "IMAGE_EMBEDDINGS_PRECISION: precision must be one of float32"),
+        ("EMBEDDING_DTYPE", "half", "IMAGE_EMBEDDINGS_EMBEDDING_DTYPE: embedding dtype must be"),
+        ("NUM_SHARDS", "-2", "IMAGE_EMBEDDINGS_NUM_SHARDS: number of embeddings files must be"),
         ("MODEL", "resnet5", "IMAGE_EMBEDDINGS_MODEL: model must be one of resnet50"),
         ("MODEL", "s3://m/x.keras", "IMAGE_EMBEDDINGS_MODEL: model file must be a local path"),
         ("WEIGHTS", "http://x/w.h5", "IMAGE_EMBEDDINGS_WEIGHTS: weights (one of imagenet, random"),
