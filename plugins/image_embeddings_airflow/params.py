@@ -16,6 +16,7 @@ from image_embeddings_airflow.settings import (
     Settings,
     day_dir,
     setting_rule,
+    setting_variable,
     validate_dataflow,
     validate_date,
 )
@@ -104,7 +105,7 @@ def dag_params() -> dict[str, Param]:
             name: _optional(
                 setting_rule(name),
                 form,
-                form.description + UNSET.format(variable=f"IMAGE_EMBEDDINGS_{name.upper()}"),
+                form.description + UNSET.format(variable=setting_variable(name)),
             )
             for name, form in FORM.items()
         },

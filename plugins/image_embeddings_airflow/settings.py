@@ -312,7 +312,7 @@ class Setting:
     section: str
 
 
-def _variable(name: str) -> str:
+def setting_variable(name: str) -> str:
     """The environment variable of a Settings field."""
     return PREFIX + name.upper()
 
@@ -326,7 +326,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     *(
         Setting(
-            _variable(f.name),
+            setting_variable(f.name),
             f.metadata["default"],
             f.metadata["description"],
             f.metadata["section"],
@@ -339,7 +339,7 @@ SETTINGS: tuple[Setting, ...] = (
 def validate_dataflow(settings: Settings) -> Settings:
     """Raise ValueError naming every setting a DataflowRunner launch lacks or gets wrong."""
     problems = [
-        f"{_variable(name)} is required"
+        f"{setting_variable(name)} is required"
         for name in ("gcp_project", "gcp_region", "dataflow_temp_location")
         if not getattr(settings, name)
     ]
@@ -351,7 +351,9 @@ def validate_dataflow(settings: Settings) -> Settings:
     ):
         value = getattr(settings, name)
         if value and not value.startswith("gs://"):
-            problems.append(f"{_variable(name)} must be a gs:// URI on Dataflow, got {value!r}")
+            problems.append(
+                f"{setting_variable(name)} must be a gs:// URI on Dataflow, got {value!r}"
+            )
     if problems:
         raise ValueError("the DataflowRunner needs: " + "; ".join(problems))
     return settings
@@ -363,7 +365,7 @@ def day_dir(root: str, day: str) -> str:
 
 
 def _text(environ: Mapping[str, str], name: str) -> str | None:
-    value = environ.get(_variable(name), "").strip()
+    value = environ.get(setting_variable(name), "").strip()
     return value or None
 
 
@@ -380,7 +382,7 @@ def _checked(name: str, value: str | None):
     try:
         return check.check(value)
     except ValueError as error:
-        raise ValueError(f"{_variable(name)}: {error}") from None
+        raise ValueError(f"{setting_variable(name)}: {error}") from None
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
