@@ -6,13 +6,14 @@ engine.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
-import shutil
-import subprocess
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
+from jsonschema import Draft202012Validator
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
@@ -170,32 +171,16 @@ def dockerignore_excludes(path: str) -> bool:
     return excluded
 
 
-def compose_command() -> tuple[list[str] | None, str]:
-    """The command running Docker Compose v2 or later here, or None and why there is none.
+def compose_schema() -> dict:
+    """The Compose Specification's JSON schema, as `check-jsonschema` vendors it."""
+    schema = files("check_jsonschema.builtin_schemas") / "vendor" / "compose-spec.json"
+    return json.loads(schema.read_text(encoding="utf-8"))
 
-    `docker compose config` needs no Docker engine, only the compose plugin (or the standalone
-    v2 `docker-compose`); v1 does not know the compose specification this file uses.
-    """
-    reasons = []
-    for command in (["docker", "compose"], ["docker-compose"]):
-        name = " ".join(command)
-        if shutil.which(command[0]) is None:
-            reasons.append(f"no `{command[0]}` on PATH")
-            continue
-        try:
-            result = subprocess.run(
-                [*command, "version"], capture_output=True, text=True, timeout=60
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            reasons.append(f"`{name} version` failed: {error}")
-            continue
-        if result.returncode != 0:
-            lines = [line for line in result.stderr.splitlines() if line.strip()] or ["no output"]
-            reasons.append(f"`{name} version` failed: {lines[0].strip()}")
-            continue
-        # "Docker Compose version v2.40.3" (v1: "docker-compose version 1.29.2, build ...")
-        version = re.search(r"version v?(\d+)\.([\w.+-]+)", result.stdout)
-        if version and int(version.group(1)) >= 2:
-            return command, f"{version.group(1)}.{version.group(2)}"
-        reasons.append(f"`{name}` is not Compose v2 or later: {result.stdout.strip()[:80]}")
-    return None, "; ".join(reasons)
+
+def compose_errors(document: dict) -> list[str]:
+    """Where and why a compose document breaks the Compose Specification; empty when it keeps it."""
+    validator = Draft202012Validator(compose_schema())
+    return [
+        f"{'/'.join(str(part) for part in error.absolute_path) or '(root)'}: {error.message}"
+        for error in sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+    ]

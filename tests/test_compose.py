@@ -1,16 +1,15 @@
 """The deployment files: docker-compose.yaml, .env.example, the two Dockerfiles, .dockerignore.
 
-No Docker engine is needed: the files are parsed as compose and Docker would read them, and
-`docker compose config` runs wherever a Compose v2 client exists (it needs no engine either).
+No Docker engine or Compose client is needed: the files are parsed as compose and Docker would
+read them, and the compose file is validated against the Compose Specification's JSON schema.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import os
 import re
 import shlex
-import subprocess
 from pathlib import PurePosixPath
 
 import pytest
@@ -20,11 +19,10 @@ from image_embeddings_airflow.params import resolve_plan
 from image_embeddings_airflow.settings import SETTINGS, load_settings, validate_dataflow
 from tests.compose import (
     AIRFLOW_DOCKERFILE,
-    COMPOSE_FILE,
     ENV_EXAMPLE,
     REPO,
     WORKER_DOCKERFILE,
-    compose_command,
+    compose_errors,
     compose_variables,
     dockerignore_excludes,
     env_example_active,
@@ -434,54 +432,40 @@ def test_build_contexts_hold_what_the_dockerfiles_copy():
         assert dockerignore_excludes(left_out), left_out
 
 
-# --- docker compose config ---------------------------------------------------------------------
+# --- the Compose Specification ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def compose():
-    command, detail = compose_command()
-    if command is None:
-        pytest.skip(f"docker compose config not run: no Docker Compose v2 client here ({detail})")
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")
-    }
-
-    def run(*arguments: str, env_file=None) -> str:
-        options = ["--project-directory", str(REPO), "-f", str(COMPOSE_FILE)]
-        env = dict(environment)
-        if env_file is not None:
-            options += ["--env-file", str(env_file)]
-            env["ENV_FILE_PATH"] = str(env_file)
-        result = subprocess.run(
-            [*command, *options, *arguments],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    return run
+def test_the_compose_file_keeps_the_compose_specification():
+    assert compose_errors(load_compose()) == []
 
 
-def test_docker_compose_config_accepts_the_stack(compose):
-    compose("config", "--quiet")
-    compose("--profile", EMULATOR_PROFILE, "--profile", "debug", "config", "--quiet")
-    compose("config", "--quiet", env_file=ENV_EXAMPLE)
-    default = set(compose("config", "--services").split())
+def test_services_without_a_profile_form_the_default_stack(services):
+    default = {name for name, service in services.items() if not service.get("profiles")}
     assert default == {"postgres", *AIRFLOW_SERVICES, "airflow-init"}
 
 
-def test_docker_compose_config_with_the_emulator_section(compose, tmp_path):
-    env_file = tmp_path / "emulator.env"
-    env_file.write_text(
-        "".join(f"{key}='{value}'\n" for key, value in emulator_section_env().items())
-    )
-    model = json.loads(compose("config", "--format", "json", env_file=env_file))
-    services = model["services"]
-    assert {"gcs-emulator", "gcs-seed"} <= set(services)
-    scheduler = services["airflow-scheduler"]["environment"]
-    assert scheduler["STORAGE_EMULATOR_HOST"] == "http://gcs-emulator:9023"
-    assert scheduler["IMAGE_EMBEDDINGS_INPUT_ROOT"] == "gs://image-embeddings/images"
-    assert json.loads(scheduler["AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT"])["extra"]["is_anonymous"]
+@pytest.mark.parametrize(
+    ("break_it", "expected"),
+    [
+        (
+            lambda doc: doc["services"]["postgres"].update(restart_policy="always"),
+            "services/postgres",
+        ),
+        (
+            lambda doc: doc["services"]["postgres"].update(ports="5432:5432"),
+            "services/postgres/ports",
+        ),
+        (
+            lambda doc: doc["services"]["airflow-init"].update(depends_on=5),
+            "services/airflow-init/depends_on",
+        ),
+        (lambda doc: doc.update(service={}), "(root)"),
+    ],
+)
+def test_a_broken_compose_document_is_refused(break_it, expected):
+    document = copy.deepcopy(load_compose())
+    break_it(document)
+
+    errors = compose_errors(document)
+
+    assert errors and any(error.startswith(expected) for error in errors), errors

@@ -80,8 +80,11 @@ ENGINES = ("openvino", "tensorflow")
 # Exit status of `python -m beam_jobs.image_embeddings.prepare` refusing an int8 model below the
 # accuracy thresholds: preparing again gives the same verdict.
 PREPARE_REFUSED_EXIT = 3
-# `--precision`: int8 needs the OpenVINO engine, bfloat16 a CPU with bfloat16 instructions.
+# `--precision` (the model call's arithmetic: int8 needs the OpenVINO engine, bfloat16 a CPU with
+# bfloat16 instructions) and `--embedding_dtype` (the stored vectors' float type): the pipeline's
+# options and the DAG's settings and params offer these.
 PRECISIONS = ("float32", "int8", "bfloat16")
+EMBEDDING_DTYPES = ("float32", "float16")
 
 # Where a manifest entry failed, as recorded in the `stage` column of the failures output.
 STAGE_INPUT = "input"  # refused before any read: not a valid URI, outside the input root

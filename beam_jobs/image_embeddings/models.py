@@ -29,9 +29,9 @@ from beam_jobs.image_embeddings.weights import (
     stalled_downloads_fail,
 )
 
-# --precision value -> Keras dtype policy. Mixed bfloat16 keeps variables in float32 and computes
-# in bfloat16, which CPUs with AVX512_BF16 run much faster.
-PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+# The precisions the tensorflow engine runs -> Keras dtype policy. Mixed bfloat16 keeps
+# variables in float32 and computes in bfloat16, which CPUs with AVX512_BF16 run much faster.
+DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,11 @@ def check_weights(spec: ModelSpec, weights: str) -> None:
 
 
 def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision not in DTYPE_POLICIES:
+        raise ValueError(
+            f"precision must be one of {', '.join(DTYPE_POLICIES)}, not {precision!r} "
+            "(int8 runs on --engine openvino)"
+        )
 
 
 def build_model(spec: ModelSpec, weights: str, precision: str = "float32") -> Any:
@@ -161,7 +164,7 @@ def build_model(spec: ModelSpec, weights: str, precision: str = "float32") -> An
     model = _load_keras_file(spec, weights) if spec.is_custom else _build_application(spec, weights)
     if precision != "float32":
         for layer in _layers(model):
-            layer.dtype_policy = PRECISIONS[precision]
+            layer.dtype_policy = DTYPE_POLICIES[precision]
     return model
 
 

@@ -8,13 +8,12 @@ from dataclasses import dataclass
 
 from beam_jobs.image_embeddings import calibration
 from beam_jobs.image_embeddings.accuracy import Thresholds
-from beam_jobs.image_embeddings.contract import ENGINES, PRECISIONS
+from beam_jobs.image_embeddings.contract import EMBEDDING_DTYPES, ENGINES, PRECISIONS
 from beam_jobs.image_embeddings.images import DEFAULT_MAX_IMAGE_BYTES
 from beam_jobs.image_embeddings.io import check_supported
 from beam_jobs.image_embeddings.lease import DEFAULT_TTL
 from beam_jobs.image_embeddings.models import check_weights, resolve_model
 
-EMBEDDING_DTYPES = ("float32", "float16")
 DEFAULT_REUSE_DAYS = 30
 
 USAGE = "python -m beam_jobs.image_embeddings --manifest URI --output URI [options] [Beam options]"

@@ -29,7 +29,7 @@ from image_embeddings_airflow.day_index import read_day_index
 from image_embeddings_airflow.history import comparable_days
 from image_embeddings_airflow.reduction import (
     BATCH_ROWS,
-    Pca,
+    PcaAxes,
     load_pca,
     sample_rows,
     vector_batches,
@@ -187,7 +187,9 @@ def confirmed(
                 yield int(query), int(other), float(cosine)
 
 
-def near_within(coordinates, index, shards, pca: Pca, uris, digests, threshold, day, found) -> None:
+def near_within(
+    coordinates, index, shards, pca: PcaAxes, uris, digests, threshold, day, found
+) -> None:
     """Near copies inside the day: of a pair, the larger URI is the duplicate of the smaller."""
     pairs: set[tuple[int, int]] = set()
     for start in range(0, len(coordinates), BATCH_ROWS):

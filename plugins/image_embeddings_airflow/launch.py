@@ -13,6 +13,18 @@ DATAFLOW_RUNNER = "DataflowRunner"
 # Seconds the launcher waits for a cancelled job to stop, and between job state polls.
 CANCEL_TIMEOUT_S = 300
 POLL_SLEEP_S = 30
+# Run plan entries that go to the pipeline as the same-named options (`--batch_size 32`).
+JOB_OPTIONS = (
+    "model",
+    "weights",
+    "batch_size",
+    "engine",
+    "precision",
+    "embedding_dtype",
+    "num_shards",
+    # The launcher reuses embeddings of the finished days before it with the same model.
+    "reuse_days",
+)
 
 
 class WaitMode(enum.Enum):
@@ -80,19 +92,16 @@ def pipeline_options(
 ) -> dict[str, Any]:
     """The pipeline's command-line options (without runner, project, region and job name,
     which the operator adds from the Dataflow configuration)."""
-    options = {
-        "manifest": manifest,
-        "output": plan["output_dir"],
-        # Entries outside the day's input folder are failures, never opened.
-        "input_root": plan["input_dir"],
-        "model": plan["model"],
-        "weights": plan["weights"],
-        "batch_size": plan["batch_size"],
-        "engine": plan["engine"],
-        "precision": plan["precision"],
-        # The launcher reuses embeddings of the finished days before it with the same model.
-        "reuse_days": plan["reuse_days"],
-    } | _present({"prepared_model": prepared_model})
+    options = (
+        {
+            "manifest": manifest,
+            "output": plan["output_dir"],
+            # Entries outside the day's input folder are failures, never opened.
+            "input_root": plan["input_dir"],
+        }
+        | {name: plan[name] for name in JOB_OPTIONS}
+        | _present({"prepared_model": prepared_model})
+    )
     if plan["runner"] != DATAFLOW_RUNNER:
         return options
     image = plan["dataflow_sdk_container_image"]

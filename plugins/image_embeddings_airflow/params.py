@@ -10,128 +10,121 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from beam_jobs.image_embeddings.contract import ENGINES, PRECISIONS
 from image_embeddings_airflow.settings import (
-    RUNNERS,
+    DATE_RULE,
+    Rule,
     Settings,
     day_dir,
-    validate_components,
+    setting_rule,
+    setting_variable,
     validate_dataflow,
     validate_date,
-    validate_engine,
     validate_engine_precision,
-    validate_failure_rate,
-    validate_model,
-    validate_precision,
-    validate_reuse_days,
-    validate_runner,
-    validate_uri,
-    validate_weights,
 )
 
-# A root: an absolute local path, a file:// URI or gs://BUCKET/... (the form's message shows this
-# pattern: keep it readable); resolve_run checks the rest, bucket names included.
-ROOT_PATTERN = r"^(/|file:///|gs://)"
 UNSET = "Empty: the deployment setting {variable} applies."
 
 
-def _optional(kind: str, title: str, description: str, **schema: Any) -> Param:
+@dataclass(frozen=True)
+class FormField:
+    """How the trigger form shows one param: title, help text, and checks the form adds."""
+
+    title: str
+    description: str
+    # Beyond the setting's own rule; only ever stricter.
+    schema: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# The trigger form: one optional override per setting a user may change for one run. Each param
+# named like a setting is validated by that setting's rule (`settings.Settings`), in the form and
+# again when the run resolves; adding one is a Settings field, a line here and a RunPlan field.
+FORM = {
+    "input_root": FormField(
+        "Input root",
+        "Root of the dated image folders: an absolute path, file:///... or gs://BUCKET/... ",
+    ),
+    "output_root": FormField(
+        "Output root",
+        "Where day D's manifest, embeddings, reports and plot go (OUTPUT_ROOT/D/): an absolute "
+        "path, file:///... or gs://BUCKET/... ",
+    ),
+    "runner": FormField(
+        "Beam runner",
+        "DirectRunner (on the Airflow worker) or DataflowRunner (Google Cloud Dataflow). ",
+    ),
+    "model": FormField("Model", "Embedding model, e.g. resnet50. "),
+    "weights": FormField(
+        "Weights",
+        "imagenet, random (offline smoke runs only: the embeddings mean nothing) or the URI "
+        "of a Keras weights file. ",
+    ),
+    "batch_size": FormField("Batch size", "Images per model call. "),
+    "engine": FormField(
+        "Engine",
+        "openvino (a model prepared once per fingerprint by prepare_model; faster, int8 too) "
+        "or tensorflow (the Keras model as is). ",
+    ),
+    "precision": FormField(
+        "Precision",
+        "float32, int8 (openvino only; refused before embedding when it strays from float32) "
+        "or bfloat16 (CPUs with bfloat16 instructions only). ",
+    ),
+    "calibration_manifest": FormField(
+        "int8 calibration manifest",
+        "Manifest of the images int8 is calibrated on and checked with (unset everywhere: a "
+        "seeded sample of the day's images): an absolute path, file:///... or gs://BUCKET/... ",
+    ),
+    "reuse_days": FormField(
+        "Reuse lookback (days)",
+        "Images whose bytes a finished run of the last N days (or this day's earlier run) "
+        "embedded with the same model are copied, not embedded again; 0 embeds every image. ",
+    ),
+    "embedding_dtype": FormField(
+        "Embedding dtype",
+        "Float type of the stored embeddings (float16 halves the bytes). ",
+    ),
+    "num_shards": FormField(
+        "Embeddings files", "Number of embeddings files; 0 lets the runner decide. "
+    ),
+    "max_failure_rate": FormField(
+        "Maximum failure rate",
+        "Largest fraction (0 to 1) of the day's images that may fail before validation fails "
+        "the run. ",
+    ),
+    "pca_components": FormField(
+        "PCA components",
+        "Principal components kept by the dimensionality reduction (at least 2, for the plot). ",
+        {"minimum": 2},
+    ),
+}
+DATE_FIELD = FormField(
+    "Day",
+    "Day D whose images (INPUT_ROOT/D/) are embedded. Empty: the run's logical date. "
+    "A manual run without a logical date needs it.",
+)
+
+
+def _optional(rule: Rule, form: FormField, description: str) -> Param:
     """A param that may stay empty (null): the run then uses the deployment setting."""
-    return Param(None, type=["null", kind], title=title, description=description, **schema)
+    schema = {**rule.schema, **form.schema}
+    kind = schema.pop("type")
+    if "enum" in schema:
+        schema["enum"] = [None, *schema["enum"]]
+    return Param(None, type=["null", kind], title=form.title, description=description, **schema)
 
 
 def dag_params() -> dict[str, Param]:
-    """The trigger form: one optional override per setting a user may change for one run."""
+    """The trigger form: the day, then one optional override per setting in `FORM`."""
     return {
-        "date": _optional(
-            "string",
-            "Day",
-            "Day D whose images (INPUT_ROOT/D/) are embedded. Empty: the run's logical date. "
-            "A manual run without a logical date needs it.",
-            format="date",
-        ),
-        "input_root": _optional(
-            "string",
-            "Input root",
-            "Root of the dated image folders: an absolute path, file:///... or gs://BUCKET/... "
-            + UNSET.format(variable="IMAGE_EMBEDDINGS_INPUT_ROOT"),
-            pattern=ROOT_PATTERN,
-        ),
-        "output_root": _optional(
-            "string",
-            "Output root",
-            "Where day D's manifest, embeddings, reports and plot go (OUTPUT_ROOT/D/): an absolute "
-            "path, file:///... or gs://BUCKET/... "
-            + UNSET.format(variable="IMAGE_EMBEDDINGS_OUTPUT_ROOT"),
-            pattern=ROOT_PATTERN,
-        ),
-        "runner": _optional(
-            "string",
-            "Beam runner",
-            "DirectRunner (on the Airflow worker) or DataflowRunner (Google Cloud Dataflow). "
-            + UNSET.format(variable="IMAGE_EMBEDDINGS_RUNNER"),
-            enum=[None, *RUNNERS],
-        ),
-        "model": _optional(
-            "string",
-            "Model",
-            "Embedding model, e.g. resnet50. " + UNSET.format(variable="IMAGE_EMBEDDINGS_MODEL"),
-            minLength=1,
-        ),
-        "weights": _optional(
-            "string",
-            "Weights",
-            "imagenet, random (offline smoke runs only: the embeddings mean nothing) or the URI "
-            "of a Keras weights file. " + UNSET.format(variable="IMAGE_EMBEDDINGS_WEIGHTS"),
-            minLength=1,
-        ),
-        "engine": _optional(
-            "string",
-            "Engine",
-            "openvino (a model prepared once per fingerprint by prepare_model; faster, int8 too) "
-            "or tensorflow (the Keras model as is). "
-            + UNSET.format(variable="IMAGE_EMBEDDINGS_ENGINE"),
-            enum=[None, *ENGINES],
-        ),
-        "precision": _optional(
-            "string",
-            "Precision",
-            "float32, int8 (openvino only; refused before embedding when it strays from float32) "
-            "or bfloat16 (CPUs with bfloat16 instructions only). "
-            + UNSET.format(variable="IMAGE_EMBEDDINGS_PRECISION"),
-            enum=[None, *PRECISIONS],
-        ),
-        "calibration_manifest": _optional(
-            "string",
-            "int8 calibration manifest",
-            "Manifest of the images int8 is calibrated on and checked with: an absolute path, "
-            "file:///... or gs://BUCKET/... Empty: the deployment setting "
-            "IMAGE_EMBEDDINGS_CALIBRATION_MANIFEST, else a seeded sample of the day's images.",
-            pattern=ROOT_PATTERN,
-        ),
-        "reuse_days": _optional(
-            "integer",
-            "Reuse lookback (days)",
-            "Images whose bytes a finished run of the last N days (or this day's earlier run) "
-            "embedded with the same model are copied, not embedded again; 0 embeds every image. "
-            + UNSET.format(variable="IMAGE_EMBEDDINGS_REUSE_DAYS"),
-            minimum=0,
-        ),
-        "max_failure_rate": _optional(
-            "number",
-            "Maximum failure rate",
-            "Largest fraction (0 to 1) of the day's images that may fail before validation fails "
-            "the run. " + UNSET.format(variable="IMAGE_EMBEDDINGS_MAX_FAILURE_RATE"),
-            minimum=0,
-            maximum=1,
-        ),
-        "pca_components": _optional(
-            "integer",
-            "PCA components",
-            "Principal components kept by the dimensionality reduction (at least 2, for the plot). "
-            + UNSET.format(variable="IMAGE_EMBEDDINGS_PCA_COMPONENTS"),
-            minimum=2,
-        ),
+        "date": _optional(DATE_RULE, DATE_FIELD, DATE_FIELD.description),
+        **{
+            name: _optional(
+                setting_rule(name),
+                form,
+                form.description + UNSET.format(variable=setting_variable(name)),
+            )
+            for name, form in FORM.items()
+        },
     }
 
 
@@ -148,6 +141,8 @@ class RunPlan:
     batch_size: int
     engine: str
     precision: str
+    embedding_dtype: str
+    num_shards: int
     model_cache: str
     calibration_manifest: str | None
     int8_min_centred_cosine_mean: float
@@ -190,30 +185,15 @@ def run_day(date_param: str | None, logical_date: datetime | None) -> str:
     return logical_date.date().isoformat()
 
 
-_VALIDATORS = {
-    "input_root": lambda value: validate_uri(value, "input root"),
-    "output_root": lambda value: validate_uri(value, "output root"),
-    "runner": validate_runner,
-    "model": validate_model,
-    "weights": validate_weights,
-    "engine": validate_engine,
-    "precision": validate_precision,
-    "calibration_manifest": lambda value: validate_uri(value, "calibration manifest"),
-    "reuse_days": validate_reuse_days,
-    "max_failure_rate": validate_failure_rate,
-    "pca_components": validate_components,
-}
-
-
 def with_overrides(settings: Settings, params: Mapping[str, Any]) -> Settings:
     """The settings with every non-empty param applied over them, each validated."""
     overrides = {}
-    for name, check in _VALIDATORS.items():
+    for name in FORM:
         value = params.get(name)
         if value is None or value == "":
             continue
         try:
-            overrides[name] = check(value)
+            overrides[name] = setting_rule(name).check(value)
         except ValueError as error:
             raise ValueError(f"param {name!r}: {error}") from None
     return dataclasses.replace(settings, **overrides)

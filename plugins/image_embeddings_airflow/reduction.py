@@ -7,6 +7,7 @@ import logging
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +17,9 @@ import pyarrow.parquet as pq
 from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, PCA_NAME, join, shard_glob
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.settings import validate_components, validate_sample_size
+
+if TYPE_CHECKING:
+    from sklearn.decomposition import PCA
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +43,6 @@ class ReductionResult:
     sample_size: int
     n_components: int
     explained_variance_ratio: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class Pca:
-    """A fitted PCA: rows of `components` are unit principal axes, largest variance first."""
-
-    components: np.ndarray
-    mean: np.ndarray
-    explained_variance: np.ndarray
-    explained_variance_ratio: np.ndarray
-
-    def project(self, vectors: np.ndarray) -> np.ndarray:
-        """Coordinates of `vectors` on the principal axes, float32."""
-        return ((vectors - self.mean) @ self.components.T).astype(np.float32)
 
 
 def projection_schema(n_components: int) -> pa.Schema:
@@ -96,50 +86,20 @@ def sample_rows(shards: list[str], picks: np.ndarray) -> np.ndarray:
     return sample
 
 
-def _axes_by_svd(sample: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Variances and unit axes (rows), largest first, from the SVD of the centred sample."""
-    _, singular, axes = np.linalg.svd(sample - mean, full_matrices=False)
-    return singular**2 / max(len(sample) - 1, 1), axes
+def fit_pca(sample: np.ndarray, n_components: int) -> PCA:
+    """scikit-learn's PCA of `n_components` axes fitted on the sample's rows.
 
-
-def _axes_by_covariance(sample: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Variances and unit axes (rows), largest first, from the eigenvectors of the covariance.
-
-    The dim x dim covariance is summed over row chunks, so this needs the sample plus a few
-    dim^2 matrices (32 MB each at 2048-d), however many rows the sample has.
+    Its sign convention (each axis's largest coordinate positive) makes the same data always give
+    the same projection.
     """
-    covariance = np.zeros((sample.shape[1], sample.shape[1]))
-    centre = mean.astype(sample.dtype)
-    for start in range(0, len(sample), BATCH_ROWS):
-        # float32 products over one chunk, summed in float64: half the time of float64 products,
-        # and the chunk's rounding stays far below the variances a PCA ranks.
-        centered = sample[start : start + BATCH_ROWS] - centre
-        covariance += centered.T @ centered
-    variances, axes = np.linalg.eigh(covariance / max(len(sample) - 1, 1))
-    order = np.argsort(variances)[::-1]
-    return variances[order], axes[:, order].T
+    from sklearn.decomposition import PCA
 
-
-def fit_pca(sample: np.ndarray, n_components: int) -> Pca:
-    """Fit a PCA of `n_components` axes on the sample's rows (at most min(rows, dim))."""
-    mean = sample.mean(axis=0, dtype=np.float64)
-    # Fewer rows than dimensions: the thin SVD is far cheaper than a dim x dim eigenproblem.
-    fit = _axes_by_svd if len(sample) < sample.shape[1] else _axes_by_covariance
-    variances, axes = fit(sample, mean)
-    variances = np.clip(variances, 0.0, None)
-    components = axes[:n_components]
-    # An axis's sign is arbitrary: make each one's largest coordinate positive, so the same
-    # data always gives the same projection.
-    largest = components[np.arange(len(components)), np.abs(components).argmax(axis=1)]
-    components = components * np.where(largest < 0, -1.0, 1.0)[:, None]
-    total = variances.sum()
-    explained = variances[:n_components]
-    return Pca(
-        components=components.astype(np.float32),
-        mean=mean.astype(np.float32),
-        explained_variance=explained,
-        explained_variance_ratio=explained / total if total > 0 else np.zeros_like(explained),
-    )
+    # The covariance's eigenvectors need no copy of the sample and are exact, and a dim x dim
+    # eigenproblem costs the same for any row count; with fewer rows than dimensions, the thin
+    # SVD of the (copied) sample is the cheaper exact fit. The randomized solver is not exact:
+    # on flat spectra like pooled CNN features it misses variances by several percent.
+    solver = "full" if len(sample) < sample.shape[1] else "covariance_eigh"
+    return PCA(n_components, svd_solver=solver).fit(sample)
 
 
 def capped_components(requested: int, sample_rows: int, dim: int) -> int:
@@ -156,13 +116,30 @@ def capped_components(requested: int, sample_rows: int, dim: int) -> int:
     return min(requested, cap)
 
 
-def write_projection(shards: list[str], pca: Pca, uri: str) -> int:
+@dataclass(frozen=True)
+class PcaAxes:
+    """The axes a fitted PCA keeps (unit rows of `components`) and the mean it centres on."""
+
+    components: np.ndarray
+    mean: np.ndarray
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """Coordinates of `vectors` on the axes, float32 (what `PCA.transform` computes)."""
+        return ((vectors - self.mean) @ self.components.T).astype(np.float32, copy=False)
+
+
+def axes_of(pca: PCA) -> PcaAxes:
+    """The axes of a fitted scikit-learn PCA, float32 as `pca.npz` stores them."""
+    return PcaAxes(pca.components_.astype(np.float32), pca.mean_.astype(np.float32))
+
+
+def write_projection(shards: list[str], axes: PcaAxes, uri: str) -> int:
     """Project every embedding in a streaming pass into `uri`; return the row count."""
-    schema = projection_schema(len(pca.components))
+    schema = projection_schema(len(axes.components))
     rows = 0
     with storage.open_file(uri, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
         for uris, matrix in vector_batches(shards):
-            coordinates = pca.project(matrix)
+            coordinates = axes.project(matrix)
             columns = [pa.array(uris, pa.string())] + [
                 pa.array(coordinates[:, i]) for i in range(coordinates.shape[1])
             ]
@@ -171,29 +148,24 @@ def write_projection(shards: list[str], pca: Pca, uri: str) -> int:
     return rows
 
 
-def save_pca(pca: Pca, sample_size: int, uri: str) -> None:
+def save_pca(pca: PCA, sample_size: int, uri: str) -> None:
     """`pca.npz`: plain arrays only, so `np.load(..., allow_pickle=False)` reads it."""
     buffer = io.BytesIO()
     np.savez(
         buffer,
-        components=pca.components,
-        mean=pca.mean,
-        explained_variance=pca.explained_variance,
-        explained_variance_ratio=pca.explained_variance_ratio,
+        components=pca.components_.astype(np.float32),
+        mean=pca.mean_.astype(np.float32),
+        explained_variance=pca.explained_variance_.astype(np.float64),
+        explained_variance_ratio=pca.explained_variance_ratio_.astype(np.float64),
         sample_size=np.int64(sample_size),
     )
     storage.write_bytes(uri, buffer.getvalue())
 
 
-def load_pca(uri: str) -> Pca:
-    """A PCA saved by `save_pca`."""
+def load_pca(uri: str) -> PcaAxes:
+    """The axes of a PCA saved by `save_pca`."""
     with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as saved:
-        return Pca(
-            components=saved["components"],
-            mean=saved["mean"],
-            explained_variance=saved["explained_variance"],
-            explained_variance_ratio=saved["explained_variance_ratio"],
-        )
+        return PcaAxes(components=saved["components"], mean=saved["mean"])
 
 
 def read_projection(uri: str) -> np.ndarray:
@@ -252,9 +224,10 @@ def reduce_dimensions(
     sample = sample_rows(shards, picks)
     kept = capped_components(n_components, len(sample), sample.shape[1])
     pca = fit_pca(sample, kept)
+    axes = axes_of(pca)
     names = (PROJECTION_NAME, PCA_NAME, PLOT_NAME, SAMPLE_NAME)
     uris = {name: join(output_dir, name) for name in names}
-    rows = write_projection(shards, pca, uris[PROJECTION_NAME])
+    rows = write_projection(shards, axes, uris[PROJECTION_NAME])
     save_pca(pca, len(sample), uris[PCA_NAME])
     kept_rows = rng.choice(len(sample), size=min(SAMPLE_ROWS, len(sample)), replace=False)
     save_sample(sample[np.sort(kept_rows)], uris[SAMPLE_NAME])
@@ -263,7 +236,8 @@ def reduce_dimensions(
         f"{posixpath.basename(output_dir)}: {rows} embeddings, {len(shown)} shown, "
         f"PCA fitted on {len(sample)}"
     )
-    plot_projection(pca.project(shown), pca.explained_variance_ratio, title, uris[PLOT_NAME])
+    ratio = pca.explained_variance_ratio_
+    plot_projection(axes.project(shown), ratio, title, uris[PLOT_NAME])
     log.info("Reduced %d embeddings to %d components in %s", rows, kept, output_dir)
     return ReductionResult(
         projection_uri=uris[PROJECTION_NAME],
@@ -272,5 +246,5 @@ def reduce_dimensions(
         rows=rows,
         sample_size=len(sample),
         n_components=kept,
-        explained_variance_ratio=tuple(float(r) for r in pca.explained_variance_ratio),
+        explained_variance_ratio=tuple(float(r) for r in ratio),
     )

@@ -121,10 +121,13 @@ def test_every_param_is_described_and_optional(dag):
         "runner",
         "model",
         "weights",
+        "batch_size",
         "engine",
         "precision",
         "calibration_manifest",
         "reuse_days",
+        "embedding_dtype",
+        "num_shards",
         "max_failure_rate",
         "pca_components",
     }
@@ -135,6 +138,8 @@ def test_every_param_is_described_and_optional(dag):
         assert "null" in param.schema["type"], name
     assert params.get_param("date").schema["format"] == "date"
     assert params.get_param("runner").schema["enum"] == [None, "DirectRunner", "DataflowRunner"]
+    assert params.get_param("precision").schema["enum"] == [None, "float32", "bfloat16"]
+    assert params.get_param("embedding_dtype").schema["enum"] == [None, "float32", "float16"]
 
 
 GOOD_CONFS = [
@@ -147,6 +152,7 @@ GOOD_CONFS = [
     {"max_failure_rate": 1, "pca_components": 128, "model": "resnet50", "weights": "random"},
     {"engine": "openvino", "precision": "int8", "calibration_manifest": "gs://bucket-1/c.txt"},
     {"engine": "tensorflow", "precision": "bfloat16"},
+    {"batch_size": 1, "precision": "bfloat16", "embedding_dtype": "float16", "num_shards": 0},
 ]
 
 BAD_CONFS = [
@@ -166,6 +172,10 @@ BAD_CONFS = [
     {"engine": "onnx"},
     {"precision": "float16"},
     {"calibration_manifest": "s3://bucket/c.txt"},
+    {"batch_size": 0},
+    {"embedding_dtype": "bfloat16"},
+    {"num_shards": -1},
+    {"num_shards": 1.5},
 ]
 
 

@@ -64,6 +64,8 @@ def test_local_options_are_the_job_options_only():
         "engine": "openvino",
         "precision": "float32",
         "reuse_days": 30,
+        "embedding_dtype": "float32",
+        "num_shards": 0,
     }
     assert launch(plan, MANIFEST, "image_embeddings").dataflow_config is None
 
@@ -81,12 +83,58 @@ def test_dataflow_options_carry_the_worker_settings():
         "engine": "openvino",
         "precision": "float32",
         "reuse_days": 30,
+        "embedding_dtype": "float32",
+        "num_shards": 0,
         "temp_location": "gs://photos/tmp",
         "staging_location": "gs://photos/staging",
         "machine_type": "n2-standard-4",
         "max_num_workers": 8,
         "setup_file": "/opt/app/beam_jobs/setup.py",
     }
+
+
+def test_params_reach_the_pipelines_command_line():
+    """Trigger-form params -> run plan -> the provider's arguments -> the pipeline's parser."""
+    from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
+
+    from beam_jobs.image_embeddings.options import parse_known_args
+
+    params = {"precision": "bfloat16", "embedding_dtype": "float16", "batch_size": 8}
+    plan = resolve_run(params | {"num_shards": 3, "weights": "random"}, NOV_28, LOCAL)
+    arguments = beam_options_to_args(pipeline_options(plan, MANIFEST))
+
+    job, beam_args = parse_known_args(arguments)
+
+    assert "--embedding_dtype=float16" in arguments and "--num_shards=3" in arguments
+    assert (job.precision, job.embedding_dtype, job.batch_size, job.num_shards) == (
+        "bfloat16",
+        "float16",
+        8,
+        3,
+    )
+    assert (job.manifest, job.output, job.weights) == (
+        MANIFEST,
+        "/data/embeddings/2026-11-28",
+        "random",
+    )
+    assert beam_args == []
+
+
+def test_settings_reach_the_pipelines_command_line():
+    from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
+
+    from beam_jobs.image_embeddings.options import parse_known_args
+
+    environ = LOCAL | {
+        "IMAGE_EMBEDDINGS_PRECISION": "bfloat16",
+        "IMAGE_EMBEDDINGS_EMBEDDING_DTYPE": "float16",
+        "IMAGE_EMBEDDINGS_NUM_SHARDS": "2",
+    }
+    plan = resolve_run({"weights": "random"}, NOV_28, environ)
+
+    job, _ = parse_known_args(beam_options_to_args(pipeline_options(plan, MANIFEST)))
+
+    assert (job.precision, job.embedding_dtype, job.num_shards) == ("bfloat16", "float16", 2)
 
 
 def test_a_container_image_replaces_the_setup_file_and_sdk_staging():

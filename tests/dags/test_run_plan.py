@@ -54,6 +54,23 @@ def test_params_override_settings_and_fix_the_day_folders():
     assert plan.as_dict()["max_failure_rate"] == 0.05
 
 
+def test_pipeline_params_override_their_settings():
+    settings = load_settings(LOCAL | {"IMAGE_EMBEDDINGS_BATCH_SIZE": "16"})
+    params = {"precision": "bfloat16", "embedding_dtype": "float16", "num_shards": 4}
+
+    plan = resolve_plan(settings, params, NOV_28)
+    unchanged = resolve_plan(settings, {}, NOV_28)
+
+    assert (plan.precision, plan.embedding_dtype, plan.num_shards) == ("bfloat16", "float16", 4)
+    assert (unchanged.precision, unchanged.embedding_dtype, unchanged.num_shards) == (
+        "float32",
+        "float32",
+        0,
+    )
+    assert plan.batch_size == unchanged.batch_size == 16
+    assert resolve_plan(settings, {"batch_size": 64}, NOV_28).batch_size == 64
+
+
 def test_empty_params_keep_the_settings():
     settings = load_settings(LOCAL | {"IMAGE_EMBEDDINGS_WEIGHTS": "random"})
     plan = resolve_plan(settings, {"runner": None, "weights": None, "model": ""}, NOV_28)
@@ -71,6 +88,10 @@ def test_empty_params_keep_the_settings():
         ({"max_failure_rate": 2}, "between 0 and 1"),
         ({"pca_components": 0}, "positive whole number"),
         ({"reuse_days": -3}, "param 'reuse_days': reuse lookback must be a whole number of days"),
+        ({"batch_size": 0}, "param 'batch_size': batch size must be a positive whole number"),
+        ({"precision": "float16"}, "param 'precision': precision must be one of float32, int8"),
+        ({"embedding_dtype": "int8"}, "embedding dtype must be one of float32, float16"),
+        ({"num_shards": -1}, "param 'num_shards': number of embeddings files must be a whole"),
         ({"runner": "DataflowRunner"}, "IMAGE_EMBEDDINGS_GCP_PROJECT is required"),
         ({"runner": "DataflowRunner"}, "MODEL_CACHE must be a gs:// URI on Dataflow"),
         ({"engine": "tensorflow", "precision": "int8"}, "int8 needs engine openvino"),

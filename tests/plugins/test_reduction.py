@@ -14,6 +14,7 @@ from beam_jobs.image_embeddings.contract import embeddings_schema
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.reduction import (
     ReductionResult,
+    axes_of,
     capped_components,
     fit_pca,
     reduce_dimensions,
@@ -79,6 +80,8 @@ def test_npz_loads_without_pickle_and_reproduces_projection(tmp_path):
         components, mean = saved["components"], saved["mean"]
         assert components.shape == (5, DIM) and mean.shape == (DIM,)
         assert saved["explained_variance"].shape == saved["explained_variance_ratio"].shape == (5,)
+        assert (components.dtype, mean.dtype) == (np.float32, np.float32)
+        assert saved["explained_variance"].dtype == np.float64
         assert int(saved["sample_size"]) == 120
     assert np.allclose(components @ components.T, np.eye(5), atol=1e-4)
     table = read_projection(result.projection_uri)
@@ -152,14 +155,17 @@ def test_fit_pca_finds_the_axes_of_greatest_variance(rows):
 
     pca = fit_pca(sample, 6)
 
-    projected = pca.project(sample)
-    assert np.allclose(pca.components @ pca.components.T, np.eye(6), atol=1e-5)
-    assert np.allclose(projected.var(axis=0, ddof=1), pca.explained_variance, rtol=1e-3)
-    assert np.allclose(pca.mean, sample.mean(axis=0), atol=1e-5)
+    projected = axes_of(pca).project(sample)
+    components = pca.components_
+    assert projected.dtype == np.float32 and projected.shape == (rows, 6)
+    assert np.allclose(components @ components.T, np.eye(6), atol=1e-5)
+    assert np.allclose(projected.var(axis=0, ddof=1), pca.explained_variance_, rtol=1e-3)
+    assert np.allclose(pca.mean_, sample.mean(axis=0), atol=1e-5)
     total = sample.var(axis=0, ddof=1).sum()
-    assert np.allclose(pca.explained_variance_ratio, pca.explained_variance / total, rtol=1e-3)
-    assert np.abs(pca.components[0] @ basis[:, 0]) > 0.9
-    assert (pca.components[np.arange(6), np.abs(pca.components).argmax(axis=1)] > 0).all()
+    assert np.allclose(pca.explained_variance_ratio_, pca.explained_variance_ / total, rtol=1e-3)
+    assert np.abs(components[0] @ basis[:, 0]) > 0.9
+    assert (components[np.arange(6), np.abs(components).argmax(axis=1)] > 0).all()
+    assert np.allclose(projected, pca.transform(sample), atol=1e-3)
 
 
 def test_capped_components():

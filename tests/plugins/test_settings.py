@@ -43,6 +43,12 @@ def test_defaults_live_in_the_repository_data_folder():
         50,
         20000,
     )
+    assert (settings.batch_size, settings.precision, settings.embedding_dtype) == (
+        32,
+        "float32",
+        "float32",
+    )
+    assert settings.num_shards == 0
     assert settings.start_date == "2026-11-01"
     assert (settings.duplicate_threshold, settings.lookback_days) == (0.95, 30)
     assert (settings.drift_reference_days, settings.drift_threshold) == (7, 0.2)
@@ -74,6 +80,8 @@ def test_every_variable_is_read_and_typed():
         "IMAGE_EMBEDDINGS_INT8_MIN_CENTRED_COSINE": "0.95",
         "IMAGE_EMBEDDINGS_INT8_MIN_TOP5_OVERLAP": "0.85",
         "IMAGE_EMBEDDINGS_REUSE_DAYS": "7",
+        "IMAGE_EMBEDDINGS_EMBEDDING_DTYPE": "float16",
+        "IMAGE_EMBEDDINGS_NUM_SHARDS": "4",
         "IMAGE_EMBEDDINGS_MAX_FAILURE_RATE": "0.2",
         "IMAGE_EMBEDDINGS_PCA_COMPONENTS": "8",
         "IMAGE_EMBEDDINGS_PCA_SAMPLE_SIZE": "1000",
@@ -114,6 +122,8 @@ def test_every_variable_is_read_and_typed():
         int8_min_centred_cosine=0.95,
         int8_min_top5_overlap=0.85,
         reuse_days=7,
+        embedding_dtype="float16",
+        num_shards=4,
         max_failure_rate=0.2,
         pca_components=8,
         pca_sample_size=1000,
@@ -171,6 +181,9 @@ def test_settings_table_documents_every_field():
         ("BATCH_SIZE", "-1", "IMAGE_EMBEDDINGS_BATCH_SIZE: batch size must be a positive"),
         ("REUSE_DAYS", "-1", "IMAGE_EMBEDDINGS_REUSE_DAYS: reuse lookback must be a whole"),
         ("REUSE_DAYS", "a week", "IMAGE_EMBEDDINGS_REUSE_DAYS: reuse lookback must be a whole"),
+        ("PRECISION", "fp16", "IMAGE_EMBEDDINGS_PRECISION: precision must be one of float32"),
+        ("EMBEDDING_DTYPE", "half", "IMAGE_EMBEDDINGS_EMBEDDING_DTYPE: embedding dtype must be"),
+        ("NUM_SHARDS", "-2", "IMAGE_EMBEDDINGS_NUM_SHARDS: number of embeddings files must be"),
         ("MODEL", "resnet5", "IMAGE_EMBEDDINGS_MODEL: model must be one of resnet50"),
         ("MODEL", "s3://m/x.keras", "IMAGE_EMBEDDINGS_MODEL: model file must be a local path"),
         ("WEIGHTS", "http://x/w.h5", "IMAGE_EMBEDDINGS_WEIGHTS: weights (one of imagenet, random"),
