@@ -248,12 +248,18 @@ def open_file(uri: str, mode: str = "rb") -> Iterator[IO[Any]]:
         with _staged_write(uri, mode) as handle:
             yield handle
         return
+    with _reader(uri, mode) as handle:
+        yield handle
+
+
+def _reader(uri: str, mode: str, cache_type: str = "readahead") -> IO[Any]:
+    """A streaming reader; gs:// reads fetch `GCS_CHUNK_SIZE` at a time into an fsspec cache."""
     try:
-        handle = object_path(uri).open(mode, encoding=_encoding(mode), block_size=GCS_CHUNK_SIZE)
+        return object_path(uri).open(
+            mode, encoding=_encoding(mode), block_size=GCS_CHUNK_SIZE, cache_type=cache_type
+        )
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "no such file", uri) from None
-    with handle:
-        yield handle
 
 
 def parquet_batches(uri: str, columns: list[str], batch_rows: int) -> Iterator[Any]:
@@ -261,11 +267,12 @@ def parquet_batches(uri: str, columns: list[str], batch_rows: int) -> Iterator[A
 
     Raises ValueError when a column is absent. Pre-buffering is off and reads go through a small
     buffer: with pyarrow's defaults a 2048-d shard took 2.5x the memory (530 MB against 220 MB
-    peak for 64 MB row groups), whatever the batch size.
+    peak for 64 MB row groups), whatever the batch size. pyarrow's buffer is the only one: with
+    gcsfs's read-ahead cache on top, a 128 MB shard on gs:// peaked 50 MB higher.
     """
     import pyarrow.parquet as pq
 
-    with open_file(uri, "rb") as handle:
+    with _reader(uri, "rb", cache_type="none") as handle:
         parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=PARQUET_BUFFER)
         absent = [name for name in columns if name not in parquet.schema_arrow.names]
         if absent:
@@ -277,7 +284,7 @@ def parquet_rows(uri: str) -> int:
     """The row count of a Parquet file, from its footer."""
     import pyarrow.parquet as pq
 
-    with open_file(uri, "rb") as handle:
+    with _reader(uri, "rb", cache_type="none") as handle:
         return pq.ParquetFile(handle).metadata.num_rows
 
 
