@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import posixpath
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
@@ -101,20 +102,21 @@ def _store(conn_id: str):
 
 
 def filesystem(uri: str, gcp_conn_id: str | None = None):
-    """The fsspec filesystem of a URI: gcsfs for gs:// (see `object_path`), else the local one."""
+    """The fsspec filesystem (gcsfs) of a gs:// URI; see `object_path`."""
     return object_path(uri, gcp_conn_id).fs
 
 
 def object_path(uri: str, gcp_conn_id: str | None = None):
-    """An Airflow ObjectStoragePath for a URI; gs:// ones go through the Airflow connection.
+    """An Airflow ObjectStoragePath for a gs:// URI, through the Airflow connection.
 
     The connection is `gcp_conn_id`, else `IMAGE_EMBEDDINGS_GCP_CONN_ID`, else the default one;
-    with `STORAGE_EMULATOR_HOST` set, requests go anonymously to the emulator.
+    with `STORAGE_EMULATOR_HOST` set, requests go anonymously to the emulator. Local paths do not
+    come here: plain file calls serve them without importing Airflow (40 s and 140 MB more for a
+    validation outside Airflow, measured on a 40k-row day).
     """
     from airflow.sdk import ObjectStoragePath
 
-    if not is_gcs(uri):
-        return ObjectStoragePath(absolute(uri))
+    split_gcs(uri)
     conn_id = _connection_id(gcp_conn_id)
     fs = _store(conn_id).fs
     # gcsfs takes one timeout for every request of a filesystem, and Airflow builds the filesystem
@@ -202,7 +204,9 @@ def glob(pattern: str) -> list[str]:
 
 def exists(uri: str) -> bool:
     """True when a file (not a folder) exists at `uri`."""
-    return object_path(uri).is_file()
+    if is_gcs(uri):
+        return object_path(uri).is_file()
+    return os.path.isfile(uri)
 
 
 def _encoding(mode: str) -> str | None:
@@ -254,6 +258,8 @@ def open_file(uri: str, mode: str = "rb") -> Iterator[IO[Any]]:
 
 def _reader(uri: str, mode: str, cache_type: str = "readahead") -> IO[Any]:
     """A streaming reader; gs:// reads fetch `GCS_CHUNK_SIZE` at a time into an fsspec cache."""
+    if not is_gcs(uri):
+        return open(uri, mode, encoding=_encoding(mode))
     try:
         return object_path(uri).open(
             mode, encoding=_encoding(mode), block_size=GCS_CHUNK_SIZE, cache_type=cache_type
@@ -290,6 +296,9 @@ def parquet_rows(uri: str) -> int:
 
 def read_bytes(uri: str) -> bytes:
     """The whole content of a small file."""
+    if not is_gcs(uri):
+        with open_file(uri, "rb") as handle:
+            return handle.read()
     # One request; opening a gs:// file first fetches its metadata, with two requests.
     target = object_path(uri)
     try:
@@ -316,9 +325,12 @@ def write_json(uri: str, value: Any) -> None:
 
 def delete(uri: str) -> bool:
     """Delete one file; return whether it existed. Any other failure raises."""
-    target = object_path(uri)
     try:
-        target.fs.rm_file(target.path)
+        if is_gcs(uri):
+            target = object_path(uri)
+            target.fs.rm_file(target.path)
+        else:
+            os.remove(uri)
     except FileNotFoundError:
         return False
     return True
@@ -331,9 +343,8 @@ def delete_prefix(prefix: str) -> int:
     """
     if not is_gcs(prefix):
         count = sum(1 for _ in list_files(prefix))
-        folder = object_path(prefix)
-        if folder.is_dir():
-            folder.fs.rm(folder.path, recursive=True)
+        if os.path.isdir(prefix):
+            shutil.rmtree(prefix)
         return count
     fs = filesystem(prefix)
     uris = list_files(prefix)
