@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import posixpath
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
@@ -106,20 +107,21 @@ def _store(conn_id: str):
 
 
 def filesystem(uri: str, gcp_conn_id: str | None = None):
-    """The fsspec filesystem of a URI: gcsfs for gs:// (see `object_path`), else the local one."""
+    """The fsspec filesystem (gcsfs) of a gs:// URI; see `object_path`."""
     return object_path(uri, gcp_conn_id).fs
 
 
 def object_path(uri: str, gcp_conn_id: str | None = None):
-    """An Airflow ObjectStoragePath for a URI; gs:// ones go through the Airflow connection.
+    """An Airflow ObjectStoragePath for a gs:// URI, through the Airflow connection.
 
     The connection is `gcp_conn_id`, else `IMAGE_EMBEDDINGS_GCP_CONN_ID`, else the default one;
-    with `STORAGE_EMULATOR_HOST` set, requests go anonymously to the emulator.
+    with `STORAGE_EMULATOR_HOST` set, requests go anonymously to the emulator. Local paths do not
+    come here: plain file calls serve them without importing Airflow (a minute and 140 MB more for a
+    validation outside Airflow, measured on a 40k-row day).
     """
     from airflow.sdk import ObjectStoragePath
 
-    if not is_gcs(uri):
-        return ObjectStoragePath(absolute(uri))
+    split_gcs(uri)
     conn_id = _connection_id(gcp_conn_id)
     fs = _store(conn_id).fs
     # gcsfs takes one timeout for every request of a filesystem, and Airflow builds the filesystem
@@ -231,7 +233,9 @@ def glob(pattern: str) -> list[str]:
 
 def exists(uri: str) -> bool:
     """True when a file (not a folder) exists at `uri`."""
-    return object_path(uri).is_file()
+    if is_gcs(uri):
+        return object_path(uri).is_file()
+    return os.path.isfile(uri)
 
 
 def _encoding(mode: str) -> str | None:
@@ -277,12 +281,20 @@ def open_file(uri: str, mode: str = "rb") -> Iterator[IO[Any]]:
         with _staged_write(uri, mode) as handle:
             yield handle
         return
+    with _reader(uri, mode) as handle:
+        yield handle
+
+
+def _reader(uri: str, mode: str, cache_type: str = "readahead") -> IO[Any]:
+    """A streaming reader; gs:// reads fetch `GCS_CHUNK_SIZE` at a time into an fsspec cache."""
+    if not is_gcs(uri):
+        return open(uri, mode, encoding=_encoding(mode))
     try:
-        handle = object_path(uri).open(mode, encoding=_encoding(mode), block_size=GCS_CHUNK_SIZE)
+        return object_path(uri).open(
+            mode, encoding=_encoding(mode), block_size=GCS_CHUNK_SIZE, cache_type=cache_type
+        )
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "no such file", uri) from None
-    with handle:
-        yield handle
 
 
 def parquet_batches(uri: str, columns: list[str], batch_rows: int) -> Iterator[Any]:
@@ -290,11 +302,12 @@ def parquet_batches(uri: str, columns: list[str], batch_rows: int) -> Iterator[A
 
     Raises ValueError when a column is absent. Pre-buffering is off and reads go through a small
     buffer: with pyarrow's defaults a 2048-d shard took 2.5x the memory (530 MB against 220 MB
-    peak for 64 MB row groups), whatever the batch size.
+    peak for 64 MB row groups), whatever the batch size. pyarrow's buffer is the only one: with
+    gcsfs's read-ahead cache on top, a 128 MB shard on gs:// peaked 50 to 80 MB higher.
     """
     import pyarrow.parquet as pq
 
-    with open_file(uri, "rb") as handle:
+    with _reader(uri, "rb", cache_type="none") as handle:
         parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=PARQUET_BUFFER)
         absent = [name for name in columns if name not in parquet.schema_arrow.names]
         if absent:
@@ -306,12 +319,15 @@ def parquet_rows(uri: str) -> int:
     """The row count of a Parquet file, from its footer."""
     import pyarrow.parquet as pq
 
-    with open_file(uri, "rb") as handle:
+    with _reader(uri, "rb", cache_type="none") as handle:
         return pq.ParquetFile(handle).metadata.num_rows
 
 
 def read_bytes(uri: str) -> bytes:
     """The whole content of a small file."""
+    if not is_gcs(uri):
+        with open_file(uri, "rb") as handle:
+            return handle.read()
     # One request; opening a gs:// file first fetches its metadata, with two requests.
     target = object_path(uri)
     try:
@@ -338,9 +354,12 @@ def write_json(uri: str, value: Any) -> None:
 
 def delete(uri: str) -> bool:
     """Delete one file; return whether it existed. Any other failure raises."""
-    target = object_path(uri)
     try:
-        target.fs.rm_file(target.path)
+        if is_gcs(uri):
+            target = object_path(uri)
+            target.fs.rm_file(target.path)
+        else:
+            os.remove(uri)
     except FileNotFoundError:
         return False
     return True
@@ -353,9 +372,8 @@ def delete_prefix(prefix: str) -> int:
     """
     if not is_gcs(prefix):
         count = sum(1 for _ in list_files(prefix))
-        folder = object_path(prefix)
-        if folder.is_dir():
-            folder.fs.rm(folder.path, recursive=True)
+        if os.path.isdir(prefix):
+            shutil.rmtree(prefix)
         return count
     fs = filesystem(prefix)
     uris = list_files(prefix)
