@@ -84,8 +84,8 @@ def stage(plan: Mapping[str, Any], holder: str) -> dict[str, Any]:
     log.info("Day %s: %d images, %s", plan["day"], info.count, info.skipped.summary())
     if info.count == 0:
         raise AirflowSkipException(
-            f"No images under {plan['input_dir']} for {plan['day']} ({info.skipped.summary()}): "
-            "nothing to embed, the following tasks are skipped"
+            f"No images under {plan['input_dir']} for {plan['day']}: nothing to embed, "
+            f"the following tasks are skipped ({info.skipped.summary()})"
         )
     return {"uri": info.uri, "count": info.count, "skipped": info.skipped.to_dict()}
 
