@@ -247,6 +247,29 @@ def padded_size(count: int, batch_size: int) -> int:
     return min(power, batch_size) if count <= batch_size else power
 
 
+def embedding_function(model: Any, spec: ModelSpec, jit_compile: bool = False) -> Any:
+    """A `tf.function` of the model with its `preprocess_input` inside: uint8 (batch, height,
+    width, 3) RGB in, float32 (batch, dim) out. The TensorFlow engine calls it; the OpenVINO
+    engine converts it."""
+    import tensorflow as tf
+
+    preprocess = preprocess_function(spec)
+    height, width = spec.input_size
+
+    # One signature: every batch size reuses a single trace (XLA compiles per shape below it).
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)],
+        jit_compile=jit_compile,
+    )
+    def embed(images):
+        pixels = tf.cast(images, tf.float32)
+        if preprocess is not None:
+            pixels = preprocess(pixels)
+        return tf.cast(model(pixels, training=False), tf.float32)
+
+    return embed
+
+
 class CompiledEmbedder:
     """A built model and its compiled call: uint8 (batch, height, width, 3) in, float32 out.
 
@@ -255,28 +278,12 @@ class CompiledEmbedder:
     """
 
     def __init__(self, model: Any, spec: ModelSpec, batch_size: int, jit_compile: bool = True):
-        import tensorflow as tf
-
         self.model = model
         self.spec = spec
         self.batch_size = batch_size
         self.jit_compile = jit_compile
-        preprocess = preprocess_function(spec)
-        height, width = spec.input_size
-
-        # One signature: every batch size reuses a single trace (XLA compiles per shape below it).
-        @tf.function(
-            input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)],
-            jit_compile=jit_compile,
-        )
-        def embed(images):
-            pixels = tf.cast(images, tf.float32)
-            if preprocess is not None:
-                pixels = preprocess(pixels)
-            return tf.cast(model(pixels, training=False), tf.float32)
-
-        self._embed = embed
-        self.dim = int(embed.get_concrete_function().structured_outputs.shape[-1])
+        self._embed = embedding_function(model, spec, jit_compile)
+        self.dim = int(self._embed.get_concrete_function().structured_outputs.shape[-1])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         count = len(images)

@@ -14,7 +14,7 @@ from beam_jobs.image_embeddings.contract import METRICS_NAMESPACE
 from beam_jobs.image_embeddings.models import (
     ModelSpec,
     build_model,
-    preprocess_function,
+    embedding_function,
     resolve_model,
     stack_images,
 )
@@ -44,19 +44,8 @@ def convert(spec: ModelSpec, weights: str) -> Any:
     """The float32 openvino.Model of a Keras model with its `preprocess_input` inside: uint8
     (batch, height, width, 3) RGB in, float32 (batch, dim) out."""
     import openvino as ov
-    import tensorflow as tf
 
-    model = build_model(spec, weights)
-    preprocess = preprocess_function(spec)
-    height, width = spec.input_size
-
-    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)])
-    def embed(images):
-        pixels = tf.cast(images, tf.float32)
-        if preprocess is not None:
-            pixels = preprocess(pixels)
-        return tf.cast(model(pixels, training=False), tf.float32)
-
+    embed = embedding_function(build_model(spec, weights), spec)
     try:
         converted = ov.convert_model(embed)
     except Exception as error:

@@ -20,6 +20,7 @@ from beam_jobs.image_embeddings.models import CompiledEmbedder, build_model, res
 from beam_jobs.image_embeddings.openvino_engine import (
     OpenVINOEmbedder,
     OpenVINOModelHandler,
+    UnconvertibleModel,
     check_precision_supported,
     compile_model,
     convert,
@@ -297,3 +298,29 @@ def test_the_prepare_cli_has_help():
     for flag in ("--model", "--precision", "--model_cache", "--calibration_manifest"):
         assert flag in shown
     assert "--min_top5_overlap" in shown and "JSON" in shown
+
+
+def test_a_model_openvino_cannot_convert_fails_at_preparation_naming_tensorflow(monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    from beam_jobs.image_embeddings import openvino_engine
+
+    class NumpyMean(keras.layers.Layer):
+        """Global average pooling through a Python function: no converter can follow it."""
+
+        def call(self, maps):
+            mean = tf.numpy_function(lambda a: a.mean(axis=(1, 2)), [maps], tf.float32)
+            mean.set_shape((None, maps.shape[-1]))
+            return mean
+
+    inputs = keras.Input((224, 224, 3))
+    model = keras.Model(inputs, NumpyMean()(keras.layers.Conv2D(4, 3)(inputs)))
+    monkeypatch.setattr(openvino_engine, "build_model", lambda *args: model)
+    with pytest.raises(UnconvertibleModel) as refused:
+        convert(resolve_model(SMALL), "random")
+    message = str(refused.value)
+    assert message.startswith(
+        "OpenVINO cannot convert model mobilenetv3small: run it with --engine tensorflow ("
+    )
+    assert "\n" not in message
