@@ -77,12 +77,16 @@ def drift_figures(day_points: np.ndarray, reference_points: np.ndarray) -> dict:
     """Every figure of `drift.json` for two sets of points in one space."""
     day, reference = Gaussian.fit(day_points), Gaussian.fit(reference_points)
     total_variance = float(np.trace(reference.covariance))
-    spread = np.sqrt(total_variance) if total_variance > 0 else np.nan
     distance = frechet_distance(day, reference)
     limit = np.quantile(mahalanobis_squared(reference_points, reference), FAR_QUANTILE)
     far = mahalanobis_squared(day_points, reference) > limit
     return {
-        "centroid_shift": float(np.linalg.norm(day.mean - reference.mean) / spread),
+        # Relative figures need a reference that varies at all; None (JSON null) otherwise.
+        "centroid_shift": (
+            float(np.linalg.norm(day.mean - reference.mean) / np.sqrt(total_variance))
+            if total_variance > 0
+            else None
+        ),
         "frechet_distance": distance,
         "relative_frechet": distance / total_variance if total_variance > 0 else None,
         "far_share": float(far.mean()),

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 PROJECTION_NAME = "projection.parquet"
 PLOT_NAME = "projection.png"
-# A uniform sample of the day's embeddings, float16, kept for later days' drift references.
+# A uniform sample of the day's embeddings, kept for later days' drift references.
 SAMPLE_NAME = "embedding-sample.npy"
 BATCH_ROWS = 2048
 PLOT_POINTS = 5000
@@ -176,9 +176,10 @@ def read_projection(uri: str) -> np.ndarray:
 
 
 def save_sample(sample: np.ndarray, uri: str) -> None:
-    """`embedding-sample.npy`: float16 rows, enough for another day's drift reference."""
+    """`embedding-sample.npy`: float32 rows (float16 flushes the tiny values of some models' random
+    initialisations to zero), enough for another day's drift reference."""
     buffer = io.BytesIO()
-    np.save(buffer, sample.astype(np.float16), allow_pickle=False)
+    np.save(buffer, sample.astype(np.float32), allow_pickle=False)
     storage.write_bytes(uri, buffer.getvalue())
 
 
