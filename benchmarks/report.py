@@ -293,8 +293,8 @@ def targets(
             reuse["images_per_s_ratio"] if reuse else None,
             3,
             True,
-            note=f"whole runs of {reuse['images']} images, start-up included: "
-            f"{reuse['wall_ratio']:.2f}x"
+            note=f"CPU s per image: {reuse['cpu_ratio']:.2f}x; whole runs of {reuse['images']} "
+            f"images, start-up included: {reuse['wall_ratio']:.2f}x"
             if reuse
             else "",
             digits=".2f",

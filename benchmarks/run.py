@@ -326,7 +326,7 @@ def prepare_images(bench: Bench, skip: frozenset[str]) -> dict[str, imagesets.Im
     sizes = bench.sizes
     photos = [sizes.images[1] if "main" not in skip else 0]
     photos.append(sizes.seed_images[1] if "seed" not in skip else 0)
-    photos.append(len(reuse_day(sizes.reuse_images[1])) if "reuse" not in skip else 0)
+    photos.append(max(reuse_day(sizes.reuse_images[1])) + 1 if "reuse" not in skip else 0)
     wanted = {SMALL_SET: max(photos)}
     if "camera" not in skip:
         camera_seed = sizes.seed_camera_images[1] if "seed" not in skip else 0
@@ -542,6 +542,9 @@ def measure_reuse(bench: Bench, photos: imagesets.ImageSet, counts: tuple[int, i
         "rows": rows,
         "images_per_s_ratio": ratio(
             rows["reuse_warm_photos"].images_per_s, rows["reuse_cold_photos"].images_per_s
+        ),
+        "cpu_ratio": ratio(
+            rows["reuse_cold_photos"].cpu_s_per_image, rows["reuse_warm_photos"].cpu_s_per_image
         ),
         "wall_ratio": cold.seconds / warm.seconds,
         "images": large,
