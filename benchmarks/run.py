@@ -521,8 +521,9 @@ def run_reuse_day(
 def measure_reuse(bench: Bench, photos: imagesets.ImageSet, counts: tuple[int, int]) -> dict:
     """Cold days and days 80% embedded before, each warm run right after its cold one.
 
-    Throughput by difference of whole runs (start-up included in neither): what a day costs per
-    image once start-up is spread over a real day's images; the large pair's wall times too.
+    Images/s and CPU seconds per image by difference of whole runs (start-up cancels out): what
+    a day costs per image once start-up is spread over a real day's images; the large pair's
+    wall times too.
     """
     runs = {}
     for count in counts:
