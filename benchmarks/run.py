@@ -342,7 +342,7 @@ def prepare_images(bench: Bench, skip: frozenset[str]) -> dict[str, imagesets.Im
     photos = [sizes.images[1] if "main" not in skip else 0]
     photos.append(sizes.seed_images[1] if "seed" not in skip else 0)
     photos.append(sizes.calibration_images if "openvino" not in skip else 0)
-    photos.append(len(reuse_day(sizes.reuse_images[1])) if "reuse" not in skip else 0)
+    photos.append(max(reuse_day(sizes.reuse_images[1])) + 1 if "reuse" not in skip else 0)
     wanted = {SMALL_SET: max(photos)}
     if "camera" not in skip:
         camera_seed = sizes.seed_camera_images[1] if "seed" not in skip else 0
@@ -584,8 +584,9 @@ def run_reuse_day(
 def measure_reuse(bench: Bench, photos: imagesets.ImageSet, counts: tuple[int, int]) -> dict:
     """Cold days and days 80% embedded before, each warm run right after its cold one.
 
-    Throughput by difference of whole runs (start-up included in neither): what a day costs per
-    image once start-up is spread over a real day's images; the large pair's wall times too.
+    Images/s and CPU seconds per image by difference of whole runs (start-up cancels out): what
+    a day costs per image once start-up is spread over a real day's images; the large pair's
+    wall times too.
     """
     runs = {}
     for count in counts:
@@ -605,6 +606,9 @@ def measure_reuse(bench: Bench, photos: imagesets.ImageSet, counts: tuple[int, i
         "rows": rows,
         "images_per_s_ratio": ratio(
             rows["reuse_warm_photos"].images_per_s, rows["reuse_cold_photos"].images_per_s
+        ),
+        "cpu_ratio": ratio(
+            rows["reuse_cold_photos"].cpu_s_per_image, rows["reuse_warm_photos"].cpu_s_per_image
         ),
         "wall_ratio": cold.seconds / warm.seconds,
         "images": large,
