@@ -39,7 +39,7 @@ class ImageFacts(NamedTuple):
     height: int
     sha256: str
     size_bytes: int
-    thumbnail: bytes | None
+    thumbnail: bytes | None = None
 
 
 def image_facts(uri: str, image: Any) -> ImageFacts:

@@ -14,7 +14,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -104,16 +104,22 @@ def read_marker(day_dir: str) -> dict[str, Any]:
     return json.loads(storage.read_text(uri))
 
 
-def check_fingerprint(marker: dict[str, Any], day: str):
-    """The day's model spec when this machine rebuilds the day's exact model; refuse otherwise."""
-    from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
-    from beam_jobs.image_embeddings.models import resolve_model
-
+def recorded_fingerprint(marker: dict[str, Any], day: str) -> str:
+    """The model fingerprint the day's marker records; refuse a day without one."""
     recorded = marker.get("fingerprint")
     if not recorded:
         raise SearchRefused(
             f"{day}'s {SUCCESS_MARKER} has no model fingerprint: embed that day again to search it"
         )
+    return recorded
+
+
+def check_fingerprint(marker: dict[str, Any], day: str):
+    """The day's model spec when this machine rebuilds the day's exact model; refuse otherwise."""
+    from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
+    from beam_jobs.image_embeddings.models import resolve_model
+
+    recorded = recorded_fingerprint(marker, day)
     spec = resolve_model(marker["model"])
     parts = fingerprint_parts(spec, marker["weights"], marker.get("precision", "float32"))
     if fingerprint(parts) != recorded:
@@ -131,23 +137,52 @@ def check_fingerprint(marker: dict[str, Any], day: str):
     return spec
 
 
-def embed_query(image: str, spec, weights: str, precision: str) -> np.ndarray:
-    """The query image's embedding, made as the pipeline makes the day's."""
+def keras_embedder(spec, weights: str, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The day's Keras model rebuilt here (its fingerprint checked by `check_fingerprint`)."""
+    from beam_jobs.image_embeddings.models import CompiledEmbedder, build_model
+
+    return CompiledEmbedder(build_model(spec, weights, precision), spec, 1, jit_compile=False)
+
+
+def prepared_embedder(marker: dict[str, Any], day: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The day's own prepared OpenVINO model, once its card shows the day's fingerprint."""
+    from beam_jobs.image_embeddings.model_cache import read_card
+    from beam_jobs.image_embeddings.openvino_engine import OpenVINOModelHandler
+
+    recorded = recorded_fingerprint(marker, day)
+    uri = marker.get("prepared_model")
+    if not uri:
+        raise SearchRefused(f"{day}'s {SUCCESS_MARKER} names no prepared model: embed it again")
+    try:
+        card = read_card(uri)
+    except (OSError, ValueError) as error:
+        raise SearchRefused(
+            f"{day}'s prepared model {uri} cannot be read ({error}): prepare it again "
+            "(python -m beam_jobs.image_embeddings.prepare) with the day's settings"
+        ) from None
+    if card.get("fingerprint") != recorded:
+        raise SearchRefused(
+            f"{uri} holds model fingerprint {card.get('fingerprint')}, but {day} was embedded "
+            f"under {recorded}: similarities would mean nothing"
+        )
+    handler = OpenVINOModelHandler(uri, marker["model"], marker["precision"], 1, 1)
+    return handler.load_model()
+
+
+def embed_query(image: str, spec, embed: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """The query image's embedding, loaded as the pipeline loads the day's images."""
     from beam_jobs.image_embeddings.images import (
         DEFAULT_MAX_IMAGE_BYTES,
         ImageLoadError,
         load_image,
         read_bounded,
     )
-    from beam_jobs.image_embeddings.models import CompiledEmbedder, build_model
 
     try:
         pixels = load_image(read_bounded(image, DEFAULT_MAX_IMAGE_BYTES), spec.input_size).pixels
     except ImageLoadError as error:
         raise SearchRefused(f"cannot use {image} as the query ({error.stage}): {error}") from None
-    model = build_model(spec, weights, precision)
-    embedder = CompiledEmbedder(model, spec, batch_size=1, jit_compile=False)
-    return embedder(pixels[np.newaxis])[0]
+    return embed(pixels[np.newaxis])[0]
 
 
 def searched_days(root: str, day: str, count: int, fingerprint: str) -> tuple[list[str], dict]:
@@ -186,12 +221,18 @@ def day_hits(folder: str, day: str, vector: np.ndarray, k: int) -> list[Hit]:
 
 def search(root: str, day: str, image: str, k: int, days: int) -> tuple[list[Hit], dict]:
     """The `k` nearest images over the searched days, best first, and the days skipped."""
+    from beam_jobs.image_embeddings.models import resolve_model
+
     marker = read_marker(join(root, day))
-    spec = check_fingerprint(marker, day)
+    if marker.get("engine") == "openvino":
+        spec, embed = resolve_model(marker["model"]), prepared_embedder(marker, day)
+    else:
+        spec = check_fingerprint(marker, day)
+        embed = keras_embedder(spec, marker["weights"], marker.get("precision", "float32"))
     searched, skipped = searched_days(root, day, days, marker["fingerprint"])
     if day not in searched:
         raise SearchRefused(f"{day}: {skipped[day]}; run the DAG's reduce_dimensions for it")
-    vector = embed_query(image, spec, marker["weights"], marker.get("precision", "float32"))
+    vector = embed_query(image, spec, embed)
     hits = [hit for other in searched for hit in day_hits(join(root, other), other, vector, k)]
     best = sorted(hits, key=lambda hit: (-hit.similarity, hit.day, hit.uri))[:k]
     ranked = [Hit(rank + 1, hit.similarity, hit.day, hit.uri) for rank, hit in enumerate(best)]

@@ -24,6 +24,7 @@ from image_embeddings_airflow import storage
 from image_embeddings_airflow.history import comparable_days
 from image_embeddings_airflow.reduction import (
     SAMPLE_NAME,
+    axes_of,
     capped_components,
     fit_pca,
     load_pca,
@@ -118,7 +119,8 @@ def measure_drift(
         both = np.concatenate([sample, reference])
         wanted = len(load_pca(join(output_dir, PCA_NAME)).components)
         pca = fit_pca(both, capped_components(wanted, len(both), both.shape[1]))
-        figures = drift_figures(pca.project(sample), pca.project(reference))
+        axes = axes_of(pca)
+        figures = drift_figures(axes.project(sample), axes.project(reference))
     report = {
         "day": day,
         "fingerprint": fingerprint,

@@ -330,7 +330,7 @@ def test_a_non_finite_embedding_is_a_failure_not_a_row():
 def test_a_value_the_stored_dtype_cannot_hold_fails_that_image(values, dtype, reason):
     to_rows = ToEmbeddingRows("resnet50", dtype)
 
-    (output,) = to_rows.process((("a.jpg", 3, 2), np.array(values, np.float32)))
+    (output,) = to_rows.process((facts("a.jpg"), np.array(values, np.float32)))
 
     if reason is None:
         assert np.all(np.isfinite(output["embedding"]))

@@ -138,7 +138,7 @@ def test_every_param_is_described_and_optional(dag):
         assert "null" in param.schema["type"], name
     assert params.get_param("date").schema["format"] == "date"
     assert params.get_param("runner").schema["enum"] == [None, "DirectRunner", "DataflowRunner"]
-    assert params.get_param("precision").schema["enum"] == [None, "float32", "bfloat16"]
+    assert params.get_param("precision").schema["enum"] == [None, "float32", "int8", "bfloat16"]
     assert params.get_param("embedding_dtype").schema["enum"] == [None, "float32", "float16"]
 
 

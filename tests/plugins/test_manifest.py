@@ -35,8 +35,18 @@ def roots(request, tmp_path):
 
 
 def write_day(input_root: str, names: list[str]) -> None:
+    """The day's objects as an image producer leaves them: gs:// through google-cloud-storage,
+    whose uploads keep any name (gcsfs drops line breaks from the names it uploads)."""
     for name in names:
-        storage.write_bytes(f"{input_root}/2026-11-28/{name}", b"\xff\xd8 not decoded here")
+        uri = f"{input_root}/2026-11-28/{name}"
+        if storage.is_gcs(uri):
+            from google.cloud import storage as gcs
+
+            bucket, key = storage.split_gcs(uri)
+            blob = gcs.Client.create_anonymous_client().bucket(bucket).blob(key)
+            blob.upload_from_string(b"\xff\xd8 not decoded here")
+        else:
+            storage.write_bytes(uri, b"\xff\xd8 not decoded here")
 
 
 def read_manifest(uri: str) -> list[str]:

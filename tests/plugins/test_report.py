@@ -48,7 +48,7 @@ def with_thumbnails(day: str) -> dict[str, bytes]:
         vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
         images = [jpeg(hash(uri) % 10_000) for uri in uris]
         thumbnails.update(zip(uris, images, strict=True))
-        rewritten = embeddings_table(uris, vectors, embeddings_schema(), images)
+        rewritten = embeddings_table(uris, vectors, embeddings_schema(), thumbnails=images)
         with storage.open_file(shard, "wb") as handle:
             pq.write_table(rewritten, handle)
     return thumbnails
