@@ -95,9 +95,12 @@ STAGES = (STAGE_INPUT, STAGE_READ, STAGE_DECODE, STAGE_INFERENCE)
 
 # Keys of the JSON success marker that every consumer may rely on.
 SUCCESS_KEYS = ("images", "embedded", "failed", "model", "dim")
+# The model fingerprint (fingerprint.py): a key of `_SUCCESS` and of every embeddings shard's
+# Parquet metadata, so two days are compared only when the same model made them.
+FINGERPRINT_KEY = "model_fingerprint"
 # A marker with these keys describes rows that carry `sha256`: their embeddings may be reused by a
 # later run with the same fingerprint. `reused` counts the rows copied from earlier runs.
-REUSE_KEYS = ("fingerprint", "reused")
+REUSE_KEYS = (FINGERPRINT_KEY, "reused")
 
 
 def manifest_entries(lines: Iterable[str]) -> Iterator[str]:
@@ -128,10 +131,13 @@ def shard_glob(output: str, prefix: str) -> str:
     return join(output, f"{prefix}-*{SHARD_SUFFIX}")
 
 
-def embeddings_schema(dim: int | None = None, float_type: str = "float32"):
+def embeddings_schema(
+    dim: int | None = None, float_type: str = "float32", model_fingerprint: str | None = None
+):
     """Arrow schema of `embeddings-*.parquet`: one row per embedded image.
 
-    `thumbnail` is a small JPEG of the image (about 96 px a side) for reports.
+    `thumbnail` is a small JPEG of the image (about 96 px a side) for reports. With
+    `model_fingerprint`, every file written with the schema carries it in its metadata.
     """
     import pyarrow as pa
 
@@ -151,7 +157,8 @@ def embeddings_schema(dim: int | None = None, float_type: str = "float32"):
             ("reused_from", pa.string()),
             # A ~96 px JPEG of the image, for the day's report.
             ("thumbnail", pa.binary()),
-        ]
+        ],
+        metadata={FINGERPRINT_KEY: model_fingerprint} if model_fingerprint else None,
     )
 
 

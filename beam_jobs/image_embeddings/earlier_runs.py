@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from beam_jobs.image_embeddings import io
 from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
+    FINGERPRINT_KEY,
     PREVIOUS_RUN_FOLDER,
     REUSE_KEYS,
     SUCCESS_MARKER,
@@ -70,8 +71,8 @@ def why_not_reusable(folder: str, fingerprint: str) -> str | None:
         return f"{SUCCESS_MARKER} is not JSON"
     if not isinstance(record, dict) or any(key not in record for key in REUSE_KEYS):
         return "written before content digests"
-    if record["fingerprint"] != fingerprint:
-        return f"model fingerprint {record['fingerprint']}, not {fingerprint}"
+    if record[FINGERPRINT_KEY] != fingerprint:
+        return f"model fingerprint {record[FINGERPRINT_KEY]}, not {fingerprint}"
     return None
 
 

@@ -24,7 +24,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from beam_jobs.image_embeddings import gcs, io, lease
 from beam_jobs.image_embeddings.accuracy import check_accuracy
-from beam_jobs.image_embeddings.contract import manifest_entries
+from beam_jobs.image_embeddings.contract import FINGERPRINT_KEY, manifest_entries
 from beam_jobs.image_embeddings.earlier_runs import (
     ReuseSource,
     folder_name,
@@ -179,7 +179,7 @@ def run_info(
     )
     return {
         "model": spec.name,
-        "fingerprint": fingerprint(parts),
+        FINGERPRINT_KEY: fingerprint(parts),
         "fingerprint_parts": parts,
         "weights": job.weights,
         "engine": job.engine,
@@ -219,8 +219,8 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         return _run_built(pipeline, job, spec, options, info, None, sources, waits, dry_run)
     taken = take_day(job, options)
     try:
-        total = prepare_launch(job, count=waits, fingerprint=info["fingerprint"])
-        sources = reuse_sources(job.output, job.reuse_days, job.reuse_from, info["fingerprint"])
+        total = prepare_launch(job, count=waits, fingerprint=info[FINGERPRINT_KEY])
+        sources = reuse_sources(job.output, job.reuse_days, job.reuse_from, info[FINGERPRINT_KEY])
         info["reuse_sources"] = reuse_record(sources)
         result = _run_built(pipeline, job, spec, options, info, total, sources, waits, dry_run)
     finally:

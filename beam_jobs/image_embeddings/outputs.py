@@ -155,10 +155,17 @@ def read_success_marker(output: str) -> dict[str, Any]:
 class WriteEmbeddings(beam.PTransform):
     """Embedding rows -> `embeddings-SSSSS-of-NNNNN.parquet`; outputs the written paths."""
 
-    def __init__(self, output: str, dim: int | None, dtype: str, num_shards: int = 0) -> None:
+    def __init__(
+        self,
+        output: str,
+        dim: int | None,
+        dtype: str,
+        num_shards: int = 0,
+        model_fingerprint: str | None = None,
+    ) -> None:
         super().__init__()
         self._output = output
-        self._schema = embeddings_schema(dim, dtype)
+        self._schema = embeddings_schema(dim, dtype, model_fingerprint)
         self._num_shards = num_shards
 
     def expand(self, rows):

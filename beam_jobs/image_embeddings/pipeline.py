@@ -10,7 +10,12 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from beam_jobs.image_embeddings.contract import METRICS_NAMESPACE, STAGE_INFERENCE, manifest_entries
+from beam_jobs.image_embeddings.contract import (
+    FINGERPRINT_KEY,
+    METRICS_NAMESPACE,
+    STAGE_INFERENCE,
+    manifest_entries,
+)
 from beam_jobs.image_embeddings.earlier_runs import ReuseSource
 from beam_jobs.image_embeddings.images import FAILED_TAG, LoadedImage, LoadImageFn
 from beam_jobs.image_embeddings.models import KerasModelHandler, ModelSpec
@@ -204,7 +209,7 @@ def build_pipeline(
     uris, duplicates = pipeline | "ReadManifest" >> ReadManifest(job.manifest)
     rows, failures = uris | "EmbedImages" >> EmbedImages(job, spec, reuse_from)
     embeddings_files = rows | "WriteEmbeddings" >> WriteEmbeddings(
-        job.output, spec.dim, job.embedding_dtype, job.num_shards
+        job.output, spec.dim, job.embedding_dtype, job.num_shards, run_info.get(FINGERPRINT_KEY)
     )
     failures_files = failures | "WriteFailures" >> WriteFailures(job.output)
     _ = (

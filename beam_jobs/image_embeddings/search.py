@@ -17,12 +17,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from beam_jobs.image_embeddings import io as storage
 from beam_jobs.image_embeddings.contract import (
+    FINGERPRINT_KEY,
     NEIGHBOURS_IDS_NAME,
     NEIGHBOURS_INDEX_NAME,
     PCA_NAME,
@@ -106,12 +107,29 @@ def read_marker(day_dir: str) -> dict[str, Any]:
 
 def recorded_fingerprint(marker: dict[str, Any], day: str) -> str:
     """The model fingerprint the day's marker records; refuse a day without one."""
-    recorded = marker.get("fingerprint")
+    recorded = marker.get(FINGERPRINT_KEY)
     if not recorded:
         raise SearchRefused(
             f"{day}'s {SUCCESS_MARKER} has no model fingerprint: embed that day again to search it"
         )
     return recorded
+
+
+def refuse_other_fingerprint(
+    query: str, parts: dict[str, Any], marker: dict[str, Any], day: str
+) -> NoReturn:
+    """Refuse a query embedded under fingerprint `query`, naming the parts that differ."""
+    was = marker.get("fingerprint_parts", {})
+    changed = [
+        f"{key}: {was.get(key)!r} then, {value!r} now"
+        for key, value in parts.items()
+        if was.get(key) != value
+    ]
+    raise SearchRefused(
+        f"the query would be embedded under model fingerprint {query}, but {day} was embedded "
+        f"under {marker[FINGERPRINT_KEY]}: similarities would mean nothing. Differences: "
+        + ("; ".join(changed) or "unknown (the marker lists no parts)")
+    )
 
 
 def check_fingerprint(marker: dict[str, Any], day: str):
@@ -123,17 +141,7 @@ def check_fingerprint(marker: dict[str, Any], day: str):
     spec = resolve_model(marker["model"])
     parts = fingerprint_parts(spec, marker["weights"], marker.get("precision", "float32"))
     if fingerprint(parts) != recorded:
-        was = marker.get("fingerprint_parts", {})
-        changed = [
-            f"{key}: {was.get(key)!r} then, {value!r} now"
-            for key, value in parts.items()
-            if was.get(key) != value
-        ]
-        raise SearchRefused(
-            f"the query would be embedded under model fingerprint {fingerprint(parts)}, but {day} "
-            f"was embedded under {recorded}: similarities would mean nothing. Differences: "
-            + ("; ".join(changed) or "unknown (the marker lists no parts)")
-        )
+        refuse_other_fingerprint(fingerprint(parts), parts, marker, day)
     return spec
 
 
@@ -161,10 +169,7 @@ def prepared_embedder(marker: dict[str, Any], day: str) -> Callable[[np.ndarray]
             "(python -m beam_jobs.image_embeddings.prepare) with the day's settings"
         ) from None
     if card.get("fingerprint") != recorded:
-        raise SearchRefused(
-            f"{uri} holds model fingerprint {card.get('fingerprint')}, but {day} was embedded "
-            f"under {recorded}: similarities would mean nothing"
-        )
+        refuse_other_fingerprint(card.get("fingerprint"), card["fingerprint_parts"], marker, day)
     handler = OpenVINOModelHandler(uri, marker["model"], marker["precision"], 1, 1)
     return handler.load_model()
 
@@ -195,7 +200,7 @@ def searched_days(root: str, day: str, count: int, fingerprint: str) -> tuple[li
             skipped[other] = f"no {NEIGHBOURS_INDEX_NAME} (not reduced, or not embedded)"
         elif not storage.exists(join(folder, SUCCESS_MARKER)):
             skipped[other] = f"no {SUCCESS_MARKER}: its run did not complete"
-        elif read_marker(folder).get("fingerprint") != fingerprint:
+        elif read_marker(folder).get(FINGERPRINT_KEY) != fingerprint:
             skipped[other] = "embedded under another model fingerprint"
         else:
             days.append(other)
@@ -229,7 +234,7 @@ def search(root: str, day: str, image: str, k: int, days: int) -> tuple[list[Hit
     else:
         spec = check_fingerprint(marker, day)
         embed = keras_embedder(spec, marker["weights"], marker.get("precision", "float32"))
-    searched, skipped = searched_days(root, day, days, marker["fingerprint"])
+    searched, skipped = searched_days(root, day, days, marker[FINGERPRINT_KEY])
     if day not in searched:
         raise SearchRefused(f"{day}: {skipped[day]}; run the DAG's reduce_dimensions for it")
     vector = embed_query(image, spec, embed)

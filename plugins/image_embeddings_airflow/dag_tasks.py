@@ -14,6 +14,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from beam_jobs.image_embeddings.contract import (
+    FINGERPRINT_KEY,
     PREPARE_REFUSED_EXIT,
     SUCCESS_KEYS,
     SUCCESS_MARKER,
@@ -239,7 +240,7 @@ def analyse(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any
     from image_embeddings_airflow.drift import DRIFTED, measure_drift
     from image_embeddings_airflow.duplicates import count_in_validation, find_duplicates
 
-    output_dir, day, fingerprint = plan["output_dir"], plan["day"], marker.get("fingerprint")
+    output_dir, day, fingerprint = plan["output_dir"], plan["day"], marker.get(FINGERPRINT_KEY)
     index_uri, coordinates, index = write_day_index(output_dir)
     duplicates = find_duplicates(
         output_dir,

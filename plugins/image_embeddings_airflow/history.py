@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
+from beam_jobs.image_embeddings.contract import FINGERPRINT_KEY, SUCCESS_MARKER, join
 from image_embeddings_airflow import storage
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def day_fingerprint(output_dir: str) -> str | None:
     uri = join(output_dir, SUCCESS_MARKER)
     if not storage.exists(uri):
         return None
-    return storage.read_json(uri).get("fingerprint")
+    return storage.read_json(uri).get(FINGERPRINT_KEY)
 
 
 def comparable_days(

@@ -20,6 +20,7 @@ import numpy as np
 from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
     FAILURES_PREFIX,
+    FINGERPRINT_KEY,
     SUCCESS_MARKER,
     join,
     shard_glob,
@@ -410,7 +411,7 @@ def _summary(report: DayReport) -> str:
         ("images / s", _number(rate, 2)),
         ("model", _text(f"{marker['model']} ({marker['dim']}-d)")),
         ("weights", _text(marker.get("weights", "—"))),
-        ("fingerprint", _text(marker.get("fingerprint", "—"))),
+        ("model fingerprint", _text(marker.get(FINGERPRINT_KEY, "—"))),
         ("runner", _text(marker.get("runner", "—"))),
         ("finished", _text(marker.get("finished_at", "—"))),
     ]

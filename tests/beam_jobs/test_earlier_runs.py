@@ -22,7 +22,7 @@ def finished_run(folder: Path, fingerprint: str = FINGERPRINT, **marker) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(2):
         (folder / f"embeddings-0000{index}-of-00002.parquet").write_bytes(b"shard %d" % index)
-    record = {"images": 2, "fingerprint": fingerprint, "reused": 0} | marker
+    record = {"images": 2, "model_fingerprint": fingerprint, "reused": 0} | marker
     (folder / "_SUCCESS").write_text(json.dumps(record))
     return folder
 
@@ -53,7 +53,7 @@ def test_only_finished_runs_with_digests_and_the_same_fingerprint_are_reusable(t
         f"model fingerprint fedcba9876543210, not {FINGERPRINT}"
     )
     older = finished_run(tmp_path / "older")
-    (older / "_SUCCESS").write_text(json.dumps({"images": 2, "fingerprint": FINGERPRINT}))
+    (older / "_SUCCESS").write_text(json.dumps({"images": 2, "model_fingerprint": FINGERPRINT}))
     assert why_not_reusable(str(older), FINGERPRINT) == "written before content digests"
     (older / "_SUCCESS").write_text("{not json")
     assert why_not_reusable(str(older), FINGERPRINT) == "_SUCCESS is not JSON"

@@ -197,7 +197,7 @@ def test_a_float32_run_loads_the_prepared_model(float32_model, day, tmp_path):
     marker = run_day(
         day, tmp_path / "out", SMALL_ARGS, 576, f"--prepared_model={float32_model.uri}"
     )
-    assert marker["fingerprint"] == float32_model.card["fingerprint"]
+    assert marker["model_fingerprint"] == float32_model.card["fingerprint"]
     assert (marker["engine"], marker["prepared_model"]) == ("openvino", float32_model.uri)
 
 

@@ -20,6 +20,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from beam_jobs.image_embeddings.contract import (
+    FINGERPRINT_KEY,
     STAGE_INFERENCE,
     SUCCESS_KEYS,
     embeddings_schema,
@@ -243,6 +244,14 @@ def test_success_marker_counts_add_up(local_run):
     assert record["duration_s"] > 0
     files = sorted(path.name for path in local_run.output.iterdir())
     assert files == ["_SUCCESS", *record["embeddings_files"], *record["failures_files"]]
+
+
+def test_every_embeddings_shard_carries_the_model_fingerprint(local_run):
+    record = marker(local_run.output)
+    assert len(record[FINGERPRINT_KEY]) == 16 and record["fingerprint_parts"]["model"] == "resnet50"
+    for name in record["embeddings_files"]:
+        metadata = pq.read_schema(local_run.output / name).metadata
+        assert metadata[FINGERPRINT_KEY.encode()] == record[FINGERPRINT_KEY].encode()
 
 
 def test_progress_and_summary_are_logged(local_run):

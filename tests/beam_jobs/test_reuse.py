@@ -137,7 +137,7 @@ def test_the_day_reuses_exactly_the_images_the_earlier_day_embedded(two_days):
     assert record["reused"] == SHARED
     assert record["reuse_sources"] == [{"day": EARLIER, "folder": str(two_days.earlier)}]
     assert marker(two_days.earlier)["reused"] == 0
-    assert record["fingerprint"] == marker(two_days.earlier)["fingerprint"]
+    assert record["model_fingerprint"] == marker(two_days.earlier)["model_fingerprint"]
 
 
 def test_reused_vectors_are_the_earlier_ones_bit_for_bit(two_days, reference_model):
@@ -175,7 +175,7 @@ def test_a_rerun_with_late_files_embeds_only_those_even_after_a_dead_launch(two_
 
     # A launch that died once it had cleared the day: its earlier run is only in the aside copy.
     job, _ = parse_known_args(argv)
-    prepare_launch(job, count=False, fingerprint=marker(day)["fingerprint"])
+    prepare_launch(job, count=False, fingerprint=marker(day)["model_fingerprint"])
     assert not (day / "_SUCCESS").exists() and not list(day.glob("embeddings-*"))
     assert (day / "_previous_run" / "_SUCCESS").exists()
 

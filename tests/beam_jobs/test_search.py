@@ -98,7 +98,7 @@ def test_a_query_under_another_fingerprint_is_refused(embedded_day, capsys, tmp_
     shutil.copytree(base / "embeddings" / DAY, root / DAY)
     marker_path = root / DAY / SUCCESS_MARKER
     marker = json.loads(marker_path.read_text())
-    marker["fingerprint"] = "0" * 16
+    marker["model_fingerprint"] = "0" * 16
     marker["fingerprint_parts"]["weights"] = "sha256:" + "1" * 64
     marker_path.write_text(json.dumps(marker))
 

@@ -39,7 +39,7 @@ def test_a_stable_day_gets_its_index_duplicates_and_drift(root):
     folder = prepared_day(root, "2026-11-28", imagery(300, seed=11))
     storage.write_json(f"{folder}/{REPORT_NAME}", {"ok": True})
 
-    extra = analyse(plan_for(folder, "2026-11-28", True), {"fingerprint": FINGERPRINT})
+    extra = analyse(plan_for(folder, "2026-11-28", True), {"model_fingerprint": FINGERPRINT})
 
     assert extra["index"] == f"{folder}/neighbours.faiss"
     earlier = ["2026-11-27", "2026-11-26", "2026-11-25"]
@@ -56,7 +56,7 @@ def test_a_drifted_day_warns(root, caplog):
     folder = prepared_day(root, "2026-11-28", different_imagery(300, seed=12))
 
     with caplog.at_level(logging.WARNING):
-        extra = analyse(plan_for(folder, "2026-11-28", False), {"fingerprint": FINGERPRINT})
+        extra = analyse(plan_for(folder, "2026-11-28", False), {"model_fingerprint": FINGERPRINT})
 
     assert extra["drift"]["verdict"] == "drift" and extra["drift"]["relative_frechet"] > 0.2
     assert "Day 2026-11-28 drifted from 2026-11-27, 2026-11-26, 2026-11-25" in caplog.text
@@ -66,6 +66,6 @@ def test_a_drifted_day_fails_when_asked(root):
     folder = prepared_day(root, "2026-11-28", different_imagery(300, seed=12))
 
     with pytest.raises(AirflowFailException, match="IMAGE_EMBEDDINGS_DRIFT_FAILS is true"):
-        analyse(plan_for(folder, "2026-11-28", True), {"fingerprint": FINGERPRINT})
+        analyse(plan_for(folder, "2026-11-28", True), {"model_fingerprint": FINGERPRINT})
 
     assert storage.read_json(f"{folder}/drift.json")["verdict"] == "drift"

@@ -52,7 +52,7 @@ def write_day(
             pq.write_table(table, f)
     marker = {"images": len(uris), "embedded": len(uris), "failed": 0, "model": "resnet50"}
     storage.write_json(
-        f"{folder}/{SUCCESS_MARKER}", {**marker, "dim": DIM, "fingerprint": fingerprint}
+        f"{folder}/{SUCCESS_MARKER}", {**marker, "dim": DIM, "model_fingerprint": fingerprint}
     )
     return uris
 

@@ -142,7 +142,10 @@ def test_fixed_size_float16_embeddings_pass(tmp_path):
 def test_digests_and_the_reused_count_are_checked(tmp_path):
     day = str(tmp_path / "day")
     write_outputs(day, random_vectors(6))
-    marker = storage.read_json(f"{day}/{SUCCESS_MARKER}") | {"fingerprint": "f00d", "reused": 0}
+    marker = storage.read_json(f"{day}/{SUCCESS_MARKER}") | {
+        "model_fingerprint": "f00d",
+        "reused": 0,
+    }
     storage.write_json(f"{day}/{SUCCESS_MARKER}", marker)
     assert validate_output(day, 0.0).counts["reused"] == 0
 
