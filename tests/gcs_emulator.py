@@ -37,3 +37,12 @@ def running_emulator(bucket: str):
         yield host
     finally:
         server.stop()
+
+
+def upload_as_producer(uri: str, data: bytes) -> None:
+    """Write a gs:// object as an image producer does, through google-cloud-storage, whose
+    uploads keep any name (gcsfs, behind the project's storage, drops line breaks from names)."""
+    from google.cloud import storage
+
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    storage.Client.create_anonymous_client().bucket(bucket).blob(name).upload_from_string(data)

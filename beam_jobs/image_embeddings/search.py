@@ -211,7 +211,7 @@ def day_hits(folder: str, day: str, vector: np.ndarray, k: int) -> list[Hit]:
     """The `k` nearest images of one day, unranked."""
     import pyarrow.parquet as pq
 
-    with np.load(io.BytesIO(storage.read_bytes(join(folder, PCA_NAME)))) as pca:
+    with np.load(io.BytesIO(storage.read_bytes(join(folder, PCA_NAME))), allow_pickle=False) as pca:
         coordinates = (vector - pca["mean"]) @ pca["components"].T
     index = index_from_bytes(storage.read_bytes(join(folder, NEIGHBOURS_INDEX_NAME)))
     ids = pq.read_table(io.BytesIO(storage.read_bytes(join(folder, NEIGHBOURS_IDS_NAME))))

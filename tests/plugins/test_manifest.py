@@ -19,6 +19,7 @@ from image_embeddings_airflow.manifest import (
     unique_sorted,
 )
 from image_embeddings_airflow.skips import LINE_BREAK, NOT_AN_IMAGE, Skips
+from tests.gcs_emulator import upload_as_producer
 
 IMAGES = ["b.jpg", "a/x.PNG", "a/deep/er/y.JpEg", "a.webp", "z/é #1.tiff", "c.GIF", "d.bmp"]
 IMAGES += ["phone/IMG_0001.HEIC", "p.heif", "web/cat.avif", "web/dog.JFIF", "e.jpe", "f.TIF"]
@@ -35,16 +36,10 @@ def roots(request, tmp_path):
 
 
 def write_day(input_root: str, names: list[str]) -> None:
-    """The day's objects as an image producer leaves them: gs:// through google-cloud-storage,
-    whose uploads keep any name (gcsfs drops line breaks from the names it uploads)."""
     for name in names:
         uri = f"{input_root}/2026-11-28/{name}"
         if storage.is_gcs(uri):
-            from google.cloud import storage as gcs
-
-            bucket, key = storage.split_gcs(uri)
-            blob = gcs.Client.create_anonymous_client().bucket(bucket).blob(key)
-            blob.upload_from_string(b"\xff\xd8 not decoded here")
+            upload_as_producer(uri, b"\xff\xd8 not decoded here")
         else:
             storage.write_bytes(uri, b"\xff\xd8 not decoded here")
 

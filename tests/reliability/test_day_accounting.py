@@ -15,6 +15,7 @@ from image_embeddings_airflow import storage
 from image_embeddings_airflow.manifest import stage_manifest
 from image_embeddings_airflow.skips import LINE_BREAK, NOT_AN_IMAGE
 from image_embeddings_airflow.validation import REPORT_NAME, validate_output
+from tests.gcs_emulator import upload_as_producer
 from tests.image_factory import REAL_PHOTOS, write_real_photo_day
 from tests.reliability.runs import DIM, account, read_outputs, run_pipeline
 
@@ -101,7 +102,7 @@ def test_a_day_of_real_photos_on_gcs_embeds_in_full(gcs_emulator, tmp_path, obse
     images = f"gs://{gcs_emulator}/formats/images/2026-11-30"
     for path in local.rglob("*"):
         if path.is_file():
-            storage.write_bytes(join(images, path.relative_to(local).as_posix()), path.read_bytes())
+            upload_as_producer(join(images, path.relative_to(local).as_posix()), path.read_bytes())
     expected = [join(images, path.relative_to(local).as_posix()) for path in photos]
 
     _check_day(images, f"gs://{gcs_emulator}/formats/embeddings/2026-11-30", expected, observe)
