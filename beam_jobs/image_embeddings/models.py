@@ -306,7 +306,38 @@ def stack_images(batch: Sequence[np.ndarray], input_size: tuple[int, int]) -> np
     return np.stack(batch)
 
 
-class KerasModelHandler(ModelHandler[np.ndarray, np.ndarray, CompiledEmbedder]):
+class ImageEmbeddingHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
+    """What every engine's RunInference handler shares: uint8 images of `spec`'s input size in,
+    one float32 embedding each out, from a model called on the whole batch."""
+
+    spec: ModelSpec
+
+    def run_inference(
+        self,
+        batch: Sequence[np.ndarray],
+        model: Callable[[np.ndarray], np.ndarray],
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[np.ndarray]:
+        return list(model(stack_images(batch, self.spec.input_size)))
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(image.nbytes for image in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+    def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
+        if inference_args:
+            raise ValueError(f"{type(self).__name__} takes no inference_args: {inference_args}")
+
+    def share_model_across_processes(self) -> bool:
+        # RunInference already keeps one model per process, which keeps the cores busy (XLA's
+        # threads, OpenVINO's streams); sharing one across processes would pickle every batch
+        # through a proxy.
+        return False
+
+
+class KerasModelHandler(ImageEmbeddingHandler):
     """RunInference handler for Keras 3 image models: one compiled model per worker process.
 
     Examples are uint8 RGB arrays of the model's input size; each prediction is the image's
@@ -370,26 +401,3 @@ class KerasModelHandler(ModelHandler[np.ndarray, np.ndarray, CompiledEmbedder]):
             time.monotonic() - started,
         )
         return embedder
-
-    def run_inference(
-        self,
-        batch: Sequence[np.ndarray],
-        model: CompiledEmbedder,
-        inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[np.ndarray]:
-        return list(model(stack_images(batch, self.spec.input_size)))
-
-    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
-        return sum(image.nbytes for image in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return METRICS_NAMESPACE
-
-    def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
-        if inference_args:
-            raise ValueError(f"{type(self).__name__} takes no inference_args: {inference_args}")
-
-    def share_model_across_processes(self) -> bool:
-        # RunInference already keeps one model per process; sharing one across processes would
-        # pickle every batch through a proxy, and each process needs its own CPU threads anyway.
-        return False

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler
 
-from beam_jobs.image_embeddings.contract import METRICS_NAMESPACE
 from beam_jobs.image_embeddings.models import (
+    ImageEmbeddingHandler,
     ModelSpec,
     build_model,
     embedding_function,
     resolve_model,
-    stack_images,
 )
 
 DEVICE = "CPU"
@@ -141,7 +139,7 @@ class OpenVINOEmbedder:
         return np.concatenate(results)
 
 
-class OpenVINOModelHandler(ModelHandler[np.ndarray, np.ndarray, OpenVINOEmbedder]):
+class OpenVINOModelHandler(ImageEmbeddingHandler):
     """RunInference handler loading a prepared model (OpenVINO IR from the model cache).
 
     Workers only read and compile the prepared files, after checking them against their model
@@ -184,26 +182,3 @@ class OpenVINOModelHandler(ModelHandler[np.ndarray, np.ndarray, OpenVINOEmbedder
             time.monotonic() - started,
         )
         return embedder
-
-    def run_inference(
-        self,
-        batch: Sequence[np.ndarray],
-        model: OpenVINOEmbedder,
-        inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[np.ndarray]:
-        return list(model(stack_images(batch, self.spec.input_size)))
-
-    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
-        return sum(image.nbytes for image in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return METRICS_NAMESPACE
-
-    def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
-        if inference_args:
-            raise ValueError(f"{type(self).__name__} takes no inference_args: {inference_args}")
-
-    def share_model_across_processes(self) -> bool:
-        # One compiled model per process already uses every core through its streams; sharing
-        # one across processes would send every batch through a proxy.
-        return False
