@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
+from beam_jobs.image_embeddings.contract import LEASE_NAME, SUCCESS_MARKER, join
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.launch import console_url
 from tests.e2e.conftest import DEFAULT_MODEL, REPO, SMALL_MODEL, airflow_local, write_day
@@ -105,6 +105,7 @@ class DataflowStandIn:
             # The model the DAG's prepare_model task put in the cache: a hit, as on a worker.
             f"--model_cache={model_cache}",
         ]
+        self.output = output
         self.lock = threading.Lock()
         self.runs = 0
 
@@ -113,7 +114,10 @@ class DataflowStandIn:
             if job["currentState"] != "JOB_STATE_RUNNING":
                 return
             self.runs += 1
-            done = subprocess.run(self.command, capture_output=True, text=True, timeout=600)
+            # The job was launched by this DAG run's first attempt, under the run's day lease.
+            holder = storage.read_json(join(self.output, LEASE_NAME))["holder"]
+            command = [*self.command, f"--lease_holder={holder}"]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
             job["currentState"] = "JOB_STATE_DONE" if done.returncode == 0 else "JOB_STATE_FAILED"
 
 
