@@ -188,7 +188,9 @@ def _list_local(folder: str, recursive: bool) -> Iterator[str]:
         if entry.is_dir(follow_symlinks=False):
             if recursive:
                 yield from _list_local(entry.path, recursive)
-        elif entry.is_file():
+        else:
+            # Every other entry too (links, dangling or not, FIFOs): whoever lists a day's folder
+            # accounts for each of them, and the image loader refuses what is not a regular file.
             yield entry.path
 
 

@@ -189,6 +189,22 @@ def test_the_overlap_guard_sees_through_links_and_dots(tmp_path):
     assert (images / "2026-11-28" / "one.jpg").exists()
 
 
+def test_links_and_special_files_are_staged_or_skipped_never_left_out(tmp_path):
+    day = tmp_path / "images" / "2026-11-28"
+    write_day(str(tmp_path / "images"), ["real.jpg"])
+    os.mkfifo(day / "pipe.jpg")
+    (day / "gone.png").symlink_to(day / "deleted.png")
+    (day / "folder-link").symlink_to(tmp_path)
+
+    info = stage_manifest(str(day), str(tmp_path / "embeddings" / "2026-11-28"))
+
+    # The loader then fails the pipe and the dangling link at the read stage, with the reason.
+    assert read_manifest(info.uri) == [
+        str(day / name) for name in ("gone.png", "pipe.jpg", "real.jpg")
+    ]
+    assert info.skipped.to_dict()["by_reason"] == {NOT_AN_IMAGE: {"(none)": 1}}
+
+
 def test_image_uris_is_lazy_and_skips_line_breaks(tmp_path):
     write_day(str(tmp_path), ["ok.jpg", "bad\nname.jpg"])
     skips = Skips()
