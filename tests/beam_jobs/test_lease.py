@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -65,8 +66,13 @@ def test_the_holder_renews_its_own_lease_without_taking_it_over(day):
         lease.check_held(output, "run-b", client)
 
 
-def test_an_expired_lease_is_taken_over(day, caplog):
+def test_an_expired_lease_is_taken_over(day, caplog, monkeypatch):
     output, client = day
+    # Airflow's logging configuration, loaded by earlier tests of this process, may disable or
+    # detach loggers created before it; this test reads the lease's own warning.
+    monkeypatch.setattr(lease.LOGGER, "disabled", False)
+    monkeypatch.setattr(lease.LOGGER, "propagate", True)
+    caplog.set_level(logging.WARNING, logger=lease.LOGGER.name)
     lease.acquire(output, "killed-run", timedelta(seconds=-1), client)
 
     taken = lease.acquire(output, "next-run", HOUR, client)
