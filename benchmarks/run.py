@@ -19,9 +19,10 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from benchmarks.report import (
     pair_row,
     ratio,
     render,
+    repeated,
     row_cosines,
     scaling,
     scaling_table,
@@ -69,7 +71,7 @@ TABLE_ORDER = (
     "pipeline_openvino_float32_photos",
     "pipeline_openvino_int8_photos",
     "pipeline_bfloat16_photos",
-    "pipeline_float32_camera",
+    "pipeline_openvino_float32_camera",
     "seed_photos",
     "seed_camera",
     "reuse_cold_photos",
@@ -111,6 +113,9 @@ class Sizes:
     daily_rows: tuple[int, int] = (200_000, 400_000)
     calibration_images: int = 96  # int8: 64 to calibrate on, 32 held out
     reuse_images: tuple[int, int] = (80, 400)
+    # The seed's way and the runs compared with it, in turn, this many times: ratios of runs
+    # minutes apart, and their spread.
+    repeats: int = 3
 
 
 QUICK = Sizes(
@@ -122,6 +127,7 @@ QUICK = Sizes(
     daily_rows=(2_000, 4_000),
     calibration_images=12,
     reuse_images=(5, 10),
+    repeats=1,
 )
 
 
@@ -137,8 +143,9 @@ class Bench:
     pipeline_args: tuple[str, ...] = ()
     log_progress: bool = True
     rows: dict[str, Row] = field(default_factory=dict)
-    pairs: dict[str, Pair] = field(default_factory=dict)
+    pairs: dict[str, list[Pair]] = field(default_factory=dict)
     runs: dict[str, dict] = field(default_factory=dict)
+    repetition: int = 0
 
     def say(self, message: str) -> None:
         if self.log_progress:
@@ -148,6 +155,7 @@ class Bench:
         self, name: str, command: Sequence[str], environment: dict | None = None
     ) -> Measured:
         """Run `command` as a child (with `environment`, or the children's own), log, record."""
+        name = self.repeated_name(name)
         measured = run_measured(
             command,
             self.out / "logs" / f"{name}.log",
@@ -174,6 +182,14 @@ class Bench:
 
     def run_dir(self, name: str) -> Path:
         return self.out / "runs" / name
+
+    def repeated_name(self, name: str) -> str:
+        """`name`, marked with its repetition after the first: no run's log replaces another's."""
+        return f"{name}-r{self.repetition + 1}" if self.repetition else name
+
+    def add_pair(self, key: str, pair: Pair) -> Pair:
+        self.pairs.setdefault(key, []).append(pair)
+        return pair
 
 
 def parse_pair(text: str) -> tuple[int, int]:
@@ -235,6 +251,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"640x480 days, cold and {REUSED_SHARE:.0%} embedded before "
         f"(default {defaults.reuse_images})",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="times the seed's way and the runs it is compared with are measured, in turn "
+        f"(default {defaults.repeats})",
+    )
     parser.add_argument("--batch_size", type=int, default=32, help="images per model call")
     parser.add_argument(
         "--skip", type=parse_sections, default=frozenset(), help=f"any of {','.join(SECTIONS)}"
@@ -272,6 +294,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
             "ceiling_batches",
             "daily_rows",
             "reuse_images",
+            "repeats",
         )
         if getattr(args, name) is not None
     }
@@ -387,6 +410,18 @@ def prepare_openvino(bench: Bench, photos: imagesets.ImageSet, precision: str) -
     return prepared["prepared_model"]
 
 
+def int8_guard(bench: Bench) -> dict | None:
+    """The int8 preparation's accuracy figures against float32, and what they were measured on."""
+    run = bench.runs.get("prepare-openvino-int8")
+    if not run or not run["result"].get("accuracy"):
+        return None
+    figures = run["result"]["accuracy"]
+    return {
+        "figures": figures,
+        "note": f"{figures['images']} held-out synthetic photos, random weights",
+    }
+
+
 def measure_ceiling(
     bench: Bench, photos: imagesets.ImageSet, precision: str, prepared_model: str | None = None
 ) -> Row:
@@ -484,6 +519,8 @@ def run_pipeline(
     name = f"pipeline-{engine}{precision}-{dtype}-{images.name}-{count}"
     manifest = bench.manifest(images, count)
     output = bench.run_dir(name)
+    # A day's earlier run would be reused: every run starts from an empty output.
+    shutil.rmtree(output, ignore_errors=True)
     extra = [*engine_args(prepared_model, precision), *bench.pipeline_args]
     measured = bench.measure(
         name, pipeline_command(manifest, output, bench.batch_size, precision, dtype, extra)
@@ -512,39 +549,85 @@ def measure_pipeline(
     large, _ = run_pipeline(bench, images, counts[1], precision, prepared_model=prepared_model)
     engine = "openvino_" if prepared_model else ""
     key = f"pipeline_{engine}{precision}_{images.name}"
-    bench.pairs[key] = Pair(
-        counts[0], counts[1], small, large, model_loaded_after(small), model_loaded_after(large)
+    pair = bench.add_pair(
+        key,
+        Pair(
+            counts[0], counts[1], small, large, model_loaded_after(small), model_loaded_after(large)
+        ),
     )
     what = "OpenVINO" if prepared_model else "TensorFlow"
     name = f"pipeline, {what} {precision}, {images.label} (DirectRunner, manifest to Parquet)"
-    return pair_row(key, name, bench.pairs[key])
+    return pair_row(key, name, pair)
 
 
 def run_seed_way(bench: Bench, images: imagesets.ImageSet, count: int) -> Measured:
+    """The article's pipeline over `count` images, from an empty output folder."""
     name = f"seed-way-{images.name}-{count}"
     output = bench.run_dir(name)
-    return bench.measure(
-        name,
-        python_command(
-            "benchmarks.seed_way",
-            "--manifest",
-            str(bench.manifest(images, count)),
-            "--output",
-            str(output),
-            "--weights",
-            WEIGHTS,
-        ),
+    shutil.rmtree(output, ignore_errors=True)
+    measured = bench.measure(
+        name, python_command("benchmarks.seed_way", str(bench.manifest(images, count)), str(output))
     )
+    if measured.result["images"] != count:
+        raise RuntimeError(f"{output}: {measured.result['images']} of {count} images stored")
+    return measured
 
 
 def measure_seed_way(bench: Bench, images: imagesets.ImageSet, counts: tuple[int, int]) -> Row:
+    """The seed's way by difference of whole runs: it reports no loading time of its own."""
     small = run_seed_way(bench, images, counts[0])
     large = run_seed_way(bench, images, counts[1])
     key = f"seed_{images.name}"
-    loading_small, loading_large = (run.seconds - run.result["loop_s"] for run in (small, large))
-    bench.pairs[key] = Pair(counts[0], counts[1], small, large, loading_small, loading_large)
-    name = f"seed's way, {images.label} (batch-1 predict, full decode, LANCZOS, .npy)"
-    return pair_row(key, name, bench.pairs[key], bytes_per_image=large.result["bytes_per_image"])
+    pair = bench.add_pair(key, Pair(counts[0], counts[1], small, large))
+    name = f"seed's way, {images.label} (the article's Beam pipeline, batch-1 predict, .npy)"
+    return pair_row(key, name, pair, bytes_per_image=large.result["bytes_per_image"])
+
+
+def in_turn(bench: Bench, measurements: dict[str, Callable[[], Row]]) -> dict[str, Row]:
+    """Each measurement once per repetition, in turn; a row per key of their medians."""
+    measured: dict[str, list[Row]] = {key: [] for key in measurements}
+    for repetition in range(bench.sizes.repeats):
+        bench.repetition = repetition
+        for key, measure in measurements.items():
+            measured[key].append(measure())
+    bench.repetition = 0
+    return {key: repeated(rows) for key, rows in measured.items()}
+
+
+def measure_photos_in_turn(
+    bench: Bench, photos: imagesets.ImageSet, prepared: dict[str, str], skip: frozenset[str]
+) -> dict[str, Row]:
+    """The XLA TensorFlow call, the seed's way and the OpenVINO pipelines on 640x480, in turn."""
+    sizes = bench.sizes
+    measurements = {}
+    if "main" not in skip:
+        measurements["ceiling_float32"] = lambda: measure_ceiling(bench, photos, "float32")
+    if "seed" not in skip:
+        measurements["seed_photos"] = lambda: measure_seed_way(bench, photos, sizes.seed_images)
+    for precision, model in prepared.items():
+        measurements[f"pipeline_openvino_{precision}_photos"] = partial(
+            measure_pipeline, bench, photos, sizes.images, precision, model
+        )
+    return in_turn(bench, measurements)
+
+
+def measure_camera_in_turn(
+    bench: Bench, camera: imagesets.ImageSet, prepared_model: str | None, skip: frozenset[str]
+) -> dict[str, Row]:
+    """The default pipeline (TensorFlow when OpenVINO is skipped) and the seed's way on
+    4032x3024, in turn."""
+    sizes = bench.sizes
+    key = f"pipeline_{'openvino_' if prepared_model else ''}float32_camera"
+    measurements = {
+        key: partial(
+            measure_pipeline, bench, camera, sizes.camera_images, "float32", prepared_model
+        )
+    }
+    if "seed" not in skip:
+        measurements["seed_camera"] = partial(
+            measure_seed_way, bench, camera, sizes.seed_camera_images
+        )
+    return in_turn(bench, measurements)
 
 
 def reuse_day(count: int) -> list[int]:
@@ -555,11 +638,15 @@ def reuse_day(count: int) -> list[int]:
 
 
 def run_reuse_day(
-    bench: Bench, photos: imagesets.ImageSet, count: int, earlier: Path | None
+    bench: Bench,
+    photos: imagesets.ImageSet,
+    count: int,
+    earlier: Path | None,
+    prepared_model: str | None,
 ) -> tuple[Measured, Path]:
     """A day of `count` images: cold (`earlier` None: the first `count`), or 80% of them again
     reusing `earlier`'s embeddings. Outputs start empty, so the day has no earlier run of its own.
-    """
+    The engine is the default one with its prepared model (TensorFlow without one)."""
     kind = "warm" if earlier else "cold"
     indices = reuse_day(count) if earlier else list(range(count))
     manifest = imagesets.write_manifest(
@@ -568,8 +655,8 @@ def run_reuse_day(
     )
     output = bench.run_dir(f"reuse-{kind}-{count}")
     shutil.rmtree(output, ignore_errors=True)
-    reuse = ["--reuse_days", "0"] + (["--reuse_from", str(earlier)] if earlier else [])
-    extra = [*reuse, *bench.pipeline_args]
+    reuse = ["--lookback_days", "0"] + (["--reuse_from", str(earlier)] if earlier else [])
+    extra = [*reuse, *engine_args(prepared_model, "float32"), *bench.pipeline_args]
     measured = bench.measure(
         f"reuse-{kind}-{count}",
         pipeline_command(manifest, output, bench.batch_size, "float32", "float32", extra),
@@ -581,7 +668,9 @@ def run_reuse_day(
     return measured, output
 
 
-def measure_reuse(bench: Bench, photos: imagesets.ImageSet, counts: tuple[int, int]) -> dict:
+def measure_reuse(
+    bench: Bench, photos: imagesets.ImageSet, counts: tuple[int, int], prepared_model: str | None
+) -> dict:
     """Cold days and days 80% embedded before, each warm run right after its cold one.
 
     Images/s and CPU seconds per image by difference of whole runs (start-up cancels out): what
@@ -590,17 +679,17 @@ def measure_reuse(bench: Bench, photos: imagesets.ImageSet, counts: tuple[int, i
     """
     runs = {}
     for count in counts:
-        cold, cold_output = run_reuse_day(bench, photos, count, None)
-        warm, _ = run_reuse_day(bench, photos, count, cold_output)
+        cold, cold_output = run_reuse_day(bench, photos, count, None, prepared_model)
+        warm, _ = run_reuse_day(bench, photos, count, cold_output, prepared_model)
         runs[count] = (cold, warm)
     small, large = counts
     rows = {}
     for index, kind in enumerate(("cold", "warm")):
         key = f"reuse_{kind}_photos"
-        bench.pairs[key] = Pair(small, large, runs[small][index], runs[large][index])
+        pair = bench.add_pair(key, Pair(small, large, runs[small][index], runs[large][index]))
         share = "" if kind == "cold" else f", {REUSED_SHARE:.0%} embedded before"
         name = f"reuse: a day {kind}{share}, {photos.label} (DirectRunner, whole runs)"
-        rows[key] = pair_row(key, name, bench.pairs[key])
+        rows[key] = pair_row(key, name, pair)
     cold, warm = runs[large]
     return {
         "rows": rows,
@@ -739,29 +828,18 @@ def run(args: argparse.Namespace) -> dict:
     if not args.no_warmup:
         warm_up(bench)
     rows = bench.rows
-    # The runs each ratio compares follow one another: this machine's speed drifts by about 10%
-    # from minute to minute, and a ratio of runs minutes apart would carry that drift.
+    # The runs each ratio compares follow one another, in turn, repeated: this machine's speed
+    # drifts by about 10% from minute to minute, and a ratio of runs minutes apart carries that.
     prepared = {}
     if "openvino" not in skip:
         prepared = {p: prepare_openvino(bench, photos, p) for p in ("float32", "int8")}
-    if "main" not in skip:
-        rows["ceiling_float32"] = measure_ceiling(bench, photos, "float32")
     for precision, model in prepared.items():
         rows[f"ceiling_openvino_{precision}"] = measure_ceiling(bench, photos, precision, model)
     if "main" not in skip:
         rows["pipeline_float32_photos"] = measure_pipeline(bench, photos, sizes.images, "float32")
-    for precision, model in prepared.items():
-        rows[f"pipeline_openvino_{precision}_photos"] = measure_pipeline(
-            bench, photos, sizes.images, precision, model
-        )
-    if "seed" not in skip:
-        rows["seed_photos"] = measure_seed_way(bench, photos, sizes.seed_images)
+    rows.update(measure_photos_in_turn(bench, photos, prepared, skip))
     if camera is not None:
-        rows["pipeline_float32_camera"] = measure_pipeline(
-            bench, camera, sizes.camera_images, "float32"
-        )
-        if "seed" not in skip:
-            rows["seed_camera"] = measure_seed_way(bench, camera, sizes.seed_camera_images)
+        rows.update(measure_camera_in_turn(bench, camera, prepared.get("float32"), skip))
     cosine = None
     if "bf16" not in skip:
         rows["ceiling_bfloat16"] = measure_ceiling(bench, photos, "bfloat16")
@@ -772,14 +850,15 @@ def run(args: argparse.Namespace) -> dict:
         )
     reuse = None
     if "reuse" not in skip:
-        reuse = measure_reuse(bench, photos, sizes.reuse_images)
+        reuse = measure_reuse(bench, photos, sizes.reuse_images, prepared.get("float32"))
         rows.update(reuse.pop("rows"))
     rows = {key: rows[key] for key in TABLE_ORDER if key in rows}
     with_ratios(rows)
     storage = [] if "storage" in skip else measure_storage(bench, photos, rows.get("seed_photos"))
     daily = [] if "daily" in skip else measure_daily(bench)
     dag = None if "dag" in skip else measure_dag_parse(bench)
-    checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag, reuse)
+    guard = int8_guard(bench)
+    checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag, reuse, guard)
     per_core = scaling(rows, about["cores"])
     about["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     return {
@@ -794,6 +873,7 @@ def run(args: argparse.Namespace) -> dict:
         "rows": [asdict(row) for row in rows.values()],
         "runs": bench.runs,
         "bf16_cosine": cosine,
+        "int8_guard": guard,
         "reuse": reuse,
         "storage": storage,
         "daily": daily,

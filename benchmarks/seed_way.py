@@ -1,85 +1,104 @@
-"""The seed article's way, as a reference: batch-1 predict, full decode, LANCZOS, one .npy each.
+"""The seed article's own Beam pipeline, as written there: what "x the seed's way" compares with.
 
-Keras ResNet50 without its top and without pooling (7x7x2048 feature maps), `model.predict` on
-one image at a time, every image decoded at full size and resized with LANCZOS to 224x224.
-Two of the seed's bugs are fixed so the figures stay comparable: PIL gets (width, height), and
-`preprocess_input` is applied (a cost too small to matter). Weights are random by default: the
-same arithmetic as ImageNet's, without a download.
+ReadFromText -> Map(load): open, PIL decode, resize to 224x224 with LANCZOS -> Map(extract): a
+singleton Keras ResNet50 (include_top=False, pooling=None), `model.predict` on one image ->
+ParDo(store): one .npy of 7x7x2048 float32 per image; on the DirectRunner. Only the arguments
+and the printed result are added. Weights are random: the timing does not depend on them.
 
-`python -m benchmarks.seed_way --manifest M --output DIR` prints a BENCH_RESULT line.
+`python -m benchmarks.seed_way MANIFEST OUTDIR` prints a BENCH_RESULT line.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import io
+import os
 from collections.abc import Sequence
-from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from beam_jobs.image_embeddings.contract import manifest_entries
 from benchmarks.measure import print_result
 
-INPUT_SIZE = (224, 224)  # (width, height), as PIL takes it
-RANDOM_SEED = 1729
+IMAGE_HEIGHT = IMAGE_WIDTH = 224
 
 
-def build_model(weights: str):
-    import keras
+def singleton(cls):
+    instances = {}
 
-    if weights == "random":
-        keras.utils.set_random_seed(RANDOM_SEED)
-        return keras.applications.ResNet50(weights=None, include_top=False)
-    return keras.applications.ResNet50(weights=weights, include_top=False)
+    def get_instance(*args, **kwargs):
+        if cls not in instances:
+            instances[cls] = cls(*args, **kwargs)
+        return instances[cls]
 
-
-def load_pixels(path: str) -> np.ndarray:
-    """Full decode, RGB, LANCZOS resize to 224x224: float32 (1, 224, 224, 3)."""
-    with Image.open(path) as image:
-        resized = image.convert("RGB").resize(INPUT_SIZE, Image.Resampling.LANCZOS)
-    return np.asarray(resized, dtype=np.float32)[np.newaxis]
+    return get_instance
 
 
-def feature_path(output: Path, uri: str) -> Path:
-    return output / f"{Path(uri).stem}.npy"
+@singleton
+class Extractor:
+    def __init__(self):
+        from keras.applications.resnet50 import ResNet50
+
+        self.model = ResNet50(
+            input_shape=(IMAGE_WIDTH, IMAGE_HEIGHT, 3),
+            include_top=False,
+            weights=None,
+            pooling=None,
+        )
+
+    def extract(self, image):
+        return self.model.predict(np.expand_dims(image, axis=0), verbose=0)[0]
 
 
-def embed_one(model, preprocess, uri: str, output: Path) -> None:
-    features = model.predict(preprocess(load_pixels(uri)), verbose=0)
-    np.save(feature_path(output, uri), features[0])
+def load(path):
+    buf = FileSystems.open(path)
+    img = Image.open(io.BytesIO(buf.read()))
+    img = img.resize((IMAGE_HEIGHT, IMAGE_WIDTH), Image.LANCZOS)
+    return {"path": path, "image": np.array(img)}
+
+
+def extract(item):
+    item["embedding"] = Extractor().extract(item["image"])
+    del item["image"]
+    return item
+
+
+def store(item, output_path):
+    name = item["path"].split("/")[-1].split(".")[0]
+    with FileSystems.create(os.path.join(output_path, f"{name}.npy")) as f:
+        fin = io.BytesIO()
+        np.save(fin, item["embedding"])
+        f.write(fin.getvalue())
+    yield name
+
+
+def run(manifest: str, out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+        (
+            p
+            | "source" >> beam.io.ReadFromText(manifest)
+            | "load" >> beam.Map(load)
+            | "extract" >> beam.Map(extract)
+            | "store" >> beam.ParDo(store, out)
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.seed_way", description=__doc__)
-    parser.add_argument("--manifest", required=True, help="one local image path a line")
-    parser.add_argument("--output", required=True, help="folder for one .npy per image")
-    parser.add_argument("--weights", default="random", help="random, imagenet or a .h5 file")
+    parser.add_argument("manifest", help="text file: one image path a line")
+    parser.add_argument("outdir", help="folder for one .npy per image")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    from keras.applications.resnet50 import preprocess_input
-
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    with open(args.manifest) as handle:
-        uris = list(manifest_entries(handle))
-    model = build_model(args.weights)
-    started = time.perf_counter()
-    for uri in uris:
-        embed_one(model, preprocess_input, uri, output)
-    seconds = time.perf_counter() - started
-    stored = sum(feature_path(output, uri).stat().st_size for uri in uris)
-    print_result(
-        {
-            "images": len(uris),
-            "loop_s": seconds,
-            "bytes_per_image": stored / len(uris) if uris else 0,
-        }
-    )
+    run(args.manifest, args.outdir)
+    stored = [entry.stat().st_size for entry in os.scandir(args.outdir)]
+    print_result({"images": len(stored), "bytes_per_image": sum(stored) / max(len(stored), 1)})
 
 
 if __name__ == "__main__":
