@@ -79,6 +79,7 @@ def _write_shard(path: Path, first: int, rows: int, dim: int, rng: np.random.Gen
                 pa.array(np.full(count, 480, np.int32)),
                 pa.array([image_digest(row) for row in range(start, start + count)]),
                 pa.array(np.full(count, 50_000, np.int64)),
+                pa.nulls(count, pa.string()),  # reused_from: every row embedded by the model
                 pa.nulls(count, pa.binary()),
             ]
             writer.write_batch(pa.record_batch(columns, schema=schema))
