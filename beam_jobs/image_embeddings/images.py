@@ -11,10 +11,11 @@ import posixpath
 import re
 import stat
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -40,6 +41,8 @@ DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 # through a model call.
 DEFAULT_PREFETCH = 64
 FAILED_TAG = "failed"
+# Images whose bytes an earlier run embedded: (sha256, KnownBytes), never decoded.
+KNOWN_TAG = "known"
 
 # HEIC/HEIF (phone photos) decode through pillow-heif's Pillow plugin, registered once here.
 register_heif_opener()
@@ -72,6 +75,13 @@ class LoadedImage:
     thumbnail: bytes
     sha256: str | None = None
     size_bytes: int | None = None
+
+
+class KnownBytes(NamedTuple):
+    """An image whose bytes (sha256) an earlier run embedded: where it is and how big."""
+
+    uri: str
+    size_bytes: int
 
 
 class ImageLoadError(Exception):
@@ -302,6 +312,10 @@ def load_image(data: bytes, size: tuple[int, int]) -> LoadedImage:
 class LoadImageFn(beam.DoFn):
     """URI -> (uri, LoadedImage); a bad entry goes to the `failed` output with stage and reason.
 
+    Given `known` (a side input: sha256 digests an earlier run embedded), an image with those
+    bytes is read and hashed but not decoded: it goes to the `known` output as
+    (sha256, KnownBytes), for its embedding, size and thumbnail to be copied.
+
     Images load on a pool of threads, up to `prefetch` entries ahead of what has been emitted, so
     reading and decoding overlap the model calls downstream (Pillow, the storage clients and the
     model all release the GIL). Outputs keep the order of the inputs.
@@ -332,14 +346,18 @@ class LoadImageFn(beam.DoFn):
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[tuple[str, WindowedValue, Future]] = deque()
 
-    def load(self, uri: str) -> tuple[LoadedImage | ImageLoadError, int, str | None]:
-        """(the loaded image or why it failed, bytes read, their sha256 or None when the bytes
-        were never read); safe to call from any thread."""
+    def load(
+        self, uri: str, known: Collection[str] = ()
+    ) -> tuple[LoadedImage | KnownBytes | ImageLoadError, int, str | None]:
+        """(the loaded image, its known bytes or why it failed; bytes read; their sha256 or
+        None when the bytes were never read); safe to call from any thread."""
         data, digest = b"", None
         try:
             check_inside_root(uri, self.input_root)
             data = read_bounded(uri, self.max_image_bytes)
             digest = hashlib.sha256(data).hexdigest()
+            if digest in known:
+                return KnownBytes(uri, len(data)), len(data), digest
             loaded = load_image(data, self.size)
             return (
                 dataclasses.replace(loaded, sha256=digest, size_bytes=len(data)),
@@ -358,12 +376,18 @@ class LoadImageFn(beam.DoFn):
         self._pending.clear()
 
     # No return annotations on Beam's entry points: Beam would read them as the output type.
-    def process(self, uri: str, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+    def process(
+        self,
+        uri: str,
+        timestamp=beam.DoFn.TimestampParam,
+        window=beam.DoFn.WindowParam,
+        known=frozenset(),
+    ):
         at = WindowedValue(None, timestamp, [window])
         if self._pool is None:
-            yield from self._outputs(uri, at, self.load(uri))
+            yield from self._outputs(uri, at, self.load(uri, known))
             return
-        self._pending.append((uri, at, self._pool.submit(self.load, uri)))
+        self._pending.append((uri, at, self._pool.submit(self.load, uri, known)))
         while self._pending and (len(self._pending) > self.prefetch or self._pending[0][2].done()):
             yield from self._emit_oldest()
 
@@ -383,7 +407,7 @@ class LoadImageFn(beam.DoFn):
         self,
         uri: str,
         at: WindowedValue,
-        outcome: tuple[LoadedImage | ImageLoadError, int, str | None],
+        outcome: tuple[LoadedImage | KnownBytes | ImageLoadError, int, str | None],
     ) -> Iterator[WindowedValue | beam.pvalue.TaggedOutput]:
         # Metrics are counted here, on the bundle's thread: Beam's metric cells are per thread.
         loaded, bytes_read, digest = outcome
@@ -393,6 +417,9 @@ class LoadImageFn(beam.DoFn):
             self.failed[loaded.stage].inc()
             failure = {"uri": uri, "stage": loaded.stage, "error": str(loaded), "sha256": digest}
             yield beam.pvalue.TaggedOutput(FAILED_TAG, at.with_value(failure))
+            return
+        if isinstance(loaded, KnownBytes):
+            yield beam.pvalue.TaggedOutput(KNOWN_TAG, at.with_value((digest, loaded)))
             return
         self.loaded.inc()
         yield at.with_value((uri, loaded))

@@ -9,6 +9,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.pvalue import AsSingleton
 
 from beam_jobs.image_embeddings.contract import (
     FINGERPRINT_KEY,
@@ -17,7 +18,7 @@ from beam_jobs.image_embeddings.contract import (
     manifest_entries,
 )
 from beam_jobs.image_embeddings.earlier_runs import ReuseSource
-from beam_jobs.image_embeddings.images import FAILED_TAG, LoadedImage, LoadImageFn
+from beam_jobs.image_embeddings.images import FAILED_TAG, KNOWN_TAG, LoadedImage, LoadImageFn
 from beam_jobs.image_embeddings.models import KerasModelHandler, ModelSpec
 from beam_jobs.image_embeddings.openvino_engine import OpenVINOModelHandler
 from beam_jobs.image_embeddings.options import JobOptions
@@ -31,7 +32,7 @@ from beam_jobs.image_embeddings.outputs import (
     image_facts,
 )
 from beam_jobs.image_embeddings.progress import EMBEDDED, TrackProgress, failed_counter
-from beam_jobs.image_embeddings.reuse import ReuseEarlierEmbeddings
+from beam_jobs.image_embeddings.reuse import CopyEarlierEmbeddings, ReuseEarlierEmbeddings
 
 
 def parse_line(line: str) -> list[str]:
@@ -161,21 +162,29 @@ class EmbedImages(beam.PTransform):
 
     def expand(self, uris):
         job, spec = self._job, self._spec
-        loaded = uris | "LoadImages" >> beam.ParDo(
-            # Two batches ahead: the next batch loads while the model embeds this one.
-            LoadImageFn(
-                spec.input_size, job.max_image_bytes, job.input_root, prefetch=2 * job.batch_size
-            )
-        ).with_outputs(FAILED_TAG, main="images")
-        to_embed, copied = loaded.images, ()
+        # Two batches ahead: the next batch loads while the model embeds this one.
+        load = LoadImageFn(
+            spec.input_size, job.max_image_bytes, job.input_root, prefetch=2 * job.batch_size
+        )
+        side_inputs, earlier = {}, None
         if self._reuse_from:
-            to_embed, reused = loaded.images | "ReuseEarlierEmbeddings" >> ReuseEarlierEmbeddings(
-                self._reuse_from, spec.name, job.embedding_dtype
+            earlier, known = uris.pipeline | "ReuseEarlierEmbeddings" >> ReuseEarlierEmbeddings(
+                self._reuse_from
             )
-            copied = (reused,)
+            side_inputs["known"] = AsSingleton(known)
+        loaded = uris | "LoadImages" >> beam.ParDo(load, **side_inputs).with_outputs(
+            FAILED_TAG, KNOWN_TAG, main="images"
+        )
+        copied = ()
+        if earlier is not None:
+            copied = (
+                loaded[KNOWN_TAG]
+                | "CopyEarlierEmbeddings"
+                >> CopyEarlierEmbeddings(earlier, spec.name, job.embedding_dtype),
+            )
         handler = KeyedModelHandler(model_handler(job))
         embedded, dead_letters = (
-            to_embed
+            loaded.images
             | "KeyImages" >> beam.Map(key_image)
             | "RunInference"
             >> RunInference(handler, metrics_namespace=METRICS_NAMESPACE).with_exception_handling()

@@ -5,25 +5,34 @@ from __future__ import annotations
 import operator
 import posixpath
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import AsSingleton
 
 from beam_jobs.image_embeddings.contract import METRICS_NAMESPACE
 from beam_jobs.image_embeddings.earlier_runs import ReuseSource
-from beam_jobs.image_embeddings.outputs import embedding_row, image_facts
+from beam_jobs.image_embeddings.outputs import ImageFacts, embedding_row
 
-KNOWN_TAG = "known"
-# All a lookup needs of an earlier run's rows.
-EARLIER_COLUMNS = ["sha256", "embedding"]
+# All a copy needs of an earlier run's rows: the embedding and what decoding the bytes would say.
+EARLIER_COLUMNS = ["sha256", "embedding", "width", "height", "thumbnail"]
 REUSED = Metrics.counter(METRICS_NAMESPACE, "reused")
 
 
+class EarlierEmbedding(NamedTuple):
+    """What an earlier run made of some bytes, on which day."""
+
+    day: str
+    embedding: np.ndarray
+    width: int
+    height: int
+    thumbnail: bytes | None
+
+
 class KeyByDigest(beam.DoFn):
-    """(file name, Arrow table of an earlier run's shard) -> (sha256, (day, float32 vector))."""
+    """(file name, Arrow table of an earlier run's shard) -> (sha256, EarlierEmbedding)."""
 
     def __init__(self, day_of_folder: dict[str, str]) -> None:
         self._day_of_folder = day_of_folder
@@ -36,12 +45,18 @@ class KeyByDigest(beam.DoFn):
         digests = table.column("sha256").to_pylist()
         values = table.column("embedding").combine_chunks().flatten()
         vectors = np.asarray(values, dtype=np.float32).reshape(len(digests), -1)
-        for digest, vector in zip(digests, vectors, strict=True):
-            yield digest, (day, vector)
+        facts = zip(
+            table.column("width").to_pylist(),
+            table.column("height").to_pylist(),
+            table.column("thumbnail").to_pylist(),
+            strict=True,
+        )
+        for digest, vector, (width, height, thumbnail) in zip(digests, vectors, facts, strict=True):
+            yield digest, EarlierEmbedding(day, vector, width, height, thumbnail)
 
 
 class ReadEarlierEmbeddings(beam.PTransform):
-    """Earlier runs' shards -> (sha256, (day, embedding)), read with Beam's Parquet source."""
+    """Earlier runs' shards -> (sha256, EarlierEmbedding), read with Beam's Parquet source."""
 
     def __init__(self, sources: Sequence[ReuseSource]) -> None:
         super().__init__()
@@ -58,52 +73,52 @@ class ReadEarlierEmbeddings(beam.PTransform):
         )
 
 
-class SplitKnown(beam.DoFn):
-    """(uri, LoadedImage) -> itself when its digest is new; else (sha256, ImageFacts) on `known`,
-    its pixels dropped."""
-
-    def process(self, element, known):
-        uri, image = element
-        if image.sha256 in known:
-            yield beam.pvalue.TaggedOutput(KNOWN_TAG, (image.sha256, image_facts(uri, image)))
-        else:
-            yield element
-
-
 def copied_rows(element, model: str, dtype: str) -> Iterator[dict]:
-    """Rows of the day's images with one digest, each with the newest earlier embedding of it."""
-    _, grouped = element
+    """Rows of the day's images with one digest (`KnownBytes`), each with the newest earlier
+    embedding of those bytes, and the size and thumbnail decoding them gave."""
+    digest, grouped = element
     images = list(grouped["images"])
     if not images:
         return
-    day, embedding = max(grouped["earlier"], key=operator.itemgetter(0))
+    earlier = max(grouped["earlier"], key=operator.attrgetter("day"))
     for image in images:
         REUSED.inc()
-        yield embedding_row(image, embedding, model, dtype, reused_from=day)
+        facts = ImageFacts(
+            image.uri, earlier.width, earlier.height, digest, image.size_bytes, earlier.thumbnail
+        )
+        yield embedding_row(facts, earlier.embedding, model, dtype, reused_from=earlier.day)
 
 
 class ReuseEarlierEmbeddings(beam.PTransform):
-    """(uri, LoadedImage) -> (images still to embed, rows copied from earlier runs).
+    """PBegin -> the earlier runs' embeddings by digest, and the set of their digests.
 
-    Each worker holds the earlier runs' distinct digests (a side input); their embeddings meet the
-    day's images in a join by digest, never all in one place.
+    Each worker holds the distinct digests (a side input of the loader, which then skips decoding
+    those images); the embeddings meet the day's known images in `CopyEarlierEmbeddings`, a join
+    by digest, never all in one place.
     """
 
-    def __init__(self, sources: Sequence[ReuseSource], model: str, dtype: str) -> None:
+    def __init__(self, sources: Sequence[ReuseSource]) -> None:
         super().__init__()
         self._sources = list(sources)
+
+    def expand(self, pbegin):
+        earlier = pbegin | "ReadEarlierEmbeddings" >> ReadEarlierEmbeddings(self._sources)
+        known = earlier | "EarlierDigests" >> beam.Keys() | "KnownDigests" >> beam.combiners.ToSet()
+        return earlier, known
+
+
+class CopyEarlierEmbeddings(beam.PTransform):
+    """(sha256, KnownBytes) of the day's images -> their rows, copied from `earlier`."""
+
+    def __init__(self, earlier, model: str, dtype: str) -> None:
+        super().__init__()
+        self._earlier = earlier
         self._model = model
         self._dtype = dtype
 
-    def expand(self, images):
-        earlier = images.pipeline | "ReadEarlierEmbeddings" >> ReadEarlierEmbeddings(self._sources)
-        known = earlier | "EarlierDigests" >> beam.Keys() | "KnownDigests" >> beam.combiners.ToSet()
-        split = images | "SplitKnown" >> beam.ParDo(
-            SplitKnown(), known=AsSingleton(known)
-        ).with_outputs(KNOWN_TAG, main="new")
-        copied = (
-            {"images": split[KNOWN_TAG], "earlier": earlier}
+    def expand(self, known_images):
+        return (
+            {"images": known_images, "earlier": self._earlier}
             | "JoinByDigest" >> beam.CoGroupByKey()
             | "CopyEmbeddings" >> beam.FlatMap(copied_rows, self._model, self._dtype)
         )
-        return split.new, copied

@@ -15,12 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs.image_embeddings.contract import embeddings_schema, failures_schema
-from beam_jobs.image_embeddings.images import load_image
+from beam_jobs.image_embeddings.images import KnownBytes, load_image
 from beam_jobs.image_embeddings.launcher import prepare_launch, run
 from beam_jobs.image_embeddings.models import build_model, resolve_model
 from beam_jobs.image_embeddings.options import parse_known_args
-from beam_jobs.image_embeddings.outputs import ImageFacts
-from beam_jobs.image_embeddings.reuse import KeyByDigest, copied_rows
+from beam_jobs.image_embeddings.reuse import (
+    EARLIER_COLUMNS,
+    EarlierEmbedding,
+    KeyByDigest,
+    copied_rows,
+)
 from image_embeddings_airflow.validation import validate_output
 from tests.image_factory import write_images
 
@@ -61,31 +65,40 @@ def marker(output: Path) -> dict:
     return json.loads((output / "_SUCCESS").read_text())
 
 
-def test_earlier_rows_are_keyed_by_digest_with_their_day():
+def test_earlier_rows_are_keyed_by_digest_with_their_day_size_and_thumbnail():
     schema = embeddings_schema(2)
     rows = [
-        {"uri": "a.jpg", "embedding": [1.0, 2.0], "sha256": "aa", "reused_from": None},
-        {"uri": "b.jpg", "embedding": [3.0, 4.0], "sha256": "bb", "reused_from": "2026-11-20"},
+        {"uri": "a.jpg", "embedding": [1.0, 2.0], "sha256": "aa", "width": 4, "height": 3},
+        {"uri": "b.jpg", "embedding": [3.0, 4.0], "sha256": "bb", "thumbnail": b"jpeg"},
     ]
-    table = pa.Table.from_pylist(rows, schema=schema).select(["sha256", "embedding"])
+    table = pa.Table.from_pylist(rows, schema=schema).select(EARLIER_COLUMNS)
     key = KeyByDigest({"/out/2026-11-27": EARLIER})
     keyed = list(key.process(("/out/2026-11-27/embeddings-00000-of-00001.parquet", table)))
-    assert [(digest, day, list(vector)) for digest, (day, vector) in keyed] == [
+    assert [(digest, earlier.day, list(earlier.embedding)) for digest, earlier in keyed] == [
         ("aa", EARLIER, [1.0, 2.0]),
         ("bb", EARLIER, [3.0, 4.0]),
     ]
+    facts = [(earlier.width, earlier.height, earlier.thumbnail) for _, earlier in keyed]
+    assert facts == [(4, 3, None), (None, None, b"jpeg")]
     # An earlier day on which every image failed has shards without rows.
     assert list(key.process(("/out/2026-11-27/embeddings-00000-of-00001.parquet", table[:0]))) == []
 
 
 def test_the_newest_earlier_day_lends_the_embedding_to_every_uri_with_those_bytes():
-    images = [ImageFacts(uri, 4, 3, "aa", 99) for uri in ("x.jpg", "copy-of-x.jpg")]
-    earlier = [("2026-11-20", np.ones(2)), (EARLIER, np.full(2, 2.0)), ("2026-11-25", np.zeros(2))]
+    images = [KnownBytes(uri, 99) for uri in ("x.jpg", "copy-of-x.jpg")]
+    earlier = [
+        EarlierEmbedding(day, np.full(2, value), 4, 3, f"thumb {day}".encode())
+        for day, value in (("2026-11-20", 1.0), (EARLIER, 2.0), ("2026-11-25", 0.0))
+    ]
     rows = list(copied_rows(("aa", {"images": images, "earlier": earlier}), "m", "float32"))
     assert [(row["uri"], row["reused_from"], list(row["embedding"])) for row in rows] == [
         ("x.jpg", EARLIER, [2.0, 2.0]),
         ("copy-of-x.jpg", EARLIER, [2.0, 2.0]),
     ]
+    assert {(row["sha256"], row["size_bytes"], row["width"], row["height"]) for row in rows} == {
+        ("aa", 99, 4, 3)
+    }
+    assert {row["thumbnail"] for row in rows} == {f"thumb {EARLIER}".encode()}
     assert list(copied_rows(("bb", {"images": [], "earlier": earlier}), "m", "float32")) == []
 
 
@@ -140,14 +153,19 @@ def test_the_day_reuses_exactly_the_images_the_earlier_day_embedded(two_days):
     assert record["model_fingerprint"] == marker(two_days.earlier)["model_fingerprint"]
 
 
-def test_reused_vectors_are_the_earlier_ones_bit_for_bit(two_days, reference_model):
-    earlier = {row["sha256"]: row["embedding"] for row in rows_of(two_days.earlier).values()}
+def test_reused_rows_are_the_earlier_ones_bit_for_bit(two_days, reference_model):
+    """The day never decoded its reused images: their size and thumbnail come from the earlier
+    rows, with the embedding."""
+    earlier = {row["sha256"]: row for row in rows_of(two_days.earlier).values()}
     rows = rows_of(two_days.day)
     for path in two_days.shared:
         row = rows[str(path)]
+        source = earlier[row["sha256"]]
         assert row["sha256"] == digest(path.read_bytes())
         assert row["size_bytes"] == path.stat().st_size
-        assert np.array_equal(np.float32(row["embedding"]), np.float32(earlier[row["sha256"]]))
+        assert np.array_equal(np.float32(row["embedding"]), np.float32(source["embedding"]))
+        assert (row["width"], row["height"]) == (source["width"], source["height"]) == (64, 48)
+        assert row["thumbnail"] == source["thumbnail"] and row["thumbnail"].startswith(b"\xff\xd8")
     new = np.array([rows[str(path)]["embedding"] for path in two_days.new], np.float32)
     expected = direct_embeddings(reference_model, two_days.new)
     np.testing.assert_allclose(new, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
@@ -197,7 +215,7 @@ def test_a_rerun_with_late_files_embeds_only_those_even_after_a_dead_launch(two_
 def test_no_reuse_when_turned_off(two_days, tmp_path):
     outputs = tmp_path / "embeddings"
     shutil.copytree(two_days.earlier, outputs / EARLIER)
-    run_day(outputs / DAY, two_days.shared[:2], "--reuse_days=0")
+    run_day(outputs / DAY, two_days.shared[:2], "--lookback_days=0")
     assert {row["reused_from"] for row in rows_of(outputs / DAY).values()} == {None}
     assert marker(outputs / DAY)["reused"] == 0
 
