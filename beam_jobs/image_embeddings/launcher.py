@@ -127,7 +127,7 @@ def prepare_launch(job: JobOptions, count: bool, fingerprint: str) -> int | None
     """
     if not io.exists(job.manifest):
         raise FileNotFoundError(f"manifest not found: {job.manifest}")
-    if job.reuse_days or job.reuse_from:
+    if job.lookback_days or job.reuse_from:
         set_aside_previous_run(job.output, fingerprint)
     remove_earlier_run(job.output)
     return count_entries(job.manifest) if count else None
@@ -220,7 +220,9 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     taken = take_day(job, options)
     try:
         total = prepare_launch(job, count=waits, fingerprint=info[FINGERPRINT_KEY])
-        sources = reuse_sources(job.output, job.reuse_days, job.reuse_from, info[FINGERPRINT_KEY])
+        sources = reuse_sources(
+            job.output, job.lookback_days, job.reuse_from, info[FINGERPRINT_KEY]
+        )
         info["reuse_sources"] = reuse_record(sources)
         result = _run_built(pipeline, job, spec, options, info, total, sources, waits, dry_run)
     finally:

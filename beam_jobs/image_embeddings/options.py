@@ -14,7 +14,7 @@ from beam_jobs.image_embeddings.io import check_supported
 from beam_jobs.image_embeddings.lease import DEFAULT_TTL
 from beam_jobs.image_embeddings.models import check_weights, resolve_model
 
-DEFAULT_REUSE_DAYS = 30
+DEFAULT_LOOKBACK_DAYS = 30
 
 USAGE = "python -m beam_jobs.image_embeddings --manifest URI --output URI [options] [Beam options]"
 EPILOG = """\
@@ -55,7 +55,7 @@ class JobOptions:
     wait_until_finish: bool = False
     lease_holder: str | None = None  # None: this command holds the day, as `cli:<host>:<pid>`
     lease_ttl_secs: float = DEFAULT_TTL.total_seconds()
-    reuse_days: int = DEFAULT_REUSE_DAYS
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS
     reuse_from: tuple[str, ...] = ()
 
     def thresholds(self) -> Thresholds:
@@ -257,10 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
         "named after a day (OUTPUT_ROOT/YYYY-MM-DD), the finished days before it.",
     )
     reuse.add_argument(
-        "--reuse_days",
+        "--lookback_days",
         metavar="N",
         type=_non_negative_int,
-        default=JobOptions.reuse_days,
+        default=JobOptions.lookback_days,
         help="days before the output's day to reuse embeddings from; 0 with no --reuse_from "
         "turns reuse off (default: %(default)s)",
     )

@@ -23,7 +23,7 @@ JOB_OPTIONS = (
     "embedding_dtype",
     "num_shards",
     # The launcher reuses embeddings of the finished days before it with the same model.
-    "reuse_days",
+    "lookback_days",
 )
 
 

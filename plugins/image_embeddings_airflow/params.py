@@ -74,10 +74,11 @@ FORM = {
         "Manifest of the images int8 is calibrated on and checked with (unset everywhere: a "
         "seeded sample of the day's images): an absolute path, file:///... or gs://BUCKET/... ",
     ),
-    "reuse_days": FormField(
-        "Reuse lookback (days)",
+    "lookback_days": FormField(
+        "Lookback (days)",
         "Images whose bytes a finished run of the last N days (or this day's earlier run) "
-        "embedded with the same model are copied, not embedded again; 0 embeds every image. ",
+        "embedded with the same model are copied, not embedded again, and those days are "
+        "searched for duplicates; 0: no reuse, duplicates within this day only. ",
     ),
     "embedding_dtype": FormField(
         "Embedding dtype",
@@ -148,7 +149,6 @@ class RunPlan:
     int8_min_centred_cosine_mean: float
     int8_min_centred_cosine: float
     int8_min_top5_overlap: float
-    reuse_days: int
     max_failure_rate: float
     pca_components: int
     pca_sample_size: int

@@ -230,9 +230,9 @@ def _shard_count(value: int | str) -> int:
     return _at_least(value, 0, "number of embeddings files must be a whole number, 0 or more")
 
 
-def _reuse_days(value: int | str) -> int:
-    """Return the reuse lookback in days as an int >= 0; raise ValueError otherwise."""
-    return _at_least(value, 0, "reuse lookback must be a whole number of days, 0 or more")
+def _lookback_days(value: int | str) -> int:
+    """Return the lookback window in days as an int >= 0; raise ValueError otherwise."""
+    return _at_least(value, 0, "lookback must be a whole number of days, 0 or more")
 
 
 def _positive_rule(what: str) -> Rule:
@@ -311,12 +311,13 @@ class Settings:
         "Empty: a seeded sample of the day's own images.",
         rule=_location_rule("calibration manifest"),
     )
-    reuse_days: int = _doc(
+    lookback_days: int = _doc(
         "Days before day D whose finished runs under the same model fingerprint lend their "
-        "embeddings to images with the same bytes (sha256), instead of the model; 0 sends every "
-        "image through the model.",
+        "embeddings to images with the same bytes (sha256), instead of the model, and are "
+        "searched for copies of D's images; 0: every image goes through the model and "
+        "duplicates are searched within day D only.",
         "30",
-        rule=Rule(_reuse_days, {"type": "integer", "minimum": 0}),
+        rule=Rule(_lookback_days, {"type": "integer", "minimum": 0}),
     )
     embedding_dtype: str = _doc(
         f"Float type of the stored embeddings: {', '.join(EMBEDDING_DTYPES)} (float16 halves "
@@ -371,12 +372,6 @@ class Settings:
         "0.95",
         "Analysis",
         Rule(validate_similarity, {"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
-    )
-    lookback_days: int = _doc(
-        "Earlier days (same model fingerprint) searched for copies of a day's images.",
-        "30",
-        "Analysis",
-        _positive_rule("lookback days"),
     )
     drift_reference_days: int = _doc(
         "Previous days (same model fingerprint) that form a day's drift reference.",

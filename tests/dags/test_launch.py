@@ -63,7 +63,7 @@ def test_local_options_are_the_job_options_only():
         "batch_size": 32,
         "engine": "openvino",
         "precision": "float32",
-        "reuse_days": 30,
+        "lookback_days": 30,
         "embedding_dtype": "float32",
         "num_shards": 0,
     }
@@ -82,7 +82,7 @@ def test_dataflow_options_carry_the_worker_settings():
         "batch_size": 16,
         "engine": "openvino",
         "precision": "float32",
-        "reuse_days": 30,
+        "lookback_days": 30,
         "embedding_dtype": "float32",
         "num_shards": 0,
         "temp_location": "gs://photos/tmp",

@@ -48,8 +48,8 @@ def test_params_override_settings_and_fix_the_day_folders():
     assert plan.input_dir == "/data/images/2026-11-27"
     assert plan.output_dir == "gs://other-bucket/out/2026-11-27"
     assert plan.pca_components == 8
-    assert plan.reuse_days == 30
-    assert resolve_plan(load_settings(LOCAL), {"reuse_days": 0}, NOV_28).reuse_days == 0
+    assert plan.lookback_days == 30
+    assert resolve_plan(load_settings(LOCAL), {"lookback_days": 0}, NOV_28).lookback_days == 0
     assert plan.runner == "DirectRunner"
     assert plan.as_dict()["max_failure_rate"] == 0.05
 
@@ -87,7 +87,7 @@ def test_empty_params_keep_the_settings():
         ({"max_failure_rate": -0.5}, "between 0 and 1"),
         ({"max_failure_rate": 2}, "between 0 and 1"),
         ({"pca_components": 0}, "positive whole number"),
-        ({"reuse_days": -3}, "param 'reuse_days': reuse lookback must be a whole number of days"),
+        ({"lookback_days": -3}, "param 'lookback_days': lookback must be a whole number of days"),
         ({"batch_size": 0}, "param 'batch_size': batch size must be a positive whole number"),
         ({"precision": "float16"}, "param 'precision': precision must be one of float32, int8"),
         ({"embedding_dtype": "int8"}, "embedding dtype must be one of float32, float16"),
