@@ -59,7 +59,15 @@ plot.on('plotly_hover', function (event) {
 });
 plot.on('plotly_unhover', function () { tip.hidden = true; });
 plot.on('plotly_click', function (event) {
-  window.open(event.points[0].customdata[1], '_blank', 'noopener');
+  // Inside the Airflow UI this page is a sandboxed frame that may not open windows; the UI
+  // around it is the same origin and may.
+  var opener = window;
+  try {
+    if (window.top !== window && window.top.location.origin === window.location.origin) {
+      opener = window.top;
+    }
+  } catch (crossOrigin) {}
+  opener.open(event.points[0].customdata[1], '_blank', 'noopener');
 });
 """
 

@@ -198,6 +198,27 @@ def _hover_a_point(page, report) -> None:
     page.mouse.move(x, y, steps=3)
 
 
+def _record_opened_windows(page) -> None:
+    """Make the top page's window.open record the URLs it is asked to open instead.
+
+    A browser opens no file:// URL from a page served over HTTP, so the record is what shows
+    that a click asked for the image, and asked a window allowed to open one.
+    """
+    page.evaluate("() => { window.opened = []; window.open = (url) => window.opened.push(url); }")
+
+
+def _click_a_point_opens_its_image(page, report, good: list[str]) -> None:
+    _record_opened_windows(page)
+    _hover_a_point(page, report)
+    shown = report.locator("#map-tip .uri").inner_text()
+    page.mouse.down()
+    page.mouse.up()
+    page.wait_for_function("window.opened.length > 0")
+    opened = page.evaluate("window.opened")
+    assert opened == [Path(shown).as_uri()], opened
+    assert shown in good
+
+
 def _check_thumbnail_shown(report, good: list[str]) -> None:
     tip = report.locator("#map-tip")
     expect(tip).to_be_visible()
@@ -247,9 +268,11 @@ def test_the_image_embeddings_view_lists_the_day_and_its_report_shows_thumbnails
         _hover_a_point(page, report)
         _check_thumbnail_shown(report, good)
         _screenshot(page, "report-in-airflow.png")
+        _click_a_point_opens_its_image(page, report, good)
 
         page.goto(f"{api.url}{VIEW_URL}days/{VIEW_DAY}/report")
         _hover_a_point(page, page)
         _check_thumbnail_shown(page, good)
         _screenshot(page, "report-hover.png")
         page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)
+        _click_a_point_opens_its_image(page, page, good)
