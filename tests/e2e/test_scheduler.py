@@ -7,6 +7,7 @@ import urllib.error
 
 import pytest
 
+from image_embeddings_airflow.drift import DRIFTED, NO_HISTORY, STABLE
 from tests.e2e.conftest import SMALL_MODEL, AirflowApi, airflow_local, wait_for, write_day
 from tests.e2e.outputs import check_day_outputs
 
@@ -90,5 +91,11 @@ def test_a_triggered_day_and_a_backfill_all_succeed(airflow):
     # Once per day; other modules sharing this Airflow may publish days of their own.
     published = [event["extra"]["day"] for event in events]
     assert sorted(day for day in published if day in days) == sorted(days)
-    reports = {event["extra"]["day"]: event["extra"]["report"] for event in events}
-    assert all(reports[day] == str(data / "embeddings" / day / "report.html") for day in days)
+    extras = {event["extra"]["day"]: event["extra"] for event in events}
+    for day, (good, bad) in days.items():
+        extra = extras[day]
+        assert extra["report"] == str(data / "embeddings" / day / "report.html")
+        assert (extra["embedded"], extra["failed"]) == (len(good), len(bad))
+        assert 0 <= extra["reused"] <= len(good)
+        assert set(extra["duplicates"]) == {"exact", "near", "images"}
+        assert extra["drift"]["verdict"] in (DRIFTED, STABLE, NO_HISTORY)
