@@ -210,6 +210,7 @@ def _record_opened_windows(page) -> None:
 def _click_a_point_opens_its_image(page, report, good: list[str]) -> None:
     _record_opened_windows(page)
     _hover_a_point(page, report)
+    expect(report.locator("#map-tip")).to_be_visible()
     shown = report.locator("#map-tip .uri").inner_text()
     page.mouse.down()
     page.mouse.up()
@@ -274,5 +275,6 @@ def test_the_image_embeddings_view_lists_the_day_and_its_report_shows_thumbnails
         _hover_a_point(page, page)
         _check_thumbnail_shown(page, good)
         _screenshot(page, "report-hover.png")
-        page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)
+        # Before the full-page screenshot, which resizes the page and makes Plotly redraw the map.
         _click_a_point_opens_its_image(page, page, good)
+        page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)
