@@ -27,6 +27,7 @@ from beam_jobs.image_embeddings.contract import (
 )
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.reduction import PCA_NAME, PROJECTION_NAME
+from image_embeddings_airflow.settings import day_dir
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,28 @@ def read_day(output_dir: str, dataflow_url: str | None = None) -> DayReport:
     if report.sample:
         shown += report.sample.uris + [uri for _, uri in report.sample.outliers]
     report.thumbnails = read_thumbnails(output_dir, shown)
+    report.thumbnails.update(earlier_thumbnails(storage.parent(output_dir), report.duplicates))
     return report
+
+
+def earlier_thumbnails(
+    output_root: str, groups: Iterable[list[dict[str, Any]]]
+) -> dict[str, bytes]:
+    """Thumbnails of the images of earlier days that the day's images repeat, from those days'
+    own outputs (under the same root: a day name that is no calendar day is skipped)."""
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for original, *_ in groups:
+        if original.get("day_of_other"):
+            wanted[original["day_of_other"]].add(original["uri"])
+    found: dict[str, bytes] = {}
+    for day, uris in sorted(wanted.items()):
+        try:
+            folder = day_dir(output_root, day)
+        except ValueError:
+            log.warning("duplicates name %r as a day: no calendar day, no thumbnails", day)
+            continue
+        found.update(read_thumbnails(folder, uris))
+    return found
 
 
 # --- rendering ------------------------------------------------------------------------------

@@ -116,6 +116,22 @@ def test_a_day_with_failures_and_duplicates_renders_every_section_it_has(day):
     assert "Random weights: a smoke run" in render_html(read_day(day))
 
 
+def test_a_duplicate_of_an_earlier_day_shows_that_days_thumbnail(day):
+    uris = write_outputs(day, random_vectors(8))
+    with_thumbnails(day)
+    reduce_dimensions(day, n_components=2, sample_size=8)
+    write_duplicates(day, uris)
+    earlier = f"{storage.parent(day)}/2026-11-27"
+    old = "gs://bucket/images/2026-11-27/old.jpg"
+    table = embeddings_table([old], random_vectors(1), embeddings_schema(), thumbnails=[jpeg(7)])
+    with storage.open_file(f"{earlier}/embeddings-00000-of-00001.parquet", "wb") as handle:
+        pq.write_table(table, handle)
+
+    report = read_day(day)
+    assert report.thumbnails[old] == jpeg(7)
+    assert base64.b64encode(jpeg(7)).decode() in render_html(report)
+
+
 def test_the_report_is_self_contained(tmp_path):
     day = str(tmp_path / "2026-11-28")
     write_outputs(day, random_vectors(20))
