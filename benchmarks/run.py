@@ -601,9 +601,9 @@ def measure_photos_in_turn(
     sizes = bench.sizes
     measurements = {}
     if "main" not in skip:
-        measurements["ceiling_float32"] = lambda: measure_ceiling(bench, photos, "float32")
+        measurements["ceiling_float32"] = partial(measure_ceiling, bench, photos, "float32")
     if "seed" not in skip:
-        measurements["seed_photos"] = lambda: measure_seed_way(bench, photos, sizes.seed_images)
+        measurements["seed_photos"] = partial(measure_seed_way, bench, photos, sizes.seed_images)
     for precision, model in prepared.items():
         measurements[f"pipeline_openvino_{precision}_photos"] = partial(
             measure_pipeline, bench, photos, sizes.images, precision, model
