@@ -56,9 +56,9 @@ reliability: setup ## Bad inputs, kills, GCS faults, reruns, tampering, secrets:
 	@status=0; $(PYTEST) tests/reliability || status=$$?; \
 	$(BIN)/python scripts/reliability_report.py || status=1; exit $$status
 
-run: setup ## One DAG run for DATE=YYYY-MM-DD (`airflow dags test`, local SQLite Airflow)
-	@[[ "$(DATE)" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$$ ]] || { echo "usage: make run DATE=YYYY-MM-DD" >&2; exit 2; }
-	scripts/airflow_local.sh dags test image_embeddings $(DATE)
+run: setup ## One DAG run for DATE=YYYY-MM-DD, any day (`airflow dags test`); prints where its outputs are
+	@[[ -n "$(DATE)" ]] || { echo "usage: make run DATE=YYYY-MM-DD" >&2; exit 2; }
+	$(BIN)/python scripts/run_day.py "$(DATE)"
 
 .PHONY: search
 search: setup ## K nearest images to IMAGE over DATE (or its last DAYS days): make search DATE=YYYY-MM-DD IMAGE=PATH_OR_URI [K=10] [DAYS=1]

@@ -21,12 +21,13 @@ writes lives under `OUTPUT_ROOT/D/`, and a rerun of D replaces it.
 **Day D** is the `date` param when set, else the run's logical date. Scheduled runs start after
 their day has ended (data interval D 00:00 to D+1 00:00 UTC).
 Backfill: `airflow backfill create --dag-id image_embeddings --from-date D1 --to-date D2`.
+Manual runs, `make run` and backfills embed any day, before `IMAGE_EMBEDDINGS_START_DATE` too: that
+setting bounds the schedule only (a scheduled run of an earlier day is skipped, saying so).
 Killing or clearing `embed` or `wait` cancels the day's Dataflow job.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, PokeReturnValue, dag, task
@@ -34,7 +35,7 @@ from airflow.sdk import Asset, CronDataIntervalTimetable, PokeReturnValue, dag, 
 from image_embeddings_airflow import dag_tasks
 from image_embeddings_airflow.day_lease import POKE_INTERVAL, dag_holder
 from image_embeddings_airflow.operators import EmbedImagesOperator, WaitForEmbeddingsSensor
-from image_embeddings_airflow.params import dag_params, schedule_start
+from image_embeddings_airflow.params import dag_params
 
 # Downstream DAGs schedule on `Asset(name="image_embeddings_validated")`; each event's extra
 # names the day and its output folder.
@@ -46,7 +47,8 @@ RUN_TIMEOUT = timedelta(hours=24)
 @dag(
     dag_id="image_embeddings",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=schedule_start(os.environ),
+    # No start_date: Airflow creates no task of a manual run whose logical date precedes it, so
+    # such a run would "succeed" doing nothing. resolve_run applies the schedule's start instead.
     catchup=False,
     # Backfills queue behind two runs at a time instead of flooding Dataflow.
     max_active_runs=2,
@@ -63,8 +65,8 @@ RUN_TIMEOUT = timedelta(hours=24)
 )
 def image_embeddings():
     @task
-    def resolve_run(params=None, logical_date=None) -> dict:
-        return dag_tasks.resolve_run(params, logical_date)
+    def resolve_run(params=None, logical_date=None, dag_run=None) -> dict:
+        return dag_tasks.resolve_run(params, logical_date, run_type=dag_run.run_type)
 
     @task.sensor(
         poke_interval=POKE_INTERVAL.total_seconds(),

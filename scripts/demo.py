@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -15,13 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins"), str(REPO / "scripts")]
 
 from demo_images import SCENES, day_images  # noqa: E402
+from run_day import describe_day, run_day  # noqa: E402
 
-from beam_jobs.image_embeddings.contract import MANIFEST_NAME, SUCCESS_MARKER, join  # noqa: E402
+from beam_jobs.image_embeddings.contract import join  # noqa: E402
 from image_embeddings_airflow import storage  # noqa: E402
-from image_embeddings_airflow.reduction import PCA_NAME, PROJECTION_NAME  # noqa: E402
-from image_embeddings_airflow.report import REPORT_HTML_NAME  # noqa: E402
 from image_embeddings_airflow.settings import day_dir, load_settings  # noqa: E402
-from image_embeddings_airflow.validation import REPORT_NAME  # noqa: E402
 
 DAYS = ("2026-11-26", "2026-11-27", "2026-11-28")
 PER_SCENE = 3
@@ -30,14 +27,6 @@ WEIGHTS_VARIABLE = "IMAGE_EMBEDDINGS_WEIGHTS"
 KERAS_CACHE = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 RESNET50_WEIGHTS = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 WEIGHTS_SERVER = "https://storage.googleapis.com/tensorflow/keras-applications/"
-OUTPUT_FILES = (
-    MANIFEST_NAME,
-    SUCCESS_MARKER,
-    REPORT_NAME,
-    PROJECTION_NAME,
-    PCA_NAME,
-    REPORT_HTML_NAME,
-)
 
 RANDOM_BANNER = """
 ##########################################################################################
@@ -81,40 +70,6 @@ def write_images(input_root: str) -> int:
     return PER_SCENE * len(SCENES)
 
 
-def run_day(day: str, environ: Mapping[str, str], log_dir: Path) -> tuple[bool, float, Path]:
-    """One DAG run for `day`, as `make run DATE=day` does it; its log goes to a file."""
-    log = log_dir / f"{day}.log"
-    started = time.monotonic()
-    with open(log, "w") as handle:
-        done = subprocess.run(
-            [str(REPO / "scripts" / "airflow_local.sh"), "dags", "test", "image_embeddings", day],
-            env=dict(environ),
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    return done.returncode == 0, time.monotonic() - started, log
-
-
-def describe_day(output_root: str, day: str) -> list[str]:
-    """Lines telling what the day's run wrote and where its report and plot are."""
-    folder = day_dir(output_root, day)
-    marker = storage.read_json(join(folder, SUCCESS_MARKER))
-    files = sorted(storage.list_files(folder))
-    missing = [name for name in OUTPUT_FILES if join(folder, name) not in files]
-    lines = [
-        f"  {day}: {marker['images']} images, {marker['embedded']} embedded, "
-        f"{marker['failed']} failed ({marker['model']}, {marker['weights']} weights, "
-        f"{marker['dim']}-d) in {marker['duration_s']:.0f} s",
-        f"    outputs: {folder}/ ({len(files)} files)",
-        f"    report:  {join(folder, REPORT_HTML_NAME)}",
-        f"    plot:    {join(folder, 'projection.png')}",
-    ]
-    if missing:
-        lines.append(f"    MISSING: {', '.join(missing)}")
-    return lines
-
-
 def main() -> int:
     settings = load_settings(os.environ)
     weights = choose_weights(os.environ)
@@ -132,7 +87,9 @@ def main() -> int:
     failed = []
     for day in DAYS:
         print(f"Running the image_embeddings DAG for {day} ({weights} weights) ...", flush=True)
-        ok, seconds, log = run_day(day, environ, log_dir)
+        started, log = time.monotonic(), log_dir / f"{day}.log"
+        ok = run_day(day, environ, log)
+        seconds = time.monotonic() - started
         print(f"  {'succeeded' if ok else 'FAILED'} in {seconds:.0f} s; log: {log}", flush=True)
         if not ok:
             failed.append(day)

@@ -28,18 +28,27 @@ def resolve_run(
     params: Mapping[str, Any],
     logical_date: datetime | None,
     environ: Mapping[str, str] = os.environ,
+    run_type: str | None = None,
 ) -> dict[str, Any]:
     """The run plan: settings from the environment, the run's params over them, the day D.
 
-    Bad values fail the task at once, without retries: nothing else has run yet.
+    Bad values fail the task at once, without retries: nothing else has run yet. A scheduled
+    run of a day before the schedule's start is skipped; any other run may embed any day.
     """
-    from image_embeddings_airflow.params import resolve_plan
+    from image_embeddings_airflow.params import before_schedule_start, resolve_plan
     from image_embeddings_airflow.settings import load_settings
 
     try:
-        plan = resolve_plan(load_settings(environ), params, logical_date)
+        settings = load_settings(environ)
+        plan = resolve_plan(settings, params, logical_date)
     except ValueError as error:
         raise AirflowFailException(f"refused before anything ran: {error}") from None
+    if before_schedule_start(run_type, plan.day, settings.start_date):
+        raise AirflowSkipException(
+            f"Day {plan.day} is before IMAGE_EMBEDDINGS_START_DATE ({settings.start_date}), "
+            "where the daily schedule starts: nothing embedded. To embed it, trigger the DAG "
+            "with the 'date' param, run `make run DATE=...`, or backfill the day."
+        )
     log.info(
         "Day %s: %s -> %s with %s (%s weights, model %s)",
         plan.day,

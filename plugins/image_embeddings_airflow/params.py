@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Param
@@ -219,12 +219,6 @@ def resolve_plan(
     )
 
 
-def schedule_start(environ: Mapping[str, str]) -> datetime:
-    """The schedule's first day, midnight UTC, from `IMAGE_EMBEDDINGS_START_DATE`."""
-    variable = "IMAGE_EMBEDDINGS_START_DATE"
-    default = next(f for f in dataclasses.fields(Settings) if f.name == "start_date").metadata
-    try:
-        day = validate_date(environ.get(variable, "").strip() or default["default"])
-    except ValueError as error:
-        raise ValueError(f"{variable}: {error}") from None
-    return datetime.fromisoformat(day).replace(tzinfo=UTC)
+def before_schedule_start(run_type: str | None, day: str, start_date: str) -> bool:
+    """True for a scheduled run of a day before the schedule's start: the only run not to embed."""
+    return run_type == "scheduled" and day < start_date

@@ -393,7 +393,11 @@ class Settings:
         Rule(validate_flag, {"type": "boolean"}),
     )
     start_date: str = _doc(
-        "First day the daily schedule covers (YYYY-MM-DD).", "2026-11-01", "DAG", DATE_RULE
+        "First day the daily schedule covers (YYYY-MM-DD); manual runs, `make run` and backfills "
+        "may embed any day.",
+        "2026-11-01",
+        "DAG",
+        DATE_RULE,
     )
     gcp_conn_id: str = _doc(
         "Airflow connection used for gs:// and Dataflow.", DEFAULT_GCP_CONN_ID, "DAG"

@@ -57,16 +57,27 @@ def test_schedule_is_daily_over_completed_days_without_catchup(dag, serialized):
 
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
     assert dag.timetable.expression == "0 0 * * *"
-    assert dag.start_date == datetime(2026, 11, 1, tzinfo=UTC)
     assert dag.catchup is False
     assert dag.max_active_runs == 2
     # The run of day D covers D 00:00 to D+1 00:00 and starts once D is over.
     first = serialized.timetable.next_dagrun_info(
         last_automated_data_interval=None,
-        restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=True),
+        restriction=TimeRestriction(
+            earliest=datetime(2026, 11, 1, tzinfo=UTC), latest=None, catchup=True
+        ),
     )
     assert first.logical_date == datetime(2026, 11, 1, tzinfo=UTC)
     assert first.run_after == datetime(2026, 11, 2, tzinfo=UTC)
+
+
+def test_no_start_date_keeps_a_task_out_of_a_run_of_an_earlier_day(dag, serialized):
+    # Airflow creates no task instance of a non-backfill run whose logical date is before the
+    # task's start_date: such a run would succeed doing nothing.
+    assert dag.start_date is None
+    assert [task.task_id for task in serialized.tasks if task.start_date] == []
+    # Unpaused, the schedule still runs the last complete day.
+    scheduled = serialized.next_dagrun_info(last_automated_run_info=None)
+    assert scheduled.run_after - scheduled.logical_date == timedelta(days=1)
 
 
 def test_tags_and_doc(dag):

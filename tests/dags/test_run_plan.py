@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from airflow.sdk.exceptions import AirflowSkipException
 
 from image_embeddings_airflow.dag_tasks import resolve_run, run_summary
-from image_embeddings_airflow.params import resolve_plan, run_day, schedule_start
+from image_embeddings_airflow.params import before_schedule_start, resolve_plan, run_day
 from image_embeddings_airflow.settings import load_settings
 
 LOCAL = {
@@ -126,13 +127,19 @@ def test_resolve_run_returns_a_plan_for_xcom():
     assert plan["gcp_project"] == "photo-project"
 
 
-def test_schedule_start_comes_from_the_setting():
-    assert schedule_start({}) == datetime(2026, 11, 1, tzinfo=UTC)
-    assert schedule_start({"IMAGE_EMBEDDINGS_START_DATE": "2025-01-31"}) == datetime(
-        2025, 1, 31, tzinfo=UTC
+def test_only_a_scheduled_run_of_a_day_before_the_start_is_left_out():
+    assert before_schedule_start("scheduled", "2026-10-31", "2026-11-01")
+    assert not before_schedule_start("scheduled", "2026-11-01", "2026-11-01")
+    for run_type in ("manual", "backfill", "asset_triggered", None):
+        assert not before_schedule_start(run_type, "2026-10-01", "2026-11-01")
+
+
+def test_a_scheduled_run_before_the_start_is_skipped_naming_the_setting():
+    with pytest.raises(AirflowSkipException, match="IMAGE_EMBEDDINGS_START_DATE \\(2026-11-01\\)"):
+        resolve_run({}, datetime(2026, 10, 1, tzinfo=UTC), LOCAL, run_type="scheduled")
+    assert resolve_run({}, datetime(2026, 10, 1, tzinfo=UTC), LOCAL, run_type="manual")["day"] == (
+        "2026-10-01"
     )
-    with pytest.raises(ValueError, match="IMAGE_EMBEDDINGS_START_DATE"):
-        schedule_start({"IMAGE_EMBEDDINGS_START_DATE": "yesterday"})
 
 
 def test_the_run_summary_says_how_many_embeddings_were_reused():

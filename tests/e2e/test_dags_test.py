@@ -36,7 +36,8 @@ def _succeeded(done: subprocess.CompletedProcess) -> str:
 
 
 def test_make_run_embeds_a_local_day_with_resnet50(airflow_environ, tmp_path):
-    day = "2026-11-28"
+    # A month before IMAGE_EMBEDDINGS_START_DATE (2026-11-01): the start bounds the schedule only.
+    day = "2026-10-01"
     environ = _roots(
         airflow_environ, str(tmp_path / "images"), str(tmp_path / "out"), model=DEFAULT_MODEL[0]
     )
@@ -59,6 +60,11 @@ def test_make_run_embeds_a_local_day_with_resnet50(airflow_environ, tmp_path):
     assert f"Plot of day {day}: {tmp_path / 'out' / day / 'projection.png'}" in log
     assert f"Report of day {day}: {tmp_path / 'out' / day / 'report.html'}" in log
     assert f"Summary of day {day}: 6 images, 5 embedded, 1 failed" in log
+    # After the run's log, `make run` says where the day's outputs are.
+    summary = done.stdout.rsplit(f"The run of {day} succeeded", 1)[1]
+    assert f"{day}: 6 images, 5 embedded, 1 failed" in summary
+    assert f"report:  {tmp_path / 'out' / day / 'report.html'}" in summary
+    assert "MISSING" not in summary
 
 
 def test_a_day_without_images_ends_cleanly_with_downstream_skipped(airflow_environ, tmp_path):

@@ -14,7 +14,8 @@ from tests.e2e.outputs import check_day_outputs
 pytestmark = pytest.mark.slow
 
 TRIGGERED_DAY = "2026-11-10"
-BACKFILL_DAYS = ("2026-11-05", "2026-11-06", "2026-11-07")
+# Across IMAGE_EMBEDDINGS_START_DATE (2026-11-01): a backfill runs every day of its range.
+BACKFILL_DAYS = ("2026-10-31", "2026-11-01", "2026-11-02")
 RUNS_TIMEOUT_S = 1500
 
 
