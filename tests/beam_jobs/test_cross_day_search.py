@@ -1,4 +1,4 @@
-"""Search over days whose PCAs differ: candidates rescored with full embeddings rank on one scale."""
+"""Search over days whose PCAs differ: candidates rescored on full embeddings share one scale."""
 
 from __future__ import annotations
 
