@@ -279,7 +279,7 @@ def nearest_over_days(
 ) -> list[Hit]:
     """The `k` nearest images over `days`, ranked; D's mean centres every day's scores."""
     centre = read_axes(join(root, day)).mean
-    hits = [hit for day in days for hit in day_hits(join(root, day), day, vector, centre, k)]
+    hits = [hit for one in days for hit in day_hits(join(root, one), one, vector, centre, k)]
     best = sorted(hits, key=lambda hit: (-hit.similarity, hit.day, hit.uri))[:k]
     return [Hit(rank + 1, hit.similarity, hit.day, hit.uri) for rank, hit in enumerate(best)]
 
