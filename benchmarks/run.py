@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, SUCCESS_MARKER, shard_glob
-from benchmarks import imagesets
+from benchmarks import imagesets, search_recall
 from benchmarks.daily import write_synthetic_day
 from benchmarks.measure import (
     Measured,
@@ -59,7 +59,18 @@ DEFAULT_OUT = ROOT / "benchmarks" / "out"
 MODEL = "resnet50"
 WEIGHTS = "random"  # the same arithmetic as ImageNet's; nothing to download
 # "main" is the model ceiling and the pipeline on 640x480 photos, which the other rows compare to.
-SECTIONS = ("main", "openvino", "camera", "seed", "bf16", "reuse", "daily", "storage", "dag")
+SECTIONS = (
+    "main",
+    "openvino",
+    "camera",
+    "seed",
+    "bf16",
+    "reuse",
+    "daily",
+    "storage",
+    "dag",
+    "search",
+)
 # Share of a reuse day's images that an earlier run embedded.
 REUSED_SHARE = 0.8
 TABLE_ORDER = (
@@ -248,7 +259,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--reuse-images",
         type=parse_pair,
-        help=f"640x480 days, cold and {REUSED_SHARE:.0%} embedded before "
+        help=f"640x480 days, cold and {REUSED_SHARE:.0%}% embedded before "
         f"(default {defaults.reuse_images})",
     )
     parser.add_argument(
@@ -807,6 +818,13 @@ def measure_dag_parse(bench: Bench) -> dict:
     return bench.measure("dag-parse", python_command("benchmarks.dag_parse"), environment).result
 
 
+def measure_search(bench: Bench, quick: bool) -> dict:
+    """Recall@10 of the day's index against exact search on a synthetic day of clustered rows."""
+    rows = "50000" if quick else "1000000"
+    command = python_command("benchmarks.search_recall", "--rows", rows)
+    return bench.measure(f"search-recall-{rows}", command).result
+
+
 # --- entry point ----------------------------------------------------------------------------
 
 
@@ -857,6 +875,7 @@ def run(args: argparse.Namespace) -> dict:
     storage = [] if "storage" in skip else measure_storage(bench, photos, rows.get("seed_photos"))
     daily = [] if "daily" in skip else measure_daily(bench)
     dag = None if "dag" in skip else measure_dag_parse(bench)
+    search = None if "search" in skip else measure_search(bench, args.quick)
     guard = int8_guard(bench)
     checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag, reuse, guard)
     per_core = scaling(rows, about["cores"])
@@ -878,6 +897,7 @@ def run(args: argparse.Namespace) -> dict:
         "storage": storage,
         "daily": daily,
         "dag_parse": dag,
+        "search_recall": search,
         "scaling": per_core,
         "targets": [target.to_dict() for target in checks],
         "tables": {
@@ -885,6 +905,7 @@ def run(args: argparse.Namespace) -> dict:
             "daily": daily_table(daily) if daily else "",
             "storage": storage_table(storage) if storage else "",
             "scaling": scaling_table(per_core) if per_core else "",
+            "search": search_recall.table(search) if search else "",
             "targets": "\n".join(target.line() for target in checks),
         },
     }

@@ -53,6 +53,11 @@ def read_bytes(uri: str) -> bytes:
         return handle.read()
 
 
+def open_binary(uri: str):
+    """A seekable binary reader of `uri`, for formats read in parts (Parquet row groups)."""
+    return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 def write_text(uri: str, text: str, mime_type: str = "text/plain") -> None:
     """Write `text` (UTF-8) to `uri`, replacing any existing file."""
     with FileSystems.create(

@@ -25,6 +25,9 @@ LISTS_PER_SQRT_ROW = 2
 TRAINING_POINTS_PER_LIST = 40
 # Lists scanned per query: every planted near-copy was found with 8 of 2 sqrt(n).
 PROBED_LISTS = 8
+# Lists scanned per similarity-search query: ordinary top-10 neighbours, not near-copies, need
+# more (benchmarks/search_recall.py).
+SEARCH_PROBED_LISTS = 64
 SEED = 0
 
 
@@ -76,9 +79,17 @@ def index_from_bytes(data: bytes) -> Any:
     return index
 
 
-def nearest(index: Any, coordinates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    index: Any, coordinates: np.ndarray, k: int, probes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, row ids) of the `k` nearest rows to each unit row of `coordinates`.
 
-    Missing neighbours (an index smaller than `k`) have id -1.
+    An IVF index scans `probes` lists (default: its own `nprobe`). Missing neighbours (an index
+    smaller than `k`) have id -1.
     """
-    return index.search(unit_rows(coordinates), min(k, index.ntotal))
+    import faiss
+
+    params = faiss.SearchParametersIVF(nprobe=probes) if probes else None
+    if not isinstance(index, faiss.IndexIVF):
+        params = None
+    return index.search(unit_rows(coordinates), min(k, index.ntotal), params=params)

@@ -3,14 +3,14 @@
 The query is embedded with the day's own model: model, weights and precision come from the day's
 `_SUCCESS`, and the model fingerprint rebuilt here must equal the one recorded there, so that the
 query and the day's images are comparable; otherwise the search is refused, saying which part
-differs. Each day is searched in its neighbours index (written by the DAG's reduce step); a
-similarity is the centred cosine in that day's PCA space.
+differs. Each day's neighbours index (written by the DAG's reduce step) proposes candidates in
+that day's PCA space; every candidate is then scored with its full embedding, as the centred cosine
+under D's mean, so that the similarities of different days (each with its own PCA) are comparable.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -23,16 +23,26 @@ import numpy as np
 
 from beam_jobs.image_embeddings import io as storage
 from beam_jobs.image_embeddings.contract import (
+    EMBEDDINGS_PREFIX,
     FINGERPRINT_KEY,
-    NEIGHBOURS_IDS_NAME,
     NEIGHBOURS_INDEX_NAME,
     PCA_NAME,
     SUCCESS_MARKER,
     join,
+    shard_glob,
 )
-from beam_jobs.image_embeddings.neighbours import index_from_bytes, nearest
+from beam_jobs.image_embeddings.neighbours import (
+    SEARCH_PROBED_LISTS,
+    index_from_bytes,
+    nearest,
+    unit_rows,
+)
+from beam_jobs.image_embeddings.pca import PcaAxes
 
 OUTPUT_ROOT_VARIABLE = "IMAGE_EMBEDDINGS_OUTPUT_ROOT"
+# Candidates a day's index proposes for each hit asked: the index ranks in the day's PCA space,
+# the full embeddings may rank its candidates otherwise.
+CANDIDATES_PER_HIT = 4
 
 
 class SearchRefused(Exception):
@@ -207,21 +217,71 @@ def searched_days(root: str, day: str, count: int, fingerprint: str) -> tuple[li
     return days, skipped
 
 
-def day_hits(folder: str, day: str, vector: np.ndarray, k: int) -> list[Hit]:
-    """The `k` nearest images of one day, unranked."""
+def read_axes(folder: str) -> PcaAxes:
+    return PcaAxes.from_npz(storage.read_bytes(join(folder, PCA_NAME)))
+
+
+def day_candidates(folder: str, vector: np.ndarray, count: int) -> np.ndarray:
+    """Row numbers of the day's `count` nearest images to `vector` in its index, best first."""
+    index = index_from_bytes(storage.read_bytes(join(folder, NEIGHBOURS_INDEX_NAME)))
+    coordinates = read_axes(folder).project(vector[np.newaxis])
+    rows = nearest(index, coordinates, count, probes=SEARCH_PROBED_LISTS)[1][0]
+    return rows[rows >= 0]
+
+
+def embeddings_at(folder: str, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """URIs and full embeddings of the day's rows `rows` (numbered as its index numbers them).
+
+    Reads only the row groups that hold them.
+    """
     import pyarrow.parquet as pq
 
-    with np.load(io.BytesIO(storage.read_bytes(join(folder, PCA_NAME))), allow_pickle=False) as pca:
-        coordinates = (vector - pca["mean"]) @ pca["components"].T
-    index = index_from_bytes(storage.read_bytes(join(folder, NEIGHBOURS_INDEX_NAME)))
-    ids = pq.read_table(io.BytesIO(storage.read_bytes(join(folder, NEIGHBOURS_IDS_NAME))))
-    uris = ids.column("uri").to_pylist()
-    similarities, rows = nearest(index, coordinates[np.newaxis], k)
-    return [
-        Hit(0, float(similarity), day, uris[row])
-        for similarity, row in zip(similarities[0], rows[0], strict=True)
-        if row >= 0
-    ]
+    wanted = {int(row): place for place, row in enumerate(rows)}
+    uris, vectors = [""] * len(rows), [None] * len(rows)
+    first = 0
+    for shard in storage.matching(shard_glob(folder, EMBEDDINGS_PREFIX)):
+        with storage.open_binary(shard) as handle:
+            parquet = pq.ParquetFile(handle)
+            for group in range(parquet.num_row_groups):
+                size = parquet.metadata.row_group(group).num_rows
+                inside = [row for row in wanted if first <= row < first + size]
+                if inside:
+                    table = parquet.read_row_group(group, columns=["uri", "embedding"])
+                    for row in inside:
+                        place = wanted[row]
+                        uris[place] = table.column("uri")[row - first].as_py()
+                        vectors[place] = table.column("embedding")[row - first].as_py()
+                first += size
+    if any(vector is None for vector in vectors):
+        raise SearchRefused(
+            f"{folder}'s index names rows its embeddings do not hold: run the DAG's "
+            "reduce_dimensions for that day again"
+        )
+    return uris, np.asarray(vectors, dtype=np.float32)
+
+
+def centred_cosines(vectors: np.ndarray, query: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Cosine of each row of `vectors` with `query`, both centred on `centre`."""
+    return unit_rows(vectors - centre) @ unit_rows((query - centre)[np.newaxis])[0]
+
+
+def day_hits(folder: str, day: str, vector: np.ndarray, centre: np.ndarray, k: int) -> list[Hit]:
+    """The `k` nearest images of one day, unranked, scored on the full embeddings."""
+    rows = day_candidates(folder, vector, k * CANDIDATES_PER_HIT)
+    uris, embeddings = embeddings_at(folder, rows)
+    similarities = centred_cosines(embeddings, vector, centre)
+    best = np.argsort(-similarities, kind="stable")[:k]
+    return [Hit(0, float(similarities[place]), day, uris[place]) for place in best]
+
+
+def nearest_over_days(
+    root: str, day: str, days: list[str], vector: np.ndarray, k: int
+) -> list[Hit]:
+    """The `k` nearest images over `days`, ranked; D's mean centres every day's scores."""
+    centre = read_axes(join(root, day)).mean
+    hits = [hit for one in days for hit in day_hits(join(root, one), one, vector, centre, k)]
+    best = sorted(hits, key=lambda hit: (-hit.similarity, hit.day, hit.uri))[:k]
+    return [Hit(rank + 1, hit.similarity, hit.day, hit.uri) for rank, hit in enumerate(best)]
 
 
 def search(root: str, day: str, image: str, k: int, days: int) -> tuple[list[Hit], dict]:
@@ -238,10 +298,7 @@ def search(root: str, day: str, image: str, k: int, days: int) -> tuple[list[Hit
     if day not in searched:
         raise SearchRefused(f"{day}: {skipped[day]}; run the DAG's reduce_dimensions for it")
     vector = embed_query(image, spec, embed)
-    hits = [hit for other in searched for hit in day_hits(join(root, other), other, vector, k)]
-    best = sorted(hits, key=lambda hit: (-hit.similarity, hit.day, hit.uri))[:k]
-    ranked = [Hit(rank + 1, hit.similarity, hit.day, hit.uri) for rank, hit in enumerate(best)]
-    return ranked, skipped
+    return nearest_over_days(root, day, searched, vector, k), skipped
 
 
 def format_hit(hit: Hit, as_json: bool) -> str:

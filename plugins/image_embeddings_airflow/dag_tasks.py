@@ -268,7 +268,7 @@ def analyse(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any
     if drift["verdict"] == DRIFTED:
         message = (
             f"Day {day} drifted from {', '.join(drift['reference_days'])}: relative Fréchet "
-            f"distance {figures['relative_frechet']:.3f} > {drift['threshold']}, "
+            f"distance {figures['relative_frechet']:.3f} > {drift['effective_threshold']:.3f}, "
             f"{figures['far_share']:.1%} of its images far from the reference"
         )
         if plan["drift_fails"]:

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, PCA_NAME, join, shard_glob
+from beam_jobs.image_embeddings.pca import PcaAxes
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.settings import validate_components, validate_sample_size
 
@@ -116,18 +117,6 @@ def capped_components(requested: int, sample_rows: int, dim: int) -> int:
     return min(requested, cap)
 
 
-@dataclass(frozen=True)
-class PcaAxes:
-    """The axes a fitted PCA keeps (unit rows of `components`) and the mean it centres on."""
-
-    components: np.ndarray
-    mean: np.ndarray
-
-    def project(self, vectors: np.ndarray) -> np.ndarray:
-        """Coordinates of `vectors` on the axes, float32 (what `PCA.transform` computes)."""
-        return ((vectors - self.mean) @ self.components.T).astype(np.float32, copy=False)
-
-
 def axes_of(pca: PCA) -> PcaAxes:
     """The axes of a fitted scikit-learn PCA, float32 as `pca.npz` stores them."""
     return PcaAxes(pca.components_.astype(np.float32), pca.mean_.astype(np.float32))
@@ -164,8 +153,7 @@ def save_pca(pca: PCA, sample_size: int, uri: str) -> None:
 
 def load_pca(uri: str) -> PcaAxes:
     """The axes of a PCA saved by `save_pca`."""
-    with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as saved:
-        return PcaAxes(components=saved["components"], mean=saved["mean"])
+    return PcaAxes.from_npz(storage.read_bytes(uri))
 
 
 def read_projection(uri: str) -> np.ndarray:

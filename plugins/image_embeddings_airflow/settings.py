@@ -381,7 +381,8 @@ class Settings:
     )
     drift_threshold: float = _doc(
         "Relative Fréchet distance (over the reference's total variance) above which a day "
-        "has drifted: the run logs a warning.",
+        "has drifted, if also above what sampling noise gives at the day's size: the run logs "
+        "a warning.",
         "0.2",
         "Analysis",
         Rule(validate_drift_threshold, {"type": "number", "exclusiveMinimum": 0}),

@@ -13,11 +13,15 @@ from image_embeddings_airflow import storage
 from image_embeddings_airflow.drift import (
     DRIFT_NAME,
     DRIFTED,
+    MIN_IMAGES,
     NO_HISTORY,
     STABLE,
+    TOO_FEW,
     Gaussian,
+    drift_figures,
     frechet_distance,
     measure_drift,
+    verdict,
 )
 from image_embeddings_airflow.reduction import reduce_dimensions
 from tests.plugins.test_duplicates import DIM, FINGERPRINT, digests_of, write_day
@@ -84,6 +88,58 @@ def test_same_imagery_is_stable_and_different_imagery_drifts(history):
     assert figures["relative_frechet"] > THRESHOLD
     assert figures["far_share"] > 0.5
     assert figures["centroid_shift"] > 5 * report["figures"]["centroid_shift"]
+
+
+def test_small_days_same_imagery_is_stable_and_other_imagery_drifts(history):
+    same = prepared_day(history, "2026-11-28", imagery(MIN_IMAGES, seed=11))
+    report = measure_drift(same, "2026-11-28", FINGERPRINT, 7, THRESHOLD)
+
+    assert report["verdict"] == STABLE
+    # Ten images: the figure is beyond the configured threshold, within sampling noise.
+    assert report["figures"]["relative_frechet"] > THRESHOLD
+    assert report["effective_threshold"] == report["figures"]["noise_threshold"] > THRESHOLD
+
+    other = prepared_day(history, "2026-11-29", different_imagery(30, seed=12))
+    assert measure_drift(other, "2026-11-29", FINGERPRINT, 7, THRESHOLD)["verdict"] == DRIFTED
+
+
+def test_a_day_of_fewer_images_than_the_minimum_gets_no_score(history):
+    tiny = prepared_day(history, "2026-11-28", imagery(MIN_IMAGES - 1, seed=11))
+
+    report = measure_drift(tiny, "2026-11-28", FINGERPRINT, 7, THRESHOLD)
+
+    assert report["verdict"] == TOO_FEW and report["figures"] is None
+    assert f"has {MIN_IMAGES - 1} images" in report["reason"]
+    assert storage.read_json(f"{tiny}/{DRIFT_NAME}") == report
+
+
+# Seeded trials in a low-dimensional space, as the drift figures are computed (PCA coordinates).
+SPACE = 8
+SPACE_LOADINGS = np.random.default_rng(200).normal(scale=0.6, size=(3, SPACE))
+REFERENCE = 3000
+
+
+def coordinates(rows: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centre = np.zeros(SPACE)
+    centre[:3] = shift
+    return centre + rng.normal(size=(rows, 3)) @ SPACE_LOADINGS + rng.normal(0, 0.3, (rows, SPACE))
+
+
+@pytest.mark.parametrize("size", [10, 30, 100, 1000])
+def test_same_imagery_is_stable_in_95_of_100_trials_and_other_imagery_drifts(size):
+    reference = coordinates(REFERENCE, seed=10**6)
+
+    stable = [
+        verdict(drift_figures(coordinates(size, seed), reference), THRESHOLD) for seed in range(100)
+    ]
+    drifted = [
+        verdict(drift_figures(coordinates(size, seed, shift=1.5), reference), THRESHOLD)
+        for seed in range(100, 120)
+    ]
+
+    assert stable.count(STABLE) >= 95
+    assert drifted.count(DRIFTED) == 20
 
 
 def test_reference_window_is_bounded(history):
