@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from beam_jobs.image_embeddings.openvino_engine import (
     check_precision_supported,
     compile_model,
     convert,
+    cpu_capabilities,
     request_slices,
     unconvertible,
 )
@@ -163,6 +165,36 @@ def test_int8_below_the_thresholds_is_refused_with_its_figures(tmp_path, day, ti
 def test_a_cached_int8_model_meets_todays_thresholds(int8_model, cache, day, tiny_model):
     with pytest.raises(AccuracyRefused, match="int8 model refused"):
         prepare_model(tiny_int8_job(cache, day, tiny_model, **IMPOSSIBLE))
+
+
+def test_int8_fingerprints_are_equal_across_two_days_with_different_images(
+    tmp_path, day, tiny_model
+):
+    other_day = tmp_path / "manifest.txt"
+    paths = write_images(tmp_path / "images", 24, (96, 72), seed=400)
+    other_day.write_text("".join(f"{path}\n" for path in paths))
+    first = prepare_model(tiny_int8_job(tmp_path / "cache", day, tiny_model))
+    second = prepare_model(tiny_int8_job(tmp_path / "cache", other_day, tiny_model))
+    assert second.cache_hit and second.card["fingerprint"] == first.card["fingerprint"]
+    pin = json.loads(Path(first.card["calibration"]["pin"]).read_text())
+    assert pin["manifest"] == str(day) and pin["digest"] == first.card["calibration"]["digest"]
+    # The cache lost the model: it is rebuilt from the pinned images, not the day's.
+    shutil.rmtree(first.uri)
+    rebuilt = prepare_model(tiny_int8_job(tmp_path / "cache", other_day, tiny_model))
+    assert not rebuilt.cache_hit and rebuilt.card["fingerprint"] == first.card["fingerprint"]
+    assert rebuilt.card["calibration"]["manifest"] == str(day)
+
+
+@pytest.mark.skipif("BF16" not in cpu_capabilities(), reason="no bfloat16 instructions here")
+def test_bfloat16_is_checked_against_float32_and_records_its_figures(tmp_path, day, tiny_model):
+    job = tiny_int8_job(tmp_path, day, tiny_model, precision="bfloat16")
+    prepared = prepare_model(job)
+    figures = prepared.card["accuracy"]
+    assert figures["centred_cosine_mean"] >= 0.99 and figures["top5_overlap"] >= 0.9
+    assert prepared.card["calibration"] is None
+    assert prepared.card["fingerprint_parts"]["precision"] == "bfloat16"
+    with pytest.raises(AccuracyRefused, match="bfloat16 model refused"):
+        prepare_model(dataclasses.replace(job, **IMPOSSIBLE))
 
 
 def test_the_cli_prints_the_prepared_model(float32_model, cache, capsys):
