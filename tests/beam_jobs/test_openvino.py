@@ -249,6 +249,26 @@ def test_an_int8_run_prepares_in_the_launcher_and_records_the_figures(
     assert marker["fingerprint_parts"]["calibration"].startswith("sha256:")
 
 
+def test_two_int8_days_of_different_images_share_one_fingerprint_and_say_so(
+    day, tiny_model, tmp_path
+):
+    paths = write_images(tmp_path / "images", 24, (96, 72), seed=700)
+    other_day = tmp_path / "other.txt"
+    other_day.write_text("".join(f"{path}\n" for path in paths))
+    days = tmp_path / "embeddings"
+    days.mkdir()
+    options = [f"--model={tiny_model}"], 8, "--precision=int8", f"--model_cache={tmp_path}/cache"
+    first = run_day(day, days / "2026-12-01", *options)
+    second = run_day(other_day, days / "2026-12-02", *options)
+    assert first["previous_fingerprint"] is None
+    assert second["previous_fingerprint"] == {
+        "day": "2026-12-01",
+        "fingerprint": first["model_fingerprint"],
+        "changed": False,
+    }
+    assert second["model_fingerprint"] == first["model_fingerprint"]
+
+
 def test_a_refused_int8_model_fails_the_run_before_anything_is_embedded(
     int8_model, cache, day, tiny_model, tmp_path
 ):
