@@ -59,7 +59,18 @@ DEFAULT_OUT = ROOT / "benchmarks" / "out"
 MODEL = "resnet50"
 WEIGHTS = "random"  # the same arithmetic as ImageNet's; nothing to download
 # "main" is the model ceiling and the pipeline on 640x480 photos, which the other rows compare to.
-SECTIONS = ("main", "openvino", "camera", "seed", "bf16", "reuse", "daily", "storage", "dag")
+SECTIONS = (
+    "main",
+    "openvino",
+    "camera",
+    "seed",
+    "bf16",
+    "precision",
+    "reuse",
+    "daily",
+    "storage",
+    "dag",
+)
 # Share of a reuse day's images that an earlier run embedded.
 REUSED_SHARE = 0.8
 TABLE_ORDER = (
@@ -503,7 +514,7 @@ def engine_args(prepared_model: str | None, precision: str) -> list[str]:
     """The pipeline's engine: OpenVINO with a prepared model, else TensorFlow (XLA)."""
     if not prepared_model:
         return ["--engine", "tensorflow"]
-    guard = LENIENT_GUARD if precision == "int8" else ()
+    guard = LENIENT_GUARD if precision != "float32" else ()
     return ["--engine", "openvino", "--prepared_model", prepared_model, *guard]
 
 
@@ -810,6 +821,13 @@ def measure_dag_parse(bench: Bench) -> dict:
 # --- entry point ----------------------------------------------------------------------------
 
 
+def precision_record(precisions: dict | None) -> dict | None:
+    """The precision section's figures, its targets and table left to the results' own lists."""
+    if precisions is None:
+        return None
+    return {key: value for key, value in precisions.items() if key not in ("targets", "table")}
+
+
 def run(args: argparse.Namespace) -> dict:
     sizes = sizes_from(args)
     skip = skipped_sections(args)
@@ -848,6 +866,12 @@ def run(args: argparse.Namespace) -> dict:
             bench.run_dir(f"pipeline-float32-float32-photos-{sizes.images[1]}"),
             bench.run_dir(f"pipeline-bfloat16-float32-photos-{sizes.images[1]}"),
         )
+    precisions = None
+    if "precision" not in skip:
+        # Imported here: the section builds on this module's runs.
+        from benchmarks.precision import measure_precisions
+
+        precisions = measure_precisions(bench, photos)
     reuse = None
     if "reuse" not in skip:
         reuse = measure_reuse(bench, photos, sizes.reuse_images, prepared.get("float32"))
@@ -859,6 +883,7 @@ def run(args: argparse.Namespace) -> dict:
     dag = None if "dag" in skip else measure_dag_parse(bench)
     guard = int8_guard(bench)
     checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag, reuse, guard)
+    checks += precisions["targets"] if precisions else []
     per_core = scaling(rows, about["cores"])
     about["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     return {
@@ -874,6 +899,7 @@ def run(args: argparse.Namespace) -> dict:
         "runs": bench.runs,
         "bf16_cosine": cosine,
         "int8_guard": guard,
+        "precision": precision_record(precisions),
         "reuse": reuse,
         "storage": storage,
         "daily": daily,
@@ -882,6 +908,7 @@ def run(args: argparse.Namespace) -> dict:
         "targets": [target.to_dict() for target in checks],
         "tables": {
             "main": main_table(rows),
+            "precision": precisions["table"] if precisions else "",
             "daily": daily_table(daily) if daily else "",
             "storage": storage_table(storage) if storage else "",
             "scaling": scaling_table(per_core) if per_core else "",
