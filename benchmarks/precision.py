@@ -18,7 +18,15 @@ from beam_jobs.image_embeddings.accuracy import Thresholds, accuracy_figures
 from beam_jobs.image_embeddings.openvino_engine import cpu_capabilities
 from benchmarks import imagesets
 from benchmarks.measure import python_command
-from benchmarks.report import Row, Target, fmt, fmt_ratio, markdown_table, paired_ratio
+from benchmarks.report import (
+    Row,
+    Target,
+    fmt,
+    fmt_ratio,
+    markdown_table,
+    paired_ratio,
+    ratio,
+)
 from benchmarks.run import (
     Bench,
     embeddings_by_uri,
@@ -144,11 +152,12 @@ def speedup_targets(rows: dict[str, Row], figures: dict[str, dict]) -> list[Targ
 
 def precision_table(rows: dict[str, Row], figures: dict[str, dict]) -> str:
     header = ["precision", "run", "images", "images/s", "/ float32", "CPU s / image"]
-    header += ["centred cosine mean / min", "top-5 overlap"]
+    header += ["float32 CPU s / its", "centred cosine mean / min", "top-5 overlap"]
     lines = []
     for key, row in rows.items():
         kind, precision = key.split("_")
-        ratio, spread = paired_ratio(row, rows.get(f"{kind}_float32"))
+        reference = rows.get(f"{kind}_float32")
+        speedup, spread = paired_ratio(row, reference)
         agree = figures.get(precision) if kind == "pipeline" else None
         lines.append(
             [
@@ -156,15 +165,16 @@ def precision_table(rows: dict[str, Row], figures: dict[str, dict]) -> str:
                 "OpenVINO call" if kind == "ceiling" else "pipeline, 640x480",
                 row.images,
                 fmt(row.images_per_s),
-                fmt_ratio(ratio, spread, 2),
+                fmt_ratio(speedup, spread, 2),
                 fmt(row.cpu_s_per_image, 4),
+                fmt(ratio(reference and reference.cpu_s_per_image, row.cpu_s_per_image), 2),
                 f"{agree['centred_cosine_mean']:.5f} / {agree['centred_cosine_min']:.5f}"
                 if agree
                 else "",
                 f"{agree['top5_overlap']:.3f}" if agree else "",
             ]
         )
-    return markdown_table(header, lines, "llrrrrrr")
+    return markdown_table(header, lines, "llrrrrrrr")
 
 
 def measure_precisions(bench: Bench, photos: imagesets.ImageSet) -> dict:
