@@ -297,7 +297,8 @@ def add_preparation_arguments(parser: argparse.ArgumentParser) -> None:
         type=location,
         default=None,
         help="int8: manifest of the images to calibrate on and check against float32 "
-        "(default: a seeded sample of --manifest, the day's own images)",
+        "(default: a seeded sample of the first day's --manifest, pinned in the model cache "
+        "and reused every later day)",
     )
     group.add_argument(
         "--calibration_size",

@@ -239,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m beam_jobs.image_embeddings.prepare",
         description="Prepare the OpenVINO model the pipeline runs, once per fingerprint: convert "
-        "the Keras model, for int8 quantize it with NNCF and check it against float32, and write "
-        "it with its model card under the model cache. Prints the result as one JSON line.",
+        "the Keras model, for int8 quantize it with NNCF, check int8 and bfloat16 against "
+        "float32, and write it with its model card under the model cache. Prints the result as "
+        "one JSON line.",
         allow_abbrev=False,
     )
     add_model_arguments(parser)
@@ -249,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URI",
         type=location,
         default=None,
-        help="int8 without --calibration_manifest: the day's manifest, sampled with the seed",
+        help="int8 and bfloat16 without --calibration_manifest: the day's manifest, sampled "
+        "with the seed (int8: only while the model cache holds no pinned sample for the model)",
     )
     add_preparation_arguments(parser)
     return parser
