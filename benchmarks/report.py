@@ -532,7 +532,7 @@ def render(results: dict) -> str:
     if results["quick"]:
         heading += " (--quick: too few images for meaningful figures)"
     tables = results["tables"]
-    parts = [heading, tables["main"], tables["scaling"], tables["storage"], tables["daily"]]
-    parts.append(tables.get("search", ""))
+    parts = [heading, tables["main"], tables.get("precision", ""), tables["scaling"]]
+    parts += [tables["storage"], tables["daily"], tables.get("search", "")]
     parts += ["Targets:", tables["targets"]]
     return "\n\n".join(part for part in parts if part) + "\n"

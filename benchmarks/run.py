@@ -1,5 +1,5 @@
-"""`make bench`: model ceiling, pipeline (TensorFlow and OpenVINO), the seed's way, bfloat16,
-reuse, daily steps and storage.
+"""`make bench`: model ceiling, pipeline (TensorFlow and OpenVINO), the seed's way, bfloat16, the
+precisions this CPU runs natively, reuse, daily steps and storage.
 
 Every figure comes from child processes, so each one's start-up and peak memory are its own.
 Throughput is the difference between a small and a large run of the same command, each less the
@@ -65,6 +65,7 @@ SECTIONS = (
     "camera",
     "seed",
     "bf16",
+    "precision",
     "reuse",
     "daily",
     "storage",
@@ -514,7 +515,7 @@ def engine_args(prepared_model: str | None, precision: str) -> list[str]:
     """The pipeline's engine: OpenVINO with a prepared model, else TensorFlow (XLA)."""
     if not prepared_model:
         return ["--engine", "tensorflow"]
-    guard = LENIENT_GUARD if precision == "int8" else ()
+    guard = LENIENT_GUARD if precision != "float32" else ()
     return ["--engine", "openvino", "--prepared_model", prepared_model, *guard]
 
 
@@ -828,6 +829,13 @@ def measure_search(bench: Bench, quick: bool) -> dict:
 # --- entry point ----------------------------------------------------------------------------
 
 
+def precision_record(precisions: dict | None) -> dict | None:
+    """The precision section's figures, its targets and table left to the results' own lists."""
+    if precisions is None:
+        return None
+    return {key: value for key, value in precisions.items() if key not in ("targets", "table")}
+
+
 def run(args: argparse.Namespace) -> dict:
     sizes = sizes_from(args)
     skip = skipped_sections(args)
@@ -866,6 +874,12 @@ def run(args: argparse.Namespace) -> dict:
             bench.run_dir(f"pipeline-float32-float32-photos-{sizes.images[1]}"),
             bench.run_dir(f"pipeline-bfloat16-float32-photos-{sizes.images[1]}"),
         )
+    precisions = None
+    if "precision" not in skip:
+        # Imported here: the section builds on this module's runs.
+        from benchmarks.precision import measure_precisions
+
+        precisions = measure_precisions(bench, photos)
     reuse = None
     if "reuse" not in skip:
         reuse = measure_reuse(bench, photos, sizes.reuse_images, prepared.get("float32"))
@@ -878,6 +892,7 @@ def run(args: argparse.Namespace) -> dict:
     search = None if "search" in skip else measure_search(bench, args.quick)
     guard = int8_guard(bench)
     checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag, reuse, guard)
+    checks += precisions["targets"] if precisions else []
     per_core = scaling(rows, about["cores"])
     about["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     return {
@@ -893,6 +908,7 @@ def run(args: argparse.Namespace) -> dict:
         "runs": bench.runs,
         "bf16_cosine": cosine,
         "int8_guard": guard,
+        "precision": precision_record(precisions),
         "reuse": reuse,
         "storage": storage,
         "daily": daily,
@@ -902,6 +918,7 @@ def run(args: argparse.Namespace) -> dict:
         "targets": [target.to_dict() for target in checks],
         "tables": {
             "main": main_table(rows),
+            "precision": precisions["table"] if precisions else "",
             "daily": daily_table(daily) if daily else "",
             "storage": storage_table(storage) if storage else "",
             "scaling": scaling_table(per_core) if per_core else "",

@@ -1,4 +1,4 @@
-"""The int8 accuracy guard: centred cosine and top-5 neighbour overlap against float32."""
+"""The int8 and bfloat16 guard: centred cosine and top-5 neighbour overlap against float32."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ NEIGHBOURS = 5
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The least an int8 model must keep of its float32 original's embeddings."""
+    """The least an int8 or bfloat16 model must keep of its float32 original's embeddings."""
 
     min_centred_cosine_mean: float = 0.99
     min_centred_cosine: float = 0.97
@@ -20,7 +20,7 @@ class Thresholds:
 
 
 class AccuracyRefused(RuntimeError):
-    """An int8 model strays too far from float32; the message carries the figures."""
+    """An int8 or bfloat16 model strays too far from float32; the message carries the figures."""
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -84,12 +84,14 @@ def shortfalls(figures: dict[str, Any], thresholds: Thresholds) -> list[str]:
     return [f"{name} {value:.4f} < {least}" for name, value, least in checks if value < least]
 
 
-def check_accuracy(figures: dict[str, Any], thresholds: Thresholds) -> None:
+def check_accuracy(
+    figures: dict[str, Any], thresholds: Thresholds, precision: str = "int8"
+) -> None:
     """Raise AccuracyRefused, with every figure, when any is below its threshold."""
     below = shortfalls(figures, thresholds)
     if below:
         raise AccuracyRefused(
-            f"int8 model refused: {'; '.join(below)} on {figures['images']} held-out images "
+            f"{precision} model refused: {'; '.join(below)} on {figures['images']} held-out images "
             f"(figures {figures}, thresholds {asdict(thresholds)}); nothing was embedded. "
             "Use --precision float32, or calibrate on images closer to the day's"
         )

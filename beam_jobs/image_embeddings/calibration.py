@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ class CalibrationSet:
     held_out: np.ndarray
     digest: str
     manifest: str
+    # The images' URIs, held-out ones first: what a pinned calibration set records.
+    uris: tuple[str, ...] = ()
 
 
 def seeded_order(manifest: str, seed: int) -> list[str]:
@@ -83,7 +86,7 @@ def load_calibration_set(
     if not storage.exists(manifest):
         raise FileNotFoundError(f"calibration manifest not found: {manifest}")
     wanted = calibration_size + held_out_size
-    loaded: list[tuple[bytes, np.ndarray]] = []
+    loaded: list[tuple[str, bytes, np.ndarray]] = []
     order = seeded_order(manifest, seed)
     position = 0
     with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="calibration") as pool:
@@ -95,21 +98,48 @@ def load_calibration_set(
                 if isinstance(outcome, str):
                     log.warning("calibration skips %s (%s)", uri, outcome)
                 else:
-                    loaded.append(outcome)
+                    loaded.append((uri, *outcome))
     calibration, held_out = split_sizes(len(loaded), calibration_size, held_out_size)
-    digest = hashlib.sha256()
-    for data, _ in loaded[held_out : held_out + calibration]:
-        digest.update(hashlib.sha256(data).digest())
-    pixels = np.stack([image for _, image in loaded[: held_out + calibration]])
     log.info(
         "calibration set from %s: %d images to calibrate on, %d held out",
         manifest,
         calibration,
         held_out,
     )
+    return calibration_set(loaded[: held_out + calibration], held_out, manifest)
+
+
+def calibration_set(
+    loaded: Sequence[tuple[str, bytes, np.ndarray]], held_out: int, manifest: str
+) -> CalibrationSet:
+    """The set of loaded (uri, bytes, pixels), the first `held_out` held out; its digest covers
+    the calibration images' bytes, in order."""
+    digest = hashlib.sha256()
+    for _, data, _ in loaded[held_out:]:
+        digest.update(hashlib.sha256(data).digest())
+    pixels = np.stack([image for _, _, image in loaded])
     return CalibrationSet(
         calibration=pixels[held_out:],
         held_out=pixels[:held_out],
         digest=f"sha256:{digest.hexdigest()}",
         manifest=manifest,
+        uris=tuple(uri for uri, _, _ in loaded),
     )
+
+
+def load_exact_set(
+    uris: Sequence[str], held_out: int, manifest: str, size: tuple[int, int], max_image_bytes: int
+) -> CalibrationSet:
+    """The set of exactly these images, the first `held_out` held out; ValueError naming every
+    image that cannot be read (none is replaced: the set must stay what it was)."""
+    with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="calibration") as pool:
+        outcomes = list(pool.map(lambda uri: _load(uri, size, max_image_bytes), uris))
+    unreadable = [
+        f"{uri} ({outcome})"
+        for uri, outcome in zip(uris, outcomes, strict=True)
+        if isinstance(outcome, str)
+    ]
+    if unreadable:
+        raise ValueError(f"calibration images cannot be read: {'; '.join(unreadable)}")
+    loaded = [(uri, *outcome) for uri, outcome in zip(uris, outcomes, strict=True)]
+    return calibration_set(loaded, held_out, manifest)

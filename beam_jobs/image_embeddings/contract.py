@@ -101,6 +101,9 @@ FINGERPRINT_KEY = "model_fingerprint"
 # A marker with these keys describes rows that carry `sha256`: their embeddings may be reused by a
 # later run with the same fingerprint. `reused` counts the rows copied from earlier runs.
 REUSE_KEYS = (FINGERPRINT_KEY, "reused")
+# `_SUCCESS`: the newest earlier finished day's fingerprint, {"day", "fingerprint", "changed"},
+# or null when the lookback holds none; `changed` true means this day is not comparable with it.
+PREVIOUS_FINGERPRINT_KEY = "previous_fingerprint"
 
 
 def manifest_entries(lines: Iterable[str]) -> Iterator[str]:

@@ -24,7 +24,11 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from beam_jobs.image_embeddings import gcs, io, lease
 from beam_jobs.image_embeddings.accuracy import check_accuracy
-from beam_jobs.image_embeddings.contract import FINGERPRINT_KEY, manifest_entries
+from beam_jobs.image_embeddings.contract import (
+    FINGERPRINT_KEY,
+    PREVIOUS_FINGERPRINT_KEY,
+    manifest_entries,
+)
 from beam_jobs.image_embeddings.earlier_runs import (
     ReuseSource,
     folder_name,
@@ -32,9 +36,14 @@ from beam_jobs.image_embeddings.earlier_runs import (
     set_aside_previous_run,
 )
 from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
+from beam_jobs.image_embeddings.fingerprint_change import previous_fingerprint
 from beam_jobs.image_embeddings.model_cache import read_card
 from beam_jobs.image_embeddings.models import ModelSpec, resolve_model
-from beam_jobs.image_embeddings.options import JobOptions, parse_known_args
+from beam_jobs.image_embeddings.options import (
+    DEFAULT_LOOKBACK_DAYS,
+    JobOptions,
+    parse_known_args,
+)
 from beam_jobs.image_embeddings.outputs import read_success_marker, remove_earlier_run, utc_now
 from beam_jobs.image_embeddings.pipeline import build_pipeline
 from beam_jobs.image_embeddings.progress import ProgressReporter, batch_size_stats, summary_line
@@ -159,7 +168,7 @@ def prepared_card(job: JobOptions, spec: ModelSpec) -> tuple[JobOptions, dict[st
     card = read_card(job.prepared_model)
     check_card_fits(card, job, spec)
     if card.get("accuracy"):
-        check_accuracy(card["accuracy"], job.thresholds())
+        check_accuracy(card["accuracy"], job.thresholds(), job.precision)
     return job, card
 
 
@@ -224,6 +233,9 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
             job.output, job.lookback_days, job.reuse_from, info[FINGERPRINT_KEY]
         )
         info["reuse_sources"] = reuse_record(sources)
+        info[PREVIOUS_FINGERPRINT_KEY] = previous_fingerprint(
+            job.output, job.lookback_days or DEFAULT_LOOKBACK_DAYS, info[FINGERPRINT_KEY]
+        )
         result = _run_built(pipeline, job, spec, options, info, total, sources, waits, dry_run)
     finally:
         give_back(taken, options, job_ended=waits)

@@ -129,20 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for embeddings-*.parquet, failures-*.parquet and _SUCCESS; "
         "a rerun replaces what an earlier run left there",
     )
-    job.add_argument(
-        "--model",
-        metavar="NAME|URI",
-        default=JobOptions.model,
-        help="keras.applications model name (resnet50, efficientnetb0, mobilenetv3small, ...) "
-        "or the URI of a .keras model file (default: %(default)s)",
-    )
-    job.add_argument(
-        "--weights",
-        metavar="imagenet|random|URI",
-        default=JobOptions.weights,
-        help="'imagenet' (downloaded by Keras), 'random' (seeded, for offline runs) or the URI "
-        "of a Keras weights file (default: %(default)s)",
-    )
+    add_model_arguments(job)
     job.add_argument(
         "--batch_size",
         metavar="N",
@@ -170,14 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=JobOptions.engine,
         help="openvino runs a model prepared once per fingerprint (as exact as TensorFlow in "
         "float32 and faster; int8 too); tensorflow runs the Keras model (default: %(default)s)",
-    )
-    job.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=JobOptions.precision,
-        help="arithmetic of the model call: int8 (OpenVINO only) is quantized with NNCF and "
-        "checked against float32; bfloat16 needs a CPU with bfloat16 instructions "
-        "(default: %(default)s)",
     )
     job.add_argument(
         "--prepared_model",
@@ -275,6 +254,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_model_arguments(group: argparse._ActionsContainer) -> None:
+    """--model, --weights and --precision: what the pipeline embeds with, and what is prepared."""
+    group.add_argument(
+        "--model",
+        metavar="NAME|URI",
+        default=JobOptions.model,
+        help="keras.applications model name (resnet50, efficientnetb0, mobilenetv3small, ...) "
+        "or the URI of a .keras model file (default: %(default)s)",
+    )
+    group.add_argument(
+        "--weights",
+        metavar="imagenet|random|URI",
+        default=JobOptions.weights,
+        help="'imagenet' (downloaded by Keras), 'random' (seeded, for offline runs) or the URI "
+        "of a Keras weights file (default: %(default)s)",
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=JobOptions.precision,
+        help="arithmetic of the model call: int8 (OpenVINO only) is quantized with NNCF, "
+        "bfloat16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); with OpenVINO "
+        "both are checked against float32 before anything is embedded (default: %(default)s)",
+    )
+
+
 def add_preparation_arguments(parser: argparse.ArgumentParser) -> None:
     """Where an OpenVINO model is prepared and how int8 is calibrated and checked."""
     group = parser.add_argument_group("model preparation (OpenVINO)")
@@ -292,7 +297,8 @@ def add_preparation_arguments(parser: argparse.ArgumentParser) -> None:
         type=location,
         default=None,
         help="int8: manifest of the images to calibrate on and check against float32 "
-        "(default: a seeded sample of --manifest, the day's own images)",
+        "(default: a seeded sample of the first day's --manifest, pinned in the model cache "
+        "and reused every later day)",
     )
     group.add_argument(
         "--calibration_size",

@@ -17,7 +17,8 @@ import numpy as np
 from beam_jobs.image_embeddings import io as storage
 from beam_jobs.image_embeddings.accuracy import AccuracyRefused, accuracy_figures, check_accuracy
 from beam_jobs.image_embeddings.calibration import CalibrationSet, load_calibration_set
-from beam_jobs.image_embeddings.contract import PRECISIONS, PREPARE_REFUSED_EXIT, join
+from beam_jobs.image_embeddings.calibration_pin import load_pinned_set, pin_uri, read_pin, write_pin
+from beam_jobs.image_embeddings.contract import PREPARE_REFUSED_EXIT, join
 from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
 from beam_jobs.image_embeddings.model_cache import (
     CacheEntryError,
@@ -38,6 +39,7 @@ from beam_jobs.image_embeddings.openvino_engine import (
 )
 from beam_jobs.image_embeddings.options import (
     JobOptions,
+    add_model_arguments,
     add_preparation_arguments,
     check_engine,
     location,
@@ -46,6 +48,8 @@ from beam_jobs.image_embeddings.outputs import utc_now
 
 ENGINE = "openvino"
 GUARD_BATCH = 32
+# The precisions checked against float32 on held-out images before they are cached.
+GUARDED = ("int8", "bfloat16")
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +75,39 @@ def calibration_manifest(job: JobOptions) -> str:
     """The configured calibration manifest, else the day's own manifest."""
     manifest = job.calibration_manifest or job.manifest
     if not manifest:
-        raise ValueError("--precision int8 needs --calibration_manifest or the day's --manifest")
+        raise ValueError(
+            f"--precision {job.precision} needs --calibration_manifest or the day's --manifest"
+        )
     return manifest
 
 
-def embed_all(model: Any, images: np.ndarray) -> np.ndarray:
-    """float32 embeddings of `images` by an openvino.Model compiled in float32."""
-    embedder = OpenVINOEmbedder(compile_model(model, "float32"))
+def load_sample(job: JobOptions, spec: ModelSpec) -> CalibrationSet:
+    """The seeded sample of the calibration manifest: images to calibrate on and held out."""
+    return load_calibration_set(
+        calibration_manifest(job),
+        spec.input_size,
+        job.calibration_size,
+        job.held_out_size,
+        job.calibration_seed,
+        job.max_image_bytes,
+    )
+
+
+def model_version(spec: ModelSpec, job: JobOptions) -> str:
+    """What an int8 calibration set is pinned to: every fingerprint part but the calibration,
+    and how the sample is drawn."""
+    parts = fingerprint_parts(spec, job.weights, job.precision, ENGINE)
+    drawn = {
+        "calibration_size": job.calibration_size,
+        "held_out_size": job.held_out_size,
+        "calibration_seed": job.calibration_seed,
+    }
+    return fingerprint(parts | drawn)
+
+
+def embed_all(model: Any, images: np.ndarray, precision: str = "float32") -> np.ndarray:
+    """Embeddings of `images` by an openvino.Model compiled to compute in `precision`."""
+    embedder = OpenVINOEmbedder(compile_model(model, precision))
     return np.concatenate(
         [
             embedder(images[start : start + GUARD_BATCH])
@@ -95,20 +125,24 @@ def quantize(model: Any, images: np.ndarray) -> Any:
 
 
 def build(
-    spec: ModelSpec, job: JobOptions, calibration: CalibrationSet | None
+    spec: ModelSpec, job: JobOptions, sample: CalibrationSet | None
 ) -> tuple[Any, dict[str, Any] | None]:
-    """(the openvino.Model to cache, int8 accuracy figures or None); AccuracyRefused below the
-    thresholds."""
+    """(the openvino.Model to cache, int8 or bfloat16 accuracy figures against float32 on the
+    sample's held-out images, or None for float32); AccuracyRefused below the thresholds."""
     model = convert(spec, job.weights)
-    if calibration is None:
+    if sample is None:
         return model, None
-    quantized = quantize(model, calibration.calibration)
-    figures = accuracy_figures(
-        embed_all(model, calibration.held_out), embed_all(quantized, calibration.held_out)
-    )
-    log.info("int8 against float32 on held-out images: %s", figures)
-    check_accuracy(figures, job.thresholds())
-    return quantized, figures
+    reference = embed_all(model, sample.held_out)
+    if job.precision == "int8":
+        model = quantize(model, sample.calibration)
+        candidate = embed_all(model, sample.held_out)
+    else:
+        # bfloat16 is the float32 model computed in bfloat16: the same files, compiled otherwise.
+        candidate = embed_all(model, sample.held_out, job.precision)
+    figures = accuracy_figures(reference, candidate)
+    log.info("%s against float32 on held-out images: %s", job.precision, figures)
+    check_accuracy(figures, job.thresholds(), job.precision)
+    return model, figures
 
 
 def clear_broken_entry(entry: str, error: CacheEntryError) -> None:
@@ -120,38 +154,47 @@ def clear_broken_entry(entry: str, error: CacheEntryError) -> None:
 
 def prepare_model(job: JobOptions) -> PreparedModel:
     """The prepared model for the job's model, weights and precision: from the cache when an
-    intact entry exists, else converted (and for int8 quantized and checked) and cached."""
+    intact entry exists, else converted (for int8 quantized; int8 and bfloat16 checked against
+    float32) and cached.
+
+    Without a calibration manifest, an int8 model version calibrates once, on a seeded sample of
+    the first day's images, and pins that sample in the cache: later days reuse it, so their
+    fingerprint stays the same.
+    """
     import openvino as ov
 
     started = time.monotonic()
     spec = resolve_model(job.model)
     check_precision_supported(job.precision, cpu_capabilities())
-    calibration = None
-    if job.precision == "int8":
-        calibration = load_calibration_set(
-            calibration_manifest(job),
-            spec.input_size,
-            job.calibration_size,
-            job.held_out_size,
-            job.calibration_seed,
-            job.max_image_bytes,
-        )
-    parts = fingerprint_parts(
-        spec, job.weights, job.precision, ENGINE, calibration.digest if calibration else None
-    )
+    cache = job.model_cache or default_model_cache()
+    pin_at = None
+    if job.precision == "int8" and not job.calibration_manifest:
+        pin_at = pin_uri(cache, model_version(spec, job))
+    pin = read_pin(pin_at) if pin_at else None
+    sample = load_sample(job, spec) if job.precision == "int8" and pin is None else None
+    if pin:
+        log.info("int8 calibrates on the set pinned on %s (%s)", pin["pinned_at"], pin_at)
+    digest = pin["digest"] if pin else sample.digest if sample else None
+    parts = fingerprint_parts(spec, job.weights, job.precision, ENGINE, digest)
     model_fingerprint = fingerprint(parts)
-    entry = entry_uri(job.model_cache or default_model_cache(), model_fingerprint)
+    entry = entry_uri(cache, model_fingerprint)
     try:
         card = check_entry(entry, model_fingerprint)
     except CacheEntryError as error:
         clear_broken_entry(entry, error)
     else:
         log.info("prepared model %s found in the cache", entry)
-        # The thresholds are not part of the fingerprint: a cached int8 model meets today's.
+        # The thresholds are not part of the fingerprint: a cached model meets today's.
         if card.get("accuracy"):
-            check_accuracy(card["accuracy"], job.thresholds())
+            check_accuracy(card["accuracy"], job.thresholds(), job.precision)
         return PreparedModel(entry, card, cache_hit=True)
-    model, figures = build(spec, job, calibration)
+    if sample is None and job.precision in GUARDED:
+        sample = (
+            load_pinned_set(pin, spec.input_size, job.max_image_bytes)
+            if pin
+            else load_sample(job, spec)
+        )
+    model, figures = build(spec, job, sample)
     with tempfile.TemporaryDirectory(prefix="prepare-") as directory:
         ov.save_model(model, f"{directory}/model.xml", compress_to_fp16=False)
         card = write_entry(
@@ -162,26 +205,33 @@ def prepare_model(job: JobOptions) -> PreparedModel:
                 "fingerprint_parts": parts,
                 "accuracy": figures,
                 "thresholds": vars(job.thresholds()) if figures else None,
-                "calibration": calibration_record(job, calibration),
+                "calibration": calibration_record(job, sample, pin_at),
                 "dim": int(model.output(0).get_partial_shape()[1].get_length()),
                 "input_size": list(spec.input_size),
                 "prepared_at": utc_now(),
                 "preparation_s": round(time.monotonic() - started, 1),
             },
         )
+    if pin_at and pin is None:
+        write_pin(pin_at, sample, job.calibration_seed)
     log.info("prepared model %s in %.1f s", entry, time.monotonic() - started)
     return PreparedModel(entry, card, cache_hit=False)
 
 
-def calibration_record(job: JobOptions, calibration: CalibrationSet | None) -> dict | None:
-    if calibration is None:
+def calibration_record(
+    job: JobOptions, sample: CalibrationSet | None, pin_at: str | None
+) -> dict | None:
+    """What an int8 model was calibrated on; None for float32 and bfloat16, whose values no
+    sample changes."""
+    if job.precision != "int8":
         return None
     return {
-        "manifest": calibration.manifest,
-        "digest": calibration.digest,
-        "images": len(calibration.calibration),
-        "held_out": len(calibration.held_out),
+        "manifest": sample.manifest,
+        "digest": sample.digest,
+        "images": len(sample.calibration),
+        "held_out": len(sample.held_out),
         "seed": job.calibration_seed,
+        "pin": pin_at,
     }
 
 
@@ -189,24 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m beam_jobs.image_embeddings.prepare",
         description="Prepare the OpenVINO model the pipeline runs, once per fingerprint: convert "
-        "the Keras model, for int8 quantize it with NNCF and check it against float32, and write "
-        "it with its model card under the model cache. Prints the result as one JSON line.",
+        "the Keras model, for int8 quantize it with NNCF, check int8 and bfloat16 against "
+        "float32, and write it with its model card under the model cache. Prints the result as "
+        "one JSON line.",
         allow_abbrev=False,
     )
-    parser.add_argument("--model", default=JobOptions.model, help="as the pipeline's --model")
-    parser.add_argument("--weights", default=JobOptions.weights, help="as the pipeline's --weights")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=JobOptions.precision,
-        help="as the pipeline's --precision (default: %(default)s)",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--manifest",
         metavar="URI",
         type=location,
         default=None,
-        help="int8 without --calibration_manifest: the day's manifest, sampled with the seed",
+        help="int8 and bfloat16 without --calibration_manifest: the day's manifest, sampled "
+        "with the seed (int8: only while the model cache holds no pinned sample for the model)",
     )
     add_preparation_arguments(parser)
     return parser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,12 @@ from beam_jobs.image_embeddings.calibration import (
     load_calibration_set,
     seeded_order,
     split_sizes,
+)
+from beam_jobs.image_embeddings.calibration_pin import (
+    load_pinned_set,
+    pin_uri,
+    read_pin,
+    write_pin,
 )
 from tests.image_factory import write_images
 
@@ -58,3 +65,27 @@ def test_the_same_images_give_the_same_set_and_digest(manifest, caplog):
 def test_a_missing_calibration_manifest_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="calibration manifest not found: .*nowhere.txt"):
         load_calibration_set(str(tmp_path / "nowhere.txt"), SIZE)
+
+
+def test_a_pinned_set_loads_the_same_images_and_refuses_changed_ones(manifest, tmp_path):
+    first = load_calibration_set(str(manifest), SIZE, calibration_size=6, held_out_size=6)
+    uri = pin_uri(str(tmp_path / "cache"), "version")
+    pin = write_pin(uri, first, seed=1729)
+    assert read_pin(uri) == pin and read_pin(str(tmp_path / "none.json")) is None
+    again = load_pinned_set(pin, SIZE, 1 << 20)
+    assert again.digest == first.digest and again.uris == first.uris
+    np.testing.assert_array_equal(again.calibration, first.calibration)
+    write_images(tmp_path / "other", 1, (40, 30), seed=99)
+    Path(first.uris[-1]).write_bytes((tmp_path / "other" / "image-000.jpg").read_bytes())
+    with pytest.raises(ValueError, match="pinned on .* have changed"):
+        load_pinned_set(pin, SIZE, 1 << 20)
+    Path(first.uris[0]).unlink()
+    with pytest.raises(ValueError, match="cannot be read: .*image"):
+        load_pinned_set(pin, SIZE, 1 << 20)
+
+
+def test_an_unreadable_pin_says_how_to_calibrate_anew(tmp_path):
+    uri = tmp_path / "pin.json"
+    uri.write_text('{"digest": "sha256:0"}')
+    with pytest.raises(ValueError, match="not a readable calibration pin .*delete it"):
+        read_pin(str(uri))

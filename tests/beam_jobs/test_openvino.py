@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from beam_jobs.image_embeddings.openvino_engine import (
     check_precision_supported,
     compile_model,
     convert,
+    cpu_capabilities,
     request_slices,
     unconvertible,
 )
@@ -165,6 +167,36 @@ def test_a_cached_int8_model_meets_todays_thresholds(int8_model, cache, day, tin
         prepare_model(tiny_int8_job(cache, day, tiny_model, **IMPOSSIBLE))
 
 
+def test_int8_fingerprints_are_equal_across_two_days_with_different_images(
+    tmp_path, day, tiny_model
+):
+    other_day = tmp_path / "manifest.txt"
+    paths = write_images(tmp_path / "images", 24, (96, 72), seed=400)
+    other_day.write_text("".join(f"{path}\n" for path in paths))
+    first = prepare_model(tiny_int8_job(tmp_path / "cache", day, tiny_model))
+    second = prepare_model(tiny_int8_job(tmp_path / "cache", other_day, tiny_model))
+    assert second.cache_hit and second.card["fingerprint"] == first.card["fingerprint"]
+    pin = json.loads(Path(first.card["calibration"]["pin"]).read_text())
+    assert pin["manifest"] == str(day) and pin["digest"] == first.card["calibration"]["digest"]
+    # The cache lost the model: it is rebuilt from the pinned images, not the day's.
+    shutil.rmtree(first.uri)
+    rebuilt = prepare_model(tiny_int8_job(tmp_path / "cache", other_day, tiny_model))
+    assert not rebuilt.cache_hit and rebuilt.card["fingerprint"] == first.card["fingerprint"]
+    assert rebuilt.card["calibration"]["manifest"] == str(day)
+
+
+@pytest.mark.skipif("BF16" not in cpu_capabilities(), reason="no bfloat16 instructions here")
+def test_bfloat16_is_checked_against_float32_and_records_its_figures(tmp_path, day, tiny_model):
+    job = tiny_int8_job(tmp_path, day, tiny_model, precision="bfloat16")
+    prepared = prepare_model(job)
+    figures = prepared.card["accuracy"]
+    assert figures["centred_cosine_mean"] >= 0.99 and figures["top5_overlap"] >= 0.9
+    assert prepared.card["calibration"] is None
+    assert prepared.card["fingerprint_parts"]["precision"] == "bfloat16"
+    with pytest.raises(AccuracyRefused, match="bfloat16 model refused"):
+        prepare_model(dataclasses.replace(job, **IMPOSSIBLE))
+
+
 def test_the_cli_prints_the_prepared_model(float32_model, cache, capsys):
     code = prepare_main([f"--model={SMALL}", "--weights=random", f"--model_cache={cache}"])
     assert code == 0
@@ -215,6 +247,26 @@ def test_an_int8_run_prepares_in_the_launcher_and_records_the_figures(
     assert marker["prepared_model"] == int8_model.uri
     assert marker["accuracy"] == int8_model.card["accuracy"]
     assert marker["fingerprint_parts"]["calibration"].startswith("sha256:")
+
+
+def test_two_int8_days_of_different_images_share_one_fingerprint_and_say_so(
+    day, tiny_model, tmp_path
+):
+    paths = write_images(tmp_path / "images", 24, (96, 72), seed=700)
+    other_day = tmp_path / "other.txt"
+    other_day.write_text("".join(f"{path}\n" for path in paths))
+    days = tmp_path / "embeddings"
+    days.mkdir()
+    options = [f"--model={tiny_model}"], 8, "--precision=int8", f"--model_cache={tmp_path}/cache"
+    first = run_day(day, days / "2026-12-01", *options)
+    second = run_day(other_day, days / "2026-12-02", *options)
+    assert first["previous_fingerprint"] is None
+    assert second["previous_fingerprint"] == {
+        "day": "2026-12-01",
+        "fingerprint": first["model_fingerprint"],
+        "changed": False,
+    }
+    assert second["model_fingerprint"] == first["model_fingerprint"]
 
 
 def test_a_refused_int8_model_fails_the_run_before_anything_is_embedded(
