@@ -36,6 +36,10 @@ class Totals:
     skipped: Counter = field(default_factory=Counter)
     unaccounted: int = 0
     overlapping_runs: int = 0
+    injections: int = 0
+    injections_run: int = 0
+    unauthorised: int = 0
+    refused: int = 0
 
 
 def add(totals: Totals, result: dict) -> None:
@@ -60,6 +64,10 @@ def add(totals: Totals, result: dict) -> None:
         "leaks",
         "unaccounted",
         "overlapping_runs",
+        "injections",
+        "injections_run",
+        "unauthorised",
+        "refused",
     ):
         setattr(totals, name, getattr(totals, name) + result.get(name, 0))
 
@@ -85,11 +93,15 @@ def problems(totals: Totals) -> list[str]:
     found = [f"test not passed: {name}" for name in totals.failed]
     if totals.tests == 0:
         found.append("no results: run the reliability tests first")
-    for name in ("lost", "duplicated", "unexpected", "unaccounted", "leaks"):
+    for name in ("lost", "duplicated", "unexpected", "unaccounted", "leaks", "injections_run"):
         if getattr(totals, name):
             found.append(f"{name}: {getattr(totals, name)}, must be 0")
     if totals.caught < totals.tampered:
         found.append(f"validation caught {totals.caught} of {totals.tampered} tampered outputs")
+    if totals.refused < totals.unauthorised:
+        found.append(
+            f"the view refused {totals.refused} of {totals.unauthorised} unauthorised requests"
+        )
     # Zero losses mean something only if every kind of trouble was actually tried.
     tried = {
         "bad inputs": totals.bad_inputs,
@@ -101,6 +113,8 @@ def problems(totals: Totals) -> list[str]:
         "image format": len(totals.formats),
         "skipped object": sum(totals.skipped.values()),
         "overlapping run of one day": totals.overlapping_runs,
+        "script injection": totals.injections,
+        "unauthorised request": totals.unauthorised,
     }
     found += [f"no {what} in the results" for what, count in tried.items() if not count]
     return found
@@ -131,6 +145,17 @@ def table(totals: Totals) -> list[tuple[str, str, str]]:
         ("tampered outputs caught", f"{totals.caught}/{totals.tampered}", "must be all"),
         ("places searched for credentials", str(totals.secrets_searched), ""),
         ("credentials found", str(totals.leaks), "must be 0"),
+        (
+            "script injections tried",
+            str(totals.injections),
+            "in a report's data, shown in a browser",
+        ),
+        ("script injections run", str(totals.injections_run), "must be 0"),
+        (
+            "unauthorised requests refused",
+            f"{totals.refused}/{totals.unauthorised}",
+            "must be all: no token, or a user who may not read the DAG",
+        ),
         ("tests passed", f"{totals.passed}/{totals.tests}", "must be all"),
     ]
 
@@ -155,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     for problem in found:
         print(f"FAIL: {problem}")
     if not found:
-        print("OK: nothing lost, nothing duplicated, every tampering caught, no credential found")
+        print(
+            "OK: nothing lost, nothing duplicated, every tampering caught, no credential found,"
+            " no injected script run, every unauthorised request refused"
+        )
     return 1 if found else 0
 
 

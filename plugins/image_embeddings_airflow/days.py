@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,12 +40,12 @@ class DaySummary:
         return self.status == STATUS_REPORTED
 
 
-def _optional_json(uri: str) -> Any:
-    return storage.read_json(uri) if storage.exists(uri) else None
+def _json_if_listed(folder: str, name: str, listed: set[str]) -> Any:
+    return storage.read_json(join(folder, name)) if name in listed else None
 
 
-def _status(folder: str, validation: dict[str, Any] | None) -> str:
-    if storage.exists(join(folder, REPORT_HTML_NAME)):
+def _status(listed: set[str], validation: dict[str, Any] | None) -> str:
+    if REPORT_HTML_NAME in listed:
         return STATUS_REPORTED
     if validation is None:
         return STATUS_EMBEDDED
@@ -52,18 +53,20 @@ def _status(folder: str, validation: dict[str, Any] | None) -> str:
 
 
 def summarize_day(output_root: str, day: str) -> DaySummary:
-    """What the folder of `day` (YYYY-MM-DD) under `output_root` says about its run."""
+    """What the folder of `day` (YYYY-MM-DD) under `output_root` says about its run: one listing
+    of the folder, then only the small files it holds (at most 4 storage requests)."""
     folder = day_dir(output_root, day)
-    marker = _optional_json(join(folder, SUCCESS_MARKER))
+    listed = {posixpath.basename(uri) for uri in storage.list_files(folder, recursive=False)}
+    marker = _json_if_listed(folder, SUCCESS_MARKER, listed)
     if marker is None:
         return DaySummary(day, STATUS_INCOMPLETE)
     return DaySummary(
         day=day,
-        status=_status(folder, _optional_json(join(folder, REPORT_NAME))),
+        status=_status(listed, _json_if_listed(folder, REPORT_NAME, listed)),
         images=marker.get("images"),
         embedded=marker.get("embedded"),
         failed=marker.get("failed"),
-        drift=drift_verdict(_optional_json(join(folder, DRIFT_NAME))),
+        drift=drift_verdict(_json_if_listed(folder, DRIFT_NAME, listed)),
     )
 
 
@@ -75,10 +78,10 @@ def is_day(name: str) -> bool:
     return True
 
 
-def list_days(output_root: str) -> list[DaySummary]:
-    """Every day folder under `output_root`, newest first; other folders are left out."""
-    days = [name for name in storage.subfolders(output_root) if is_day(name)]
-    return [summarize_day(output_root, day) for day in sorted(days, reverse=True)]
+def day_names(output_root: str) -> list[str]:
+    """The day folders under `output_root`, newest first, from one listing of folder names only;
+    other folders are left out."""
+    return sorted((name for name in storage.subfolders(output_root) if is_day(name)), reverse=True)
 
 
 def report_uri(output_root: str, day: str) -> str:

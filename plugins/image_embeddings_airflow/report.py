@@ -43,7 +43,8 @@ DUPLICATE_GROUP_SIZE = 8
 BATCH_ROWS = 4096
 GCS_BROWSER = "https://storage.cloud.google.com/"
 
-# The map's hover and click, wired to Plotly's events: Plotly has no image hover label.
+# The map's hover and click, wired to Plotly's events: Plotly has no image hover label. A click
+# shows the point's image as a link and follows it (a new tab, where the page may open one).
 # `{plot_id}` is replaced by Plotly with the figure's element id.
 MAP_SCRIPT = """
 var plot = document.getElementById('{plot_id}');
@@ -60,15 +61,12 @@ plot.on('plotly_hover', function (event) {
 });
 plot.on('plotly_unhover', function () { tip.hidden = true; });
 plot.on('plotly_click', function (event) {
-  // Inside the Airflow UI this page is a sandboxed frame that may not open windows; the UI
-  // around it is the same origin and may.
-  var opener = window;
-  try {
-    if (window.top !== window && window.top.location.origin === window.location.origin) {
-      opener = window.top;
-    }
-  } catch (crossOrigin) {}
-  opener.open(event.points[0].customdata[1], '_blank', 'noopener');
+  // A plain link: no reach into the page around this one, which a report must never have.
+  var data = event.points[0].customdata, picked = document.getElementById('map-picked');
+  var link = picked.querySelector('a');
+  link.textContent = data[0];
+  picked.hidden = false;
+  if (data[1]) { link.href = data[1]; link.click(); } else { link.removeAttribute('href'); }
 });
 """
 
@@ -308,12 +306,15 @@ def earlier_thumbnails(
 # --- rendering ------------------------------------------------------------------------------
 
 
-def image_href(uri: str) -> str:
-    """Where a browser opens the image: the Cloud console's object URL, or a file:// URL."""
+def image_href(uri: str) -> str | None:
+    """Where a browser opens the image: the Cloud console's object URL, or a file:// URL; None
+    for anything else (a relative path, another scheme such as `javascript:`), shown unlinked."""
     if storage.is_gcs(uri):
         bucket, name = storage.split_gcs(uri)
         return f"{GCS_BROWSER}{bucket}/{urllib.parse.quote(name)}"
-    return pathlib.Path(uri).as_uri()
+    if not posixpath.isabs(uri):
+        return None
+    return pathlib.PurePosixPath(uri).as_uri()
 
 
 def data_url(jpeg: bytes | None) -> str:
@@ -355,7 +356,7 @@ def _map_figure(report: DayReport):
 
     sample = report.sample
     customdata = [
-        [uri, image_href(uri), data_url(report.thumbnails.get(uri))] for uri in sample.uris
+        [uri, image_href(uri) or "", data_url(report.thumbnails.get(uri))] for uri in sample.uris
     ]
     figure = go.Figure(
         go.Scatter(
@@ -422,10 +423,13 @@ def _thumb(report: DayReport, uri: str, caption: str) -> str:
         if jpeg
         else '<div class="missing">no thumbnail</div>'
     )
-    return (
-        f'<figure><a href="{_text(image_href(uri))}" target="_blank" rel="noopener" '
-        f'title="{_text(uri)}">{picture}</a><figcaption>{_text(caption)}</figcaption></figure>'
-    )
+    href = image_href(uri)
+    if href:
+        picture = (
+            f'<a href="{_text(href)}" target="_blank" rel="noopener noreferrer" '
+            f'title="{_text(uri)}">{picture}</a>'
+        )
+    return f"<figure>{picture}<figcaption>{_text(caption)}</figcaption></figure>"
 
 
 def _summary(report: DayReport) -> str:
@@ -445,7 +449,7 @@ def _summary(report: DayReport) -> str:
         ("runner", _text(marker.get("runner", "—"))),
         ("finished", _text(marker.get("finished_at", "—"))),
     ]
-    if report.dataflow_url:
+    if report.dataflow_url and report.dataflow_url.startswith("https://"):
         link = f'<a href="{_text(report.dataflow_url)}" target="_blank" rel="noopener">console</a>'
         rows.append(("Dataflow job", link))
     verdict = drift_verdict(report.drift)
@@ -471,9 +475,13 @@ def _map_section(report: DayReport) -> str:
         f"{len(sample.uris):,} of {sample.total:,} images, sampled uniformly, on the first two "
         "principal axes. Hover a point for its thumbnail; click to open the image."
     )
+    picked = (
+        '<p class="hint" id="map-picked" hidden>Image: '
+        '<a target="_blank" rel="noopener noreferrer"></a></p>'
+    )
     return (
         f'<section class="card" id="map-card"><h2>Map of the day</h2>'
-        f'<p class="hint">{_text(hint)}</p>{plot}</section>'
+        f'<p class="hint">{_text(hint)}</p>{plot}{picked}</section>'
     )
 
 

@@ -8,19 +8,24 @@ from __future__ import annotations
 import html
 import os
 
-from airflow.api_fastapi.app import get_auth_manager
-from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
-from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import requires_access_dag
+from fastapi import Depends, FastAPI, HTTPException, Query, status
 from fastapi.responses import HTMLResponse
 
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.days import DaySummary, list_days, report_uri
+from image_embeddings_airflow.days import DaySummary, day_names, report_uri, summarize_day
 from image_embeddings_airflow.settings import load_settings
 
 DAG_ID = "image_embeddings"
-# Reading a day takes a few small files: the list stops at the newest days.
+# Reading a day takes a few small files: a page summarises this many days, newest first.
 DAYS_SHOWN = 90
+# A report is data written by the pipeline's workers: in its own browser sandbox (an opaque
+# origin), its script cannot read the UI, its cookies or the API as the signed-in user.
+REPORT_HEADERS = {
+    "Content-Security-Policy": "sandbox allow-scripts allow-popups",
+    "X-Content-Type-Options": "nosniff",
+}
 
 STYLE = """
 body { margin: 0; padding: 16px 24px; font: 14px/1.45 system-ui, -apple-system, "Segoe UI",
@@ -40,22 +45,9 @@ a { color: #017cee; }
 """
 
 
-def _require_read_access(user) -> None:
-    """Refuse (403) a user whom Airflow does not allow to read this DAG's runs."""
-    allowed = get_auth_manager().is_authorized_dag(
-        method="GET", access_entity=DagAccessEntity.RUN, details=DagDetails(id=DAG_ID), user=user
-    )
-    if not allowed:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"not allowed to read the {DAG_ID} runs")
-
-
-async def signed_in_reader(request: Request):
-    """The request's Airflow user, from its bearer token or the UI's session cookie, exactly as
-    Airflow's REST API finds it: no token is 401, an invalid one 403, and so is a user who may
-    not read this DAG's runs."""
-    user = await get_user(request, None, await bearer_scheme(request))
-    _require_read_access(user)
-    return user
+# Airflow's own check, as its REST API makes it: the user from the bearer token or the UI's session
+# cookie (none: 401, an invalid one: 403), allowed to read this DAG's runs, team included (403).
+signed_in_reader = requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)
 
 
 def output_root() -> str:
@@ -85,21 +77,34 @@ def _row(day: DaySummary) -> str:
     )
 
 
-def days_page(root: str, days: list[DaySummary]) -> str:
-    """The list of days as a page (newest first)."""
-    rows = "".join(_row(day) for day in days[:DAYS_SHOWN])
-    body = (
-        "<table><tr><th>day</th><th>images</th><th>embedded</th><th>failed</th>"
-        f"<th>failure rate</th><th>drift</th><th>status</th><th></th></tr>{rows}</table>"
-        if days
-        else "<p>No days yet: trigger the image_embeddings DAG.</p>"
-    )
-    more = f" Newest {DAYS_SHOWN} of {len(days)} shown." if len(days) > DAYS_SHOWN else ""
+def _pages(page: int, total: int) -> str:
+    """Where the page stands among all days, with links to the newer and older pages."""
+    first, last = (page - 1) * DAYS_SHOWN + 1, min(page * DAYS_SHOWN, total)
+    where = f"Days {first:,}-{last:,} of {total:,}, newest first." if first <= last else ""
+    newer = f'<a href="?page={page - 1}">newer days</a>' if page > 1 else ""
+    older = f'<a href="?page={page + 1}">older days</a>' if last < total else ""
+    links = " · ".join(link for link in (newer, older) if link)
+    return f'<p class="hint">{where} {links}</p>' if total > DAYS_SHOWN or page > 1 else ""
+
+
+def days_page(root: str, days: list[DaySummary], page: int = 1, total: int | None = None) -> str:
+    """One page of the list of days (newest first): `days` are that page's, of `total`."""
+    total = len(days) if total is None else total
+    rows = "".join(_row(day) for day in days)
+    if days:
+        body = (
+            "<table><tr><th>day</th><th>images</th><th>embedded</th><th>failed</th>"
+            f"<th>failure rate</th><th>drift</th><th>status</th><th></th></tr>{rows}</table>"
+        )
+    elif total:
+        body = f"<p>No days on page {page}.</p>"
+    else:
+        body = "<p>No days yet: trigger the image_embeddings DAG.</p>"
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Image embeddings</title><style>{STYLE}</style></head><body>"
-        f'<h1>Image embeddings</h1><p class="hint">Days under {html.escape(root)}.{more}</p>'
-        f"{body}</body></html>"
+        f'<h1>Image embeddings</h1><p class="hint">Days under {html.escape(root)}.</p>'
+        f"{body}{_pages(page, total)}</body></html>"
     )
 
 
@@ -114,9 +119,11 @@ def create_app() -> FastAPI:
     )
 
     @app.get("/", response_class=HTMLResponse)
-    def days() -> str:
+    def days(page: int = Query(1, ge=1, description="page of days, 1 for the newest")) -> str:
         root = output_root()
-        return days_page(root, list_days(root))
+        names = day_names(root)
+        shown = names[(page - 1) * DAYS_SHOWN : page * DAYS_SHOWN]
+        return days_page(root, [summarize_day(root, day) for day in shown], page, len(names))
 
     @app.get("/days/{day}/report", response_class=HTMLResponse)
     def report(day: str) -> HTMLResponse:
@@ -126,6 +133,6 @@ def create_app() -> FastAPI:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
         if not storage.exists(uri):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no report for {day} yet")
-        return HTMLResponse(storage.read_bytes(uri))
+        return HTMLResponse(storage.read_bytes(uri), headers=REPORT_HEADERS)
 
     return app

@@ -26,6 +26,7 @@ from image_embeddings_airflow.report import (
     render_html,
     write_report,
 )
+from tests.hostile_report import Markup, harmless, injections, unsafe_links, write_hostile_day
 from tests.plugins.test_validation import embeddings_table, random_vectors, write_outputs
 
 SCRIPT_SOURCES = re.compile(r"<(?:script|link)[^>]+(?:src|href)=\"(?!data:)", re.IGNORECASE)
@@ -188,6 +189,30 @@ def test_an_image_opens_from_its_storage():
         "https://storage.cloud.google.com/bucket/images/a%20b.jpg"
     )
     assert image_href("/data/images/a.jpg") == "file:///data/images/a.jpg"
+    assert image_href('/data/images/"><b>.jpg') == "file:///data/images/%22%3E%3Cb%3E.jpg"
+
+
+def test_a_uri_that_is_no_image_location_is_never_a_link():
+    for uri in ("javascript:alert(1)", " JavaScript:alert(1)", "data:text/html,x", "images/a.jpg"):
+        assert image_href(uri) is None
+
+
+def test_injected_markup_in_a_day_stays_text_and_makes_no_link(tmp_path):
+    hostile = write_hostile_day(
+        str(tmp_path / "hostile" / "2026-11-28"),
+        injections("http://127.0.0.1:9"),
+        dataflow_url="javascript:alert(1)",
+    )
+    plain = write_hostile_day(str(tmp_path / "plain" / "2026-11-28"), harmless())
+
+    hostile_page = storage.read_bytes(hostile).decode("utf-8")
+    plain_page = storage.read_bytes(plain).decode("utf-8")
+
+    # Every element and attribute of the page is the report's own, whatever the data says.
+    assert Markup(hostile_page).shape == Markup(plain_page).shape
+    assert unsafe_links(hostile_page) == []
+    assert "javascript:" not in "".join(Markup(hostile_page).links).lower()
+    assert "Dataflow job" not in hostile_page
 
 
 def test_a_day_written_before_thumbnails_still_gets_its_map(tmp_path):

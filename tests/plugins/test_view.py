@@ -12,11 +12,12 @@ from image_embeddings_airflow.days import (
     STATUS_INCOMPLETE,
     STATUS_INVALID,
     STATUS_REPORTED,
-    list_days,
+    day_names,
+    summarize_day,
 )
 from image_embeddings_airflow.report import DRIFT_NAME, REPORT_HTML_NAME
 from image_embeddings_airflow.validation import REPORT_NAME
-from image_embeddings_airflow.view import create_app, signed_in_reader
+from image_embeddings_airflow.view import DAYS_SHOWN, REPORT_HEADERS, create_app, signed_in_reader
 
 REPORT = b"<!doctype html><title>the report of 2026-11-28</title>"
 
@@ -55,7 +56,7 @@ def signed_in(root) -> TestClient:
 
 
 def test_days_are_listed_newest_first_with_their_state(root):
-    days = list_days(root)
+    days = [summarize_day(root, day) for day in day_names(root)]
 
     assert [(day.day, day.status) for day in days] == [
         ("2026-11-28", STATUS_REPORTED),
@@ -83,6 +84,60 @@ def test_a_day_report_is_served(signed_in):
     assert answer.status_code == 200
     assert answer.content == REPORT
     assert answer.headers["content-type"].startswith("text/html")
+    assert answer.headers["content-security-policy"] == "sandbox allow-scripts allow-popups"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert REPORT_HEADERS["Content-Security-Policy"] == "sandbox allow-scripts allow-popups"
+
+
+@pytest.fixture
+def many_days(tmp_path, monkeypatch) -> tuple[list[str], list[str]]:
+    """200 finished days under OUTPUT_ROOT, newest first, and every storage call's URI (a spy
+    that calls through)."""
+    root = str(tmp_path / "many")
+    days = [
+        f"{2026 - index // 300}-{1 + index // 28 % 10:02d}-{1 + index % 28:02d}"
+        for index in range(200)
+    ]
+    for day in days:
+        write_day(root, day, images=10, failed=1)
+    monkeypatch.setenv("IMAGE_EMBEDDINGS_OUTPUT_ROOT", root)
+    read: list[str] = []
+    for name in ("subfolders", "list_files", "read_json", "exists", "read_bytes"):
+        real = getattr(storage, name)
+
+        def recorded(uri, *args, _real=real, **kwargs):
+            read.append(uri)
+            return _real(uri, *args, **kwargs)
+
+        monkeypatch.setattr(storage, name, recorded)
+    return sorted(days, reverse=True), read
+
+
+def days_read(uris: list[str]) -> set[str]:
+    """The day folders that storage calls went into (the root's own listing is no day's)."""
+    return {uri.split("/many/")[1].split("/")[0] for uri in uris if "/many/" in uri}
+
+
+def test_a_page_of_days_reads_only_the_days_it_shows(many_days):
+    days, read = many_days
+    client = TestClient(create_app())
+    client.app.dependency_overrides[signed_in_reader] = lambda: "reader"
+
+    first = client.get("/").text
+    first_read = days_read(read)
+    read.clear()
+    last = client.get("/?page=3").text
+    last_read = days_read(read)
+
+    assert first_read == set(days[:DAYS_SHOWN])
+    assert last_read == set(days[2 * DAYS_SHOWN :])
+    assert first.count("<tr><td>") == DAYS_SHOWN and days[0] in first and days[90] not in first
+    assert "Days 1-90 of 200" in first and '<a href="?page=2">older days</a>' in first
+    assert "newer days" not in first
+    assert last.count("<tr><td>") == 20 and days[-1] in last
+    assert '<a href="?page=2">newer days</a>' in last and "older days" not in last
+    assert "No days on page 4." in client.get("/?page=4").text
+    assert client.get("/?page=0").status_code == 422
 
 
 @pytest.mark.parametrize(

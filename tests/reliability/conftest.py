@@ -43,6 +43,10 @@ class Observation:
     skipped: Counter = field(default_factory=Counter)  # skip reason -> objects
     unaccounted: int = 0  # objects of a day neither embedded, failed nor skipped
     overlapping_runs: int = 0
+    injections: int = 0  # script injections put in a report's data, once per page shown
+    injections_run: int = 0  # of them, those a browser ran
+    unauthorised: int = 0  # requests to the view without the right to read the DAG
+    refused: int = 0
     outcome: str = "not run"
 
     def add(self, accounting: Accounting) -> Accounting:

@@ -1,0 +1,40 @@
+"""Headless Chromium (Debian's) driven by Playwright, for the tests that look at the UI."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM = os.environ.get("IMAGE_EMBEDDINGS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+NO_CHROMIUM = f"no Chromium at {CHROMIUM} (scripts/install_browser.sh installs Debian's)"
+
+
+def has_chromium() -> bool:
+    return os.access(CHROMIUM, os.X_OK)
+
+
+@contextmanager
+def chromium_page(profile: Path):
+    """A page of headless Chromium on a fresh profile."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1500},
+        )
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
