@@ -1,6 +1,10 @@
 """Installs the `beam_jobs.image_embeddings` package and its dependencies on Dataflow workers."""
 
+from pathlib import Path
+
 import setuptools
+
+HERE = Path(__file__).resolve().parent
 
 # The worker's versions of what the pipeline imports, pinned to the repository's lock
 # (requirements.txt); Beam itself comes with the worker's SDK container.
@@ -21,8 +25,9 @@ setuptools.setup(
     description="Apache Beam pipeline embedding images with a Keras CNN.",
     python_requires=">=3.11,<3.12",
     # This file sits inside beam_jobs/: the folder it is in is the `beam_jobs` package, so the
-    # workers import the same module paths as the launcher (beam_jobs.image_embeddings.*).
+    # workers import the same module paths as the launcher (beam_jobs.image_embeddings.*), and
+    # every subpackage found under it travels with it.
     package_dir={"beam_jobs": "."},
-    packages=["beam_jobs", "beam_jobs.image_embeddings"],
+    packages=["beam_jobs", *(f"beam_jobs.{name}" for name in setuptools.find_packages(HERE))],
     install_requires=WORKER_REQUIREMENTS,
 )

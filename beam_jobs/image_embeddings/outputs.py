@@ -27,6 +27,7 @@ from beam_jobs.image_embeddings.contract import (
     join,
     shard_glob,
 )
+from beam_jobs.image_embeddings.marker import success_record
 
 LOGGER = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def remove_earlier_run(output: str) -> list[str]:
 
 
 def read_success_marker(output: str) -> dict[str, Any]:
-    return json.loads(io.read_text(marker_path(output)))
+    return success_record(output, io)
 
 
 class WriteEmbeddings(beam.PTransform):

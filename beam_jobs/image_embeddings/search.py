@@ -31,6 +31,7 @@ from beam_jobs.image_embeddings.contract import (
     join,
     shard_glob,
 )
+from beam_jobs.image_embeddings.marker import NoMarker, success_record
 from beam_jobs.image_embeddings.neighbours import (
     SEARCH_PROBED_LISTS,
     index_from_bytes,
@@ -109,10 +110,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def read_marker(day_dir: str) -> dict[str, Any]:
-    uri = join(day_dir, SUCCESS_MARKER)
-    if not storage.exists(uri):
-        raise SearchRefused(f"{uri} is missing: that day has not been embedded")
-    return json.loads(storage.read_text(uri))
+    try:
+        return success_record(day_dir, storage)
+    except NoMarker as error:
+        raise SearchRefused(f"{error}: that day has not been embedded") from None
 
 
 def recorded_fingerprint(marker: dict[str, Any], day: str) -> str:

@@ -17,8 +17,6 @@ from beam_jobs.image_embeddings.contract import (
     FINGERPRINT_KEY,
     PREPARE_REFUSED_EXIT,
     SUCCESS_KEYS,
-    SUCCESS_MARKER,
-    join,
 )
 
 log = logging.getLogger(__name__)
@@ -145,17 +143,18 @@ def _last_line(text: str) -> str:
 
 def read_success_marker(output_dir: str) -> dict[str, Any]:
     """The pipeline's `_SUCCESS` summary; fail when it is missing or incomplete."""
+    from beam_jobs.image_embeddings.marker import NoMarker, marker_uri, success_record
     from image_embeddings_airflow import storage
 
-    uri = join(output_dir, SUCCESS_MARKER)
-    if not storage.exists(uri):
+    try:
+        marker = success_record(output_dir, storage)
+    except NoMarker as error:
         raise AirflowFailException(
-            f"{uri} is missing: the pipeline did not complete; clear 'embed' to run it again"
-        )
-    marker = storage.read_json(uri)
+            f"{error}: the pipeline did not complete; clear 'embed' to run it again"
+        ) from None
     missing = [key for key in SUCCESS_KEYS if key not in marker]
     if missing:
-        raise AirflowFailException(f"{uri} lacks {', '.join(missing)}: {marker}")
+        raise AirflowFailException(f"{marker_uri(output_dir)} lacks {', '.join(missing)}: {marker}")
     log.info(
         "Pipeline finished: %d images, %d embedded, %d failed (%s, dim %d)",
         marker["images"],

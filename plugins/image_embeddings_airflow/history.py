@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from beam_jobs.image_embeddings.contract import FINGERPRINT_KEY, SUCCESS_MARKER, join
+from beam_jobs.image_embeddings.marker import NoMarker, success_record
 from image_embeddings_airflow import storage
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,10 @@ def window(day: str, length: int) -> list[str]:
 
 def day_fingerprint(output_dir: str) -> str | None:
     """The model fingerprint in a day's `_SUCCESS`, or None when the day has none."""
-    uri = join(output_dir, SUCCESS_MARKER)
-    if not storage.exists(uri):
+    try:
+        return success_record(output_dir, storage).get(FINGERPRINT_KEY)
+    except NoMarker:
         return None
-    return storage.read_json(uri).get(FINGERPRINT_KEY)
 
 
 def comparable_days(

@@ -23,6 +23,8 @@ from image_embeddings_airflow.settings import (
 )
 
 UNSET = "Empty: the deployment setting {variable} applies."
+# What a choice list shows for its empty entry (the UI would show `null`).
+DEPLOYMENT_SETTING = "deployment setting"
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def _optional(rule: Rule, form: FormField, description: str) -> Param:
     kind = schema.pop("type")
     if "enum" in schema:
         schema["enum"] = [None, *schema["enum"]]
+        schema["values_display"] = {"null": DEPLOYMENT_SETTING}
     return Param(None, type=["null", kind], title=form.title, description=description, **schema)
 
 

@@ -80,8 +80,9 @@ def _anonymous_client(emulator_host: str):
 
 
 def gcs_client(gcp_conn_id: str | None = None):
-    """A google-cloud-storage Client for gs:// URIs, for code that needs that library's own API:
-    the Airflow connection's (as `filesystem` picks it), or an anonymous one for the emulator."""
+    """A google-cloud-storage Client for gs:// URIs, for code that needs that library's own API
+    (the day lease: writes with a generation precondition, which gcsfs does not offer): the
+    Airflow connection's (as `filesystem` picks it), or an anonymous one for the emulator."""
     emulator = os.environ.get(EMULATOR_VARIABLE)
     if emulator:
         return _anonymous_client(emulator)

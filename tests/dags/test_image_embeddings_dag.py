@@ -153,6 +153,15 @@ def test_every_param_is_described_and_optional(dag):
     assert params.get_param("embedding_dtype").schema["enum"] == [None, "float32", "float16"]
 
 
+def test_choice_lists_show_the_deployment_setting_instead_of_null(serialized):
+    # The trigger form labels choices by `values_display`, looking the empty one up as "null".
+    params = serialized.params
+    choices = {name for name in params if "enum" in params.get_param(name).schema}
+    assert {"runner", "engine", "precision", "embedding_dtype"} <= choices
+    for name in choices:
+        assert params.get_param(name).schema["values_display"] == {"null": "deployment setting"}
+
+
 GOOD_CONFS = [
     {},
     {"date": "2026-11-28"},

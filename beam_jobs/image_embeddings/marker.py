@@ -1,0 +1,32 @@
+"""Reading a run's `_SUCCESS` record, through whichever storage layer the reader uses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
+
+
+class Files(Protocol):
+    """What reading the marker needs of a storage layer (the Beam side's io, the Airflow side's)."""
+
+    def exists(self, uri: str) -> bool: ...
+
+    def read_bytes(self, uri: str) -> bytes: ...
+
+
+class NoMarker(FileNotFoundError):
+    """The folder has no `_SUCCESS`: its run is in progress, failed or never ran."""
+
+
+def marker_uri(folder: str) -> str:
+    return join(folder, SUCCESS_MARKER)
+
+
+def success_record(folder: str, files: Files) -> dict[str, Any]:
+    """The `_SUCCESS` record of the finished run in `folder`; NoMarker when there is none."""
+    uri = marker_uri(folder)
+    if not files.exists(uri):
+        raise NoMarker(f"{uri} is missing")
+    return json.loads(files.read_bytes(uri))
