@@ -31,24 +31,34 @@ def day_marker(output_dir: str) -> dict[str, Any]:
     return marker
 
 
-def day_batches(output_dir: str, day: str, batch_rows: int = BATCH_ROWS) -> Iterator[Any]:
-    """The day's embedded images as RecordBatches of `COLUMNS`, shard after shard."""
+def day_shards(output_dir: str) -> list[str]:
+    """The day's embeddings shards, in order."""
+    return sorted(storage.glob(shard_glob(output_dir, EMBEDDINGS_PREFIX)))
+
+
+def shard_batches(
+    shard: str, day: str, fingerprint: str, batch_rows: int = BATCH_ROWS
+) -> Iterator[Any]:
+    """One embeddings shard's rows as RecordBatches of `COLUMNS`."""
     import pyarrow as pa
 
+    day_value = date.fromisoformat(day)
+    for batch in storage.parquet_batches(shard, ["uri", "sha256", "embedding"], batch_rows):
+        rows = batch.num_rows
+        yield pa.record_batch(
+            [
+                pa.array([day_value] * rows, pa.date32()),
+                batch.column("uri"),
+                batch.column("sha256"),
+                pa.array([fingerprint] * rows, pa.string()),
+                batch.column("embedding"),
+            ],
+            names=list(COLUMNS),
+        )
+
+
+def day_batches(output_dir: str, day: str, batch_rows: int = BATCH_ROWS) -> Iterator[Any]:
+    """The day's embedded images as RecordBatches of `COLUMNS`, shard after shard."""
     fingerprint = day_marker(output_dir)[FINGERPRINT_KEY]
-    day_value = pa.scalar(date.fromisoformat(day), pa.date32())
-    for shard in sorted(storage.glob(shard_glob(output_dir, EMBEDDINGS_PREFIX))):
-        for batch in storage.parquet_batches(shard, ["uri", "sha256", "embedding"], batch_rows):
-            rows = batch.num_rows
-            yield pa.record_batch(
-                [
-                    pa.array([day_value] * rows, pa.date32())
-                    if rows
-                    else pa.array([], pa.date32()),
-                    batch.column("uri"),
-                    batch.column("sha256"),
-                    pa.array([fingerprint] * rows, pa.string()),
-                    batch.column("embedding"),
-                ],
-                names=list(COLUMNS),
-            )
+    for shard in day_shards(output_dir):
+        yield from shard_batches(shard, day, fingerprint, batch_rows)
