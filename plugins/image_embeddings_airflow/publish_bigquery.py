@@ -14,9 +14,6 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from airflow.providers.google.cloud.operators.bigquery import BigQueryInsertJobOperator
-from airflow.sdk.exceptions import AirflowSkipException
-
 from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, FINGERPRINT_KEY, join
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.published_rows import day_marker, day_shards, shard_batches
@@ -134,33 +131,33 @@ def query_configuration(statement: str) -> dict[str, Any]:
     return {"query": {"query": statement, "useLegacySql": False}}
 
 
-class BigQueryPublishOperator(BigQueryInsertJobOperator):
-    """One BigQuery job of a day's publishing, from the run plan: `load` (the day's rows are
-    written to Cloud Storage first) or `index`. Skipped when the plan does not publish to
-    BigQuery."""
+def jobs(plan: Mapping[str, Any], source_uris: Sequence[str]) -> list[dict[str, Any]]:
+    """The day's BigQuery jobs, in order: the load of its rows, then the vector index."""
+    reference = table_reference(plan["bigquery_table"], plan["gcp_project"])
+    return [
+        load_configuration(reference, plan["day"], source_uris),
+        query_configuration(vector_index_statement(reference)),
+    ]
 
-    template_fields: Sequence[str] = (*BigQueryInsertJobOperator.template_fields, "plan")
 
-    def __init__(self, *, plan: Any, job: str, **kwargs: Any) -> None:
-        super().__init__(configuration={}, **kwargs)
-        self.plan = plan
-        self.job = job
+def publish(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the day's rows to Cloud Storage, then run its jobs, each to its end.
 
-    def configure(self) -> None:
-        """Project, location, connection and job configuration from the plan."""
-        plan = self.plan
-        if TARGET not in (plan["publish"] or "").split(","):
-            raise AirflowSkipException("publishing to BigQuery is off for this run")
-        reference = table_reference(plan["bigquery_table"], plan["gcp_project"])
-        self.project_id = reference["projectId"]
-        self.location = plan["bigquery_location"]
-        self.gcp_conn_id = plan["gcp_conn_id"]
-        if self.job == "load":
-            sources = write_rows(plan["output_dir"], plan["day"])
-            self.configuration = load_configuration(reference, plan["day"], sources)
-        else:
-            self.configuration = query_configuration(vector_index_statement(reference))
+    The jobs go through the Google provider's BigQuery hook, imported here: its module loads
+    pandas and pyarrow, which the DAG file must not (DAG parse time).
+    """
+    from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
 
-    def execute(self, context: Any) -> Any:
-        self.configure()
-        return super().execute(context)
+    reference = table_reference(plan["bigquery_table"], plan["gcp_project"])
+    sources = write_rows(plan["output_dir"], plan["day"])
+    hook = BigQueryHook(gcp_conn_id=plan["gcp_conn_id"], location=plan["bigquery_location"])
+    done = []
+    for configuration in jobs(plan, sources):
+        job = hook.insert_job(
+            configuration=configuration,
+            project_id=reference["projectId"],
+            location=plan["bigquery_location"],
+            nowait=False,
+        )
+        done.append(job.job_id)
+    return {"table": sql_name(reference), "day": plan["day"], "files": sources, "jobs": done}

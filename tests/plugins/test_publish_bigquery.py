@@ -1,4 +1,5 @@
-"""Publishing days into BigQuery: the jobs the operator submits, their SQL parsed, the rows."""
+"""Publishing days into BigQuery: the jobs submitted through the provider's hook, their SQL
+parsed, the rows they load. No BigQuery is reachable here: the hook's `insert_job` records."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from airflow.sdk.exceptions import AirflowSkipException
 from google.cloud import bigquery
 from sqlglot import exp
 
+from image_embeddings_airflow import dag_tasks
 from image_embeddings_airflow.publish_bigquery import (
-    BigQueryPublishOperator,
     similar_images_query,
     table_reference,
     vector_index_statement,
@@ -35,10 +36,28 @@ def _plan(output_root: str, **changes) -> dict:
     }
 
 
-def _operator(plan: dict, job: str) -> BigQueryPublishOperator:
-    operator = BigQueryPublishOperator(task_id=f"{job}_bigquery", plan=plan, job=job)
-    operator.configure()
-    return operator
+class RecordedJob:
+    def __init__(self, number: int) -> None:
+        self.job_id = f"job-{number}"
+
+
+@pytest.fixture
+def submitted(monkeypatch) -> list[dict]:
+    """Every job given to the provider's BigQueryHook.insert_job, with its arguments."""
+    from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
+
+    calls: list[dict] = []
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT",
+        '{"conn_type": "google_cloud_platform", "extra": {"is_anonymous": true}}',
+    )
+
+    def insert_job(hook, **arguments):
+        calls.append({**arguments, "gcp_conn_id": hook.gcp_conn_id})
+        return RecordedJob(len(calls))
+
+    monkeypatch.setattr(BigQueryHook, "insert_job", insert_job)
+    return calls
 
 
 def test_table_reference():
@@ -50,7 +69,7 @@ def test_table_reference():
         table_reference("serving.image_embeddings", None)
 
 
-def test_load_job_replaces_the_day_partition_with_the_day_rows(tmp_path, gcs_bucket):
+def test_load_job_replaces_the_day_partition_with_the_day_rows(tmp_path, gcs_bucket, submitted):
     # A local day's rows, as the pipeline wrote them, copied to the emulator's bucket.
     vectors = day_vectors(DAY, 40, 64).astype(np.float16)
     local = write_day(tmp_path, DAY, vectors, shards=2)
@@ -58,9 +77,18 @@ def test_load_job_replaces_the_day_partition_with_the_day_rows(tmp_path, gcs_buc
     for path in local.iterdir():
         gcs_bucket.blob(f"embeddings/{DAY}/{path.name}").upload_from_filename(str(path))
 
-    operator = _operator(_plan(root), "load")
+    result = dag_tasks.publish_bigquery(_plan(root))
 
-    load = operator.configuration["load"]
+    assert result["jobs"] == ["job-1", "job-2"]
+    load_job, index_job = submitted
+    assert {key: load_job[key] for key in ("project_id", "location", "nowait", "gcp_conn_id")} == {
+        "project_id": "my-project",
+        "location": "EU",
+        "nowait": False,
+        "gcp_conn_id": "google_cloud_default",
+    }
+    assert index_job["configuration"]["query"]["query"] == vector_index_statement(REFERENCE)
+    load = load_job["configuration"]["load"]
     assert load["destinationTable"] == {**REFERENCE, "tableId": "image_embeddings$20261128"}
     assert load["writeDisposition"] == "WRITE_TRUNCATE"
     assert load["timePartitioning"] == {"type": "DAY", "field": "day"}
@@ -77,9 +105,8 @@ def test_load_job_replaces_the_day_partition_with_the_day_rows(tmp_path, gcs_buc
         ("model_fingerprint", "STRING", "REQUIRED"),
         ("embedding", "FLOAT64", "REPEATED"),
     ]
-    assert (operator.project_id, operator.location) == ("my-project", "EU")
     # The BigQuery client library reads the configuration as a load job's.
-    parsed = bigquery.LoadJobConfig.from_api_repr(operator.configuration)
+    parsed = bigquery.LoadJobConfig.from_api_repr(load_job["configuration"])
     assert parsed.write_disposition == "WRITE_TRUNCATE"
     assert parsed.time_partitioning.field == "day"
     assert [field.name for field in parsed.schema] == [
@@ -105,13 +132,9 @@ def test_load_job_replaces_the_day_partition_with_the_day_rows(tmp_path, gcs_buc
     )
 
 
-def test_index_job_creates_the_ivf_index_once(tmp_path):
-    operator = _operator(_plan(str(tmp_path)), "index")
+def test_index_job_creates_the_ivf_index_once():
+    statement = vector_index_statement(REFERENCE)
 
-    query = operator.configuration["query"]
-    assert query["useLegacySql"] is False
-    assert query["query"] == vector_index_statement(REFERENCE)
-    statement = query["query"]
     # sqlglot has no grammar for CREATE VECTOR INDEX: its tokens are checked instead.
     tokens = [token.text.upper() for token in sqlglot.tokenize(statement, read="bigquery")]
     assert tokens[:6] == ["CREATE", "VECTOR", "INDEX", "IF", "NOT", "EXISTS"]
@@ -119,11 +142,12 @@ def test_index_job_creates_the_ivf_index_once(tmp_path):
     assert "'IVF'" in statement and "'COSINE'" in statement
 
 
-def test_publishing_elsewhere_skips_the_bigquery_jobs(tmp_path):
-    with pytest.raises(AirflowSkipException, match="off for this run"):
-        _operator(_plan(str(tmp_path), publish="pgvector"), "load")
+def test_publishing_elsewhere_skips_the_bigquery_jobs(tmp_path, submitted):
+    with pytest.raises(AirflowSkipException, match="publishing to bigquery is off"):
+        dag_tasks.publish_bigquery(_plan(str(tmp_path), publish="pgvector"))
     with pytest.raises(AirflowSkipException):
-        _operator(_plan(str(tmp_path), publish=None), "index")
+        dag_tasks.publish_bigquery(_plan(str(tmp_path), publish=None))
+    assert submitted == []
 
 
 def test_similar_images_query_parses_as_bigquery():
