@@ -533,5 +533,6 @@ def render(results: dict) -> str:
         heading += " (--quick: too few images for meaningful figures)"
     tables = results["tables"]
     parts = [heading, tables["main"], tables["scaling"], tables["storage"], tables["daily"]]
+    parts.append(tables.get("publish", ""))
     parts += ["Targets:", tables["targets"]]
     return "\n\n".join(part for part in parts if part) + "\n"

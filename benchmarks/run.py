@@ -37,6 +37,7 @@ from benchmarks.measure import (
     python_command,
     run_measured,
 )
+from benchmarks.publish import measure_publish, publish_table
 from benchmarks.report import (
     Pair,
     Row,
@@ -59,7 +60,18 @@ DEFAULT_OUT = ROOT / "benchmarks" / "out"
 MODEL = "resnet50"
 WEIGHTS = "random"  # the same arithmetic as ImageNet's; nothing to download
 # "main" is the model ceiling and the pipeline on 640x480 photos, which the other rows compare to.
-SECTIONS = ("main", "openvino", "camera", "seed", "bf16", "reuse", "daily", "storage", "dag")
+SECTIONS = (
+    "main",
+    "openvino",
+    "camera",
+    "seed",
+    "bf16",
+    "reuse",
+    "daily",
+    "storage",
+    "dag",
+    "publish",
+)
 # Share of a reuse day's images that an earlier run embedded.
 REUSED_SHARE = 0.8
 TABLE_ORDER = (
@@ -113,6 +125,7 @@ class Sizes:
     daily_rows: tuple[int, int] = (200_000, 400_000)
     calibration_images: int = 96  # int8: 64 to calibrate on, 32 held out
     reuse_images: tuple[int, int] = (80, 400)
+    publish_rows: tuple[int, int] = (100_000, 1_000_000)
     # The seed's way and the runs compared with it, in turn, this many times: ratios of runs
     # minutes apart, and their spread.
     repeats: int = 3
@@ -127,6 +140,7 @@ QUICK = Sizes(
     daily_rows=(2_000, 4_000),
     calibration_images=12,
     reuse_images=(5, 10),
+    publish_rows=(2_000, 4_000),
     repeats=1,
 )
 
@@ -252,6 +266,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"(default {defaults.reuse_images})",
     )
     parser.add_argument(
+        "--publish-rows",
+        type=parse_pair,
+        help=f"embeddings copied into pgvector (default {defaults.publish_rows})",
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         help="times the seed's way and the runs it is compared with are measured, in turn "
@@ -294,6 +313,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
             "ceiling_batches",
             "daily_rows",
             "reuse_images",
+            "publish_rows",
             "repeats",
         )
         if getattr(args, name) is not None
@@ -857,6 +877,7 @@ def run(args: argparse.Namespace) -> dict:
     storage = [] if "storage" in skip else measure_storage(bench, photos, rows.get("seed_photos"))
     daily = [] if "daily" in skip else measure_daily(bench)
     dag = None if "dag" in skip else measure_dag_parse(bench)
+    publish = None if "publish" in skip else measure_publish(bench, sizes.publish_rows)
     guard = int8_guard(bench)
     checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag, reuse, guard)
     per_core = scaling(rows, about["cores"])
@@ -878,6 +899,7 @@ def run(args: argparse.Namespace) -> dict:
         "storage": storage,
         "daily": daily,
         "dag_parse": dag,
+        "publish": publish,
         "scaling": per_core,
         "targets": [target.to_dict() for target in checks],
         "tables": {
@@ -886,6 +908,7 @@ def run(args: argparse.Namespace) -> dict:
             "storage": storage_table(storage) if storage else "",
             "scaling": scaling_table(per_core) if per_core else "",
             "targets": "\n".join(target.line() for target in checks),
+            "publish": publish_table(publish) if publish else "",
         },
     }
 

@@ -60,5 +60,5 @@ def gcs_bucket(gcs_emulator):
 @pytest.fixture(scope="session")
 def postgres_uri():
     """A PostgreSQL server with pgvector on loopback for the session: its postgresql:// URI."""
-    with running_postgres() as uri:
-        yield uri
+    with running_postgres() as server:
+        yield server.uri

@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.gcs_emulator import free_port
@@ -32,9 +33,17 @@ def _run_as() -> str | None:
     return UNPRIVILEGED_USER if os.geteuid() == 0 else None
 
 
+@dataclass(frozen=True)
+class Server:
+    """A running server: its `postgresql://` URI and the process id of its postmaster."""
+
+    uri: str
+    pid: int
+
+
 @contextmanager
-def running_postgres(settings: Mapping[str, str] = TEST_SETTINGS) -> Iterator[str]:
-    """A fresh cluster served on a free 127.0.0.1 port only; yield its `postgresql://` URI.
+def running_postgres(settings: Mapping[str, str] = TEST_SETTINGS) -> Iterator[Server]:
+    """A fresh cluster served on a free 127.0.0.1 port only, while the block runs.
 
     The cluster lives in a temporary folder, removed with the server when the block ends.
     """
@@ -75,7 +84,7 @@ def running_postgres(settings: Mapping[str, str] = TEST_SETTINGS) -> Iterator[st
     uri = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     try:
         _wait_until_ready(uri, server, folder / "server.log")
-        yield uri
+        yield Server(uri, server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)

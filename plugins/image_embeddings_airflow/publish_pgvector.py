@@ -74,32 +74,63 @@ def create_schema(connection, table: str, dim: int) -> None:
     register_vector(connection)
 
 
+def halfvec_payloads(vectors) -> bytes:
+    """Every row's value in pgvector's binary halfvec format, back to back: the dimension count,
+    a zero, then the values as big-endian float16."""
+    import numpy as np
+
+    rows, dim = vectors.shape
+    payload = np.empty((rows, dim + 2), dtype=">u2")
+    payload[:, 0], payload[:, 1] = dim, 0
+    payload[:, 2:] = vectors.astype(">f2").view(">u2")
+    return payload.tobytes()
+
+
+class _Encoded:
+    """Stands for a value already in its binary wire format (a key to register the dumper)."""
+
+
+def _encoded_dumper(oid: int):
+    """A binary dumper for `oid` that sends values as they are: encoded a batch at a time by
+    numpy, not one Python object per row."""
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+
+    class EncodedDumper(Dumper):
+        format = Format.BINARY
+
+        def dump(self, obj):
+            return obj
+
+    EncodedDumper.oid = oid
+    return EncodedDumper
+
+
 def copy_day(connection, staging, output_dir: str, day: str, batch_rows: int, on_batch) -> int:
     """Stream the day's rows into `staging` with binary COPY; the number of rows copied."""
-    import numpy as np
-    from pgvector import HalfVector
     from psycopg import sql
+    from psycopg.types import TypeInfo
 
     columns = sql.SQL(", ").join(sql.Identifier(column) for column in COLUMNS)
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(staging, columns)
+    halfvec = TypeInfo.fetch(connection, "halfvec")
     copied = 0
-    with connection.cursor() as cursor, cursor.copy(statement) as copy:
-        copy.set_types(["date", "text", "text", "text", "halfvec"])
-        for batch in day_batches(output_dir, day, batch_rows):
-            embeddings = batch.column("embedding")
-            dim = embeddings.type.list_size
-            vectors = np.asarray(embeddings.values, dtype=np.float16).reshape(-1, dim)
-            days = batch.column("day").to_pylist()
-            uris = batch.column("uri").to_pylist()
-            digests = batch.column("sha256").to_pylist()
-            fingerprints = batch.column("model_fingerprint").to_pylist()
-            for row, vector in enumerate(vectors):
-                copy.write_row(
-                    (days[row], uris[row], digests[row], fingerprints[row], HalfVector(vector))
-                )
-            copied += batch.num_rows
-            if on_batch:
-                on_batch(copied)
+    with connection.cursor() as cursor:
+        cursor.adapters.register_dumper(_Encoded, _encoded_dumper(halfvec.oid))
+        with cursor.copy(statement) as copy:
+            copy.set_types(["date", "text", "text", "text", "halfvec"])
+            for batch in day_batches(output_dir, day, batch_rows):
+                embeddings = batch.column("embedding")
+                dim = embeddings.type.list_size
+                vectors = embeddings.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+                payloads = memoryview(halfvec_payloads(vectors))
+                size = len(payloads) // max(batch.num_rows, 1)
+                columns = (batch.column(name).to_pylist() for name in COLUMNS[:4])
+                for row, values in enumerate(zip(*columns, strict=True)):
+                    copy.write_row((*values, payloads[row * size : (row + 1) * size]))
+                copied += batch.num_rows
+                if on_batch:
+                    on_batch(copied)
     return copied
 
 
