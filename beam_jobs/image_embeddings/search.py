@@ -31,6 +31,7 @@ from beam_jobs.image_embeddings.contract import (
     join,
 )
 from beam_jobs.image_embeddings.neighbours import index_from_bytes, nearest
+from beam_jobs.image_embeddings.store_search import add_store_arguments
 
 OUTPUT_ROOT_VARIABLE = "IMAGE_EMBEDDINGS_OUTPUT_ROOT"
 
@@ -92,6 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"root of the days' outputs (default ${OUTPUT_ROOT_VARIABLE})",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_store_arguments(parser)
     args = parser.parse_args(argv)
     if not args.output_root:
         parser.error(f"pass --output_root or set {OUTPUT_ROOT_VARIABLE}")
@@ -252,6 +254,10 @@ def format_hit(hit: Hit, as_json: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.store != "files":
+        from beam_jobs.image_embeddings.store_search import search_store
+
+        return search_store(args)
     try:
         hits, skipped = search(args.output_root, args.date, args.image, args.k, args.days)
     except SearchRefused as error:
