@@ -112,7 +112,8 @@ def copy_day(connection, staging, output_dir: str, day: str, batch_rows: int, on
     from psycopg.types import TypeInfo
 
     columns = sql.SQL(", ").join(sql.Identifier(column) for column in COLUMNS)
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(staging, columns)
+    # FREEZE: the table is new in this transaction, so its rows need no later freezing pass.
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(staging, columns)
     halfvec = TypeInfo.fetch(connection, "halfvec")
     copied = 0
     with connection.cursor() as cursor:
