@@ -18,6 +18,8 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
+from psycopg import sql
+
 from beam_jobs.image_embeddings.contract import FINGERPRINT_KEY
 from image_embeddings_airflow.published_rows import BATCH_ROWS, COLUMNS, day_batches, day_marker
 
@@ -26,16 +28,14 @@ log = logging.getLogger(__name__)
 OPCLASS = "halfvec_cosine_ops"
 
 
-def _names(table: str):
-    """psycopg identifiers of the table and of its objects' names (schema-qualified alike)."""
-    from psycopg import sql
+def _name(table: str) -> str:
+    """The table's name without its schema: the stem of its partitions' and indexes' names."""
+    return table.rsplit(".", 1)[-1]
 
+
+def _identifier(table: str, suffix: str = "") -> sql.Identifier:
+    """The table, or a table named after it in its schema, as a quoted identifier."""
     *schema, name = table.split(".")
-    return sql, schema, name
-
-
-def _identifier(table: str, suffix: str = ""):
-    sql, schema, name = _names(table)
     return sql.Identifier(*schema, name + suffix)
 
 
@@ -46,7 +46,6 @@ def partition_suffix(day: str) -> str:
 
 def schema_statements(table: str, dim: int) -> list:
     """Idempotent DDL: the extension, the partitioned table, and its HNSW index."""
-    sql, _, name = _names(table)
     return [
         sql.SQL("CREATE EXTENSION IF NOT EXISTS vector"),
         sql.SQL(
@@ -57,7 +56,7 @@ def schema_statements(table: str, dim: int) -> list:
         sql.SQL(
             "CREATE INDEX IF NOT EXISTS {index} ON {table} USING hnsw (embedding {ops})"
         ).format(
-            index=sql.Identifier(name + "_hnsw"),
+            index=sql.Identifier(_name(table) + "_hnsw"),
             table=_identifier(table),
             ops=sql.SQL(OPCLASS),
         ),
@@ -108,7 +107,6 @@ def _encoded_dumper(oid: int):
 
 def copy_day(connection, staging, output_dir: str, day: str, batch_rows: int, on_batch) -> int:
     """Stream the day's rows into `staging` with binary COPY; the number of rows copied."""
-    from psycopg import sql
     from psycopg.types import TypeInfo
 
     columns = sql.SQL(", ").join(sql.Identifier(column) for column in COLUMNS)
@@ -144,15 +142,13 @@ def publish_day(
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Replace day D's partition of `table` with the day's validated rows, in one transaction."""
-    from psycopg import sql
-
     marker = day_marker(output_dir)
     # Each `transaction()` block below is then one transaction of its own, committed at its end.
     connection.autocommit = True
     create_schema(connection, table, marker["dim"])
     suffix = partition_suffix(day)
     partition, staging = _identifier(table, suffix), _identifier(table, suffix + "_new")
-    _, _, name = _names(table)
+    name = _name(table)
     with connection.transaction():
         connection.execute(
             sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
