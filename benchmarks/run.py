@@ -1,5 +1,5 @@
 """`make bench`: model ceiling, pipeline (TensorFlow and OpenVINO), the seed's way, bfloat16,
-reuse, daily steps and storage.
+reuse, daily steps, storage and publishing into pgvector.
 
 Every figure comes from child processes, so each one's start-up and peak memory are its own.
 Throughput is the difference between a small and a large run of the same command, each less the
