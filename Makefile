@@ -61,9 +61,9 @@ run: setup ## One DAG run for DATE=YYYY-MM-DD, any day (`airflow dags test`); pr
 	$(BIN)/python scripts/run_day.py "$(DATE)"
 
 .PHONY: search
-search: setup ## K nearest images to IMAGE over DATE (or its last DAYS days): make search DATE=YYYY-MM-DD IMAGE=PATH_OR_URI [K=10] [DAYS=1]
-	@[[ "$(DATE)" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$$ && -n "$(IMAGE)" ]] || { echo "usage: make search DATE=YYYY-MM-DD IMAGE=PATH_OR_URI [K=10] [DAYS=1]" >&2; exit 2; }
-	$(BIN)/python -m beam_jobs.image_embeddings.search --date "$(DATE)" --image "$(IMAGE)" --k "$(or $(K),10)" --days "$(or $(DAYS),1)"
+search: setup ## K nearest images to IMAGE over DATE (or its last DAYS days): make search DATE=YYYY-MM-DD IMAGE=PATH_OR_URI [K=10] [DAYS=1] [STORE=files|pgvector|bigquery]
+	@[[ "$(DATE)" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$$ && -n "$(IMAGE)" ]] || { echo "usage: make search DATE=YYYY-MM-DD IMAGE=PATH_OR_URI [K=10] [DAYS=1] [STORE=files|pgvector|bigquery]" >&2; exit 2; }
+	$(BIN)/python -m beam_jobs.image_embeddings.search --date "$(DATE)" --image "$(IMAGE)" --k "$(or $(K),10)" --days "$(or $(DAYS),1)" --store "$(or $(STORE),files)"
 
 demo: setup ## Demo images for three days, one DAG run each; prints where outputs and plots are
 	$(BIN)/python scripts/demo.py
@@ -72,7 +72,7 @@ airflow: setup ## Local Airflow (UI, API, scheduler) with this DAG; prints how t
 	scripts/airflow_local.sh standalone
 
 .PHONY: bench
-bench: setup ## Benchmarks: model ceiling, pipeline, seed's way, bf16, precisions (int8, bfloat16), daily steps, storage, DAG parse (BENCH_ARGS=--quick)
+bench: setup ## Benchmarks: model ceiling, pipeline, seed's way, bf16, precisions (int8, bfloat16), daily steps, storage, DAG parse, search recall, publishing (BENCH_ARGS=--quick)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean: ## Remove generated data, Airflow state and caches (keeps .venv)

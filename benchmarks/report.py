@@ -534,5 +534,6 @@ def render(results: dict) -> str:
     tables = results["tables"]
     parts = [heading, tables["main"], tables.get("precision", ""), tables["scaling"]]
     parts += [tables["storage"], tables["daily"], tables.get("search", "")]
+    parts.append(tables.get("publish", ""))
     parts += ["Targets:", tables["targets"]]
     return "\n\n".join(part for part in parts if part) + "\n"

@@ -1,5 +1,6 @@
 """`make bench`: model ceiling, pipeline (TensorFlow and OpenVINO), the seed's way, bfloat16, the
-precisions this CPU runs natively, reuse, daily steps and storage.
+precisions this CPU runs natively, reuse, daily steps, storage, search recall and publishing into
+pgvector.
 
 Every figure comes from child processes, so each one's start-up and peak memory are its own.
 Throughput is the difference between a small and a large run of the same command, each less the
@@ -37,6 +38,7 @@ from benchmarks.measure import (
     python_command,
     run_measured,
 )
+from benchmarks.publish import measure_publish, publish_table
 from benchmarks.report import (
     Pair,
     Row,
@@ -71,6 +73,7 @@ SECTIONS = (
     "storage",
     "dag",
     "search",
+    "publish",
 )
 # Share of a reuse day's images that an earlier run embedded.
 REUSED_SHARE = 0.8
@@ -125,6 +128,7 @@ class Sizes:
     daily_rows: tuple[int, int] = (200_000, 400_000)
     calibration_images: int = 96  # int8: 64 to calibrate on, 32 held out
     reuse_images: tuple[int, int] = (80, 400)
+    publish_rows: tuple[int, int] = (100_000, 1_000_000)
     # The seed's way and the runs compared with it, in turn, this many times: ratios of runs
     # minutes apart, and their spread.
     repeats: int = 3
@@ -139,6 +143,7 @@ QUICK = Sizes(
     daily_rows=(2_000, 4_000),
     calibration_images=12,
     reuse_images=(5, 10),
+    publish_rows=(2_000, 4_000),
     repeats=1,
 )
 
@@ -264,6 +269,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"(default {defaults.reuse_images})",
     )
     parser.add_argument(
+        "--publish-rows",
+        type=parse_pair,
+        help=f"embeddings copied into pgvector (default {defaults.publish_rows})",
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         help="times the seed's way and the runs it is compared with are measured, in turn "
@@ -306,6 +316,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
             "ceiling_batches",
             "daily_rows",
             "reuse_images",
+            "publish_rows",
             "repeats",
         )
         if getattr(args, name) is not None
@@ -890,6 +901,7 @@ def run(args: argparse.Namespace) -> dict:
     daily = [] if "daily" in skip else measure_daily(bench)
     dag = None if "dag" in skip else measure_dag_parse(bench)
     search = None if "search" in skip else measure_search(bench, args.quick)
+    publish = None if "publish" in skip else measure_publish(bench, sizes.publish_rows)
     guard = int8_guard(bench)
     checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag, reuse, guard)
     checks += precisions["targets"] if precisions else []
@@ -914,6 +926,7 @@ def run(args: argparse.Namespace) -> dict:
         "daily": daily,
         "dag_parse": dag,
         "search_recall": search,
+        "publish": publish,
         "scaling": per_core,
         "targets": [target.to_dict() for target in checks],
         "tables": {
@@ -924,6 +937,7 @@ def run(args: argparse.Namespace) -> dict:
             "scaling": scaling_table(per_core) if per_core else "",
             "search": search_recall.table(search) if search else "",
             "targets": "\n".join(target.line() for target in checks),
+            "publish": publish_table(publish) if publish else "",
         },
     }
 

@@ -16,6 +16,7 @@ writes lives under `OUTPUT_ROOT/D/`, and a rerun of D replaces it.
 | `wait` | Dataflow: waits (deferred) for the job; then confirms the `_SUCCESS` marker |
 | `validate` | every manifest entry embedded or failed exactly once, vectors sound, failure rate |
 | `reduce_dimensions` | PCA outputs and plot; neighbours index, duplicates, drift; `report.html` |
+| `publish` | if `IMAGE_EMBEDDINGS_PUBLISH` names targets: D replaced in pgvector, BigQuery |
 | `release_day` | gives the day's `_LEASE` back, however the run ended |
 
 **Day D** is the `date` param when set, else the run's logical date. Scheduled runs start after
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, PokeReturnValue, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, PokeReturnValue, TaskGroup, dag, task
 
 from image_embeddings_airflow import dag_tasks
 from image_embeddings_airflow.day_lease import POKE_INTERVAL, dag_holder
@@ -95,6 +96,14 @@ def image_embeddings():
         outlet_events[VALIDATED_EMBEDDINGS].extra = summary
         return summary
 
+    @task(task_id="pgvector")
+    def publish_pgvector(plan: dict) -> dict:
+        return dag_tasks.publish_pgvector(plan)
+
+    @task(task_id="bigquery")
+    def publish_bigquery(plan: dict) -> dict:
+        return dag_tasks.publish_bigquery(plan)
+
     @task
     def release_day(plan: dict, dag_run=None) -> bool:
         return dag_tasks.release_day(plan, dag_holder(dag_run.dag_id, dag_run.run_id))
@@ -117,8 +126,13 @@ def image_embeddings():
     )
     validated = validate(plan)
     reduced = reduce_dimensions(plan, wait.output)
+    with TaskGroup("publish") as publish:
+        publish_pgvector(plan)
+        publish_bigquery(plan)
+    released = release_day(plan).as_teardown(setups=claimed)
     claimed >> staged
-    embed >> wait >> validated >> reduced >> release_day(plan).as_teardown(setups=claimed)
+    embed >> wait >> validated >> reduced >> released
+    validated >> publish >> released
 
 
 image_embeddings()

@@ -1,4 +1,4 @@
-"""Shared fixtures: a GCS emulator per session, generated images."""
+"""Shared fixtures: a GCS emulator and a PostgreSQL with pgvector per session, generated images."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import pytest
 
 from tests.gcs_emulator import running_emulator
+from tests.postgres_server import running_postgres
 
 TEST_BUCKET = "image-embeddings-test"
 
@@ -54,3 +55,10 @@ def gcs_bucket(gcs_emulator):
     for blob in client.list_blobs(gcs_emulator):
         blob.delete()
     return bucket
+
+
+@pytest.fixture(scope="session")
+def postgres_uri():
+    """A PostgreSQL server with pgvector on loopback for the session: its postgresql:// URI."""
+    with running_postgres() as server:
+        yield server.uri

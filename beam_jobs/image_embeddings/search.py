@@ -39,6 +39,7 @@ from beam_jobs.image_embeddings.neighbours import (
     unit_rows,
 )
 from beam_jobs.image_embeddings.pca import PcaAxes
+from beam_jobs.image_embeddings.store_search import add_store_arguments
 
 OUTPUT_ROOT_VARIABLE = "IMAGE_EMBEDDINGS_OUTPUT_ROOT"
 # Candidates a day's index proposes for each hit asked: the index ranks in the day's PCA space,
@@ -103,6 +104,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"root of the days' outputs (default ${OUTPUT_ROOT_VARIABLE})",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_store_arguments(parser)
     args = parser.parse_args(argv)
     if not args.output_root:
         parser.error(f"pass --output_root or set {OUTPUT_ROOT_VARIABLE}")
@@ -310,6 +312,10 @@ def format_hit(hit: Hit, as_json: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.store != "files":
+        from beam_jobs.image_embeddings.store_search import search_store
+
+        return search_store(args)
     try:
         hits, skipped = search(args.output_root, args.date, args.image, args.k, args.days)
     except SearchRefused as error:

@@ -284,3 +284,26 @@ def analyse(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any
             "reference_days": drift["reference_days"],
         },
     }
+
+
+def _skip_unless_publishing_to(plan: Mapping[str, Any], target: str) -> None:
+    if target not in (plan["publish"] or "").split(","):
+        raise AirflowSkipException(f"publishing to {target} is off for this run")
+
+
+def publish_pgvector(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace day D in the pgvector table with the validated day; skipped when not a target."""
+    from image_embeddings_airflow.publish_pgvector import publish
+
+    _skip_unless_publishing_to(plan, "pgvector")
+    return publish(
+        plan["pgvector_conn_id"], plan["pgvector_table"], plan["output_dir"], plan["day"]
+    )
+
+
+def publish_bigquery(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace day D's partition of the BigQuery table; skipped when not a target."""
+    from image_embeddings_airflow.publish_bigquery import publish
+
+    _skip_unless_publishing_to(plan, "bigquery")
+    return publish(plan)

@@ -20,6 +20,7 @@ from image_embeddings_airflow.settings import (
     validate_dataflow,
     validate_date,
     validate_engine_precision,
+    validate_publishing,
 )
 
 UNSET = "Empty: the deployment setting {variable} applies."
@@ -99,6 +100,11 @@ FORM = {
         "Principal components kept by the dimensionality reduction (at least 2, for the plot). ",
         {"minimum": 2},
     ),
+    "publish": FormField(
+        "Publish to",
+        "After validation, replace the day in these serving stores: bigquery, pgvector or "
+        "bigquery,pgvector; none: do not publish this run. ",
+    ),
 }
 DATE_FIELD = FormField(
     "Day",
@@ -160,6 +166,11 @@ class RunPlan:
     drift_reference_days: int
     drift_threshold: float
     drift_fails: bool
+    publish: str | None
+    bigquery_table: str | None
+    bigquery_location: str | None
+    pgvector_conn_id: str
+    pgvector_table: str
     gcp_conn_id: str
     gcp_project: str | None
     gcp_region: str | None
@@ -207,7 +218,7 @@ def resolve_plan(
 ) -> RunPlan:
     """Merge params over settings for one run; raise ValueError saying what is wrong and why."""
     day = run_day(params.get("date"), logical_date)
-    chosen = validate_engine_precision(with_overrides(settings, params))
+    chosen = validate_publishing(validate_engine_precision(with_overrides(settings, params)))
     if chosen.runner == "DataflowRunner":
         validate_dataflow(chosen)
     return RunPlan(

@@ -29,8 +29,17 @@ DEFAULT_GCP_CONN_ID = "google_cloud_default"
 GCP_CONN_VARIABLE = f"{PREFIX}GCP_CONN_ID"
 
 RUNNERS = ("DirectRunner", "DataflowRunner")
+PUBLISH_TARGETS = ("bigquery", "pgvector")
+PUBLISH_OFF = "none"
+DEFAULT_PGVECTOR_CONN_ID = "postgres_default"
 WEIGHTS = ("imagenet", "random")
 _DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+_PUBLISH_PATTERN = r"^ *(none|(bigquery|pgvector)( *, *(bigquery|pgvector))*) *$"
+# project.dataset.table, or dataset.table in the Dataflow project (BigQuery's own naming rules).
+_BIGQUERY_TABLE_PATTERN = re.compile(r"([a-z][a-z0-9.:-]{4,61}[a-z0-9]\.)?\w{1,1024}\.\w{1,1024}")
+# A PostgreSQL table name, optionally schema-qualified; short enough that the per-day partition
+# names built from it stay within PostgreSQL's 63-character identifiers.
+_PG_TABLE_PATTERN = re.compile(r"([a-z_][a-z0-9_]{0,39}\.)?[a-z_][a-z0-9_]{0,39}")
 _BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 # A location as the trigger form checks it: an absolute local path, a file:// URI or
 # gs://BUCKET/... (the form's message shows this pattern: keep it readable); `validate_uri`
@@ -146,6 +155,42 @@ def validate_weights(value: str) -> str:
     if value in WEIGHTS:
         return value
     return validate_uri(value, f"weights (one of {', '.join(WEIGHTS)} or a file)")
+
+
+def validate_publish(value: str) -> str:
+    """Return the targets as a sorted comma list (empty: off); raise ValueError otherwise."""
+    names = [part.strip().lower() for part in str(value).split(",") if part.strip()]
+    if names == [PUBLISH_OFF]:
+        return ""
+    unknown = [name for name in names if name not in PUBLISH_TARGETS]
+    if unknown or not names:
+        raise ValueError(
+            f"publish targets must be a comma list of {', '.join(PUBLISH_TARGETS)} (or "
+            f"{PUBLISH_OFF}), got {value!r}"
+        )
+    return ",".join(sorted(set(names)))
+
+
+def validate_bigquery_table(value: str) -> str:
+    """Return a BigQuery table written project.dataset.table or dataset.table."""
+    text = str(value).strip()
+    if not _BIGQUERY_TABLE_PATTERN.fullmatch(text):
+        raise ValueError(
+            "BigQuery table must be written project.dataset.table or dataset.table "
+            f"(letters, digits, underscores), got {value!r}"
+        )
+    return text
+
+
+def validate_pg_table(value: str) -> str:
+    """Return a PostgreSQL table name, [schema.]name in lower case, each at most 40 characters."""
+    text = str(value).strip()
+    if not _PG_TABLE_PATTERN.fullmatch(text):
+        raise ValueError(
+            "pgvector table must be [schema.]name in lower-case letters, digits and "
+            f"underscores, each part at most 40 characters, got {value!r}"
+        )
+    return text
 
 
 def _choice_any_case(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -393,6 +438,37 @@ class Settings:
         "Analysis",
         Rule(validate_flag, {"type": "boolean"}),
     )
+    # Publishing (docs/publish.md).
+    publish: str | None = _doc(
+        "Where the publish task puts each validated day: a comma list of bigquery, pgvector; "
+        "empty or none: publishing is off.",
+        "",
+        "Publish",
+        Rule(validate_publish, {"type": "string", "pattern": _PUBLISH_PATTERN}),
+    )
+    bigquery_table: str | None = _doc(
+        "BigQuery table the days are loaded into, partitioned by day: project.dataset.table, "
+        "or dataset.table in IMAGE_EMBEDDINGS_GCP_PROJECT.",
+        "",
+        "Publish",
+        Rule(validate_bigquery_table, {"type": "string", "minLength": 3}),
+    )
+    bigquery_location: str | None = _doc(
+        "Location of the BigQuery dataset, e.g. EU or europe-west1 (empty: BigQuery's default).",
+        "",
+        "Publish",
+    )
+    pgvector_conn_id: str = _doc(
+        "Airflow connection of the PostgreSQL database (with pgvector) the days are copied into.",
+        DEFAULT_PGVECTOR_CONN_ID,
+        "Publish",
+    )
+    pgvector_table: str = _doc(
+        "PostgreSQL table the days are copied into, one partition a day: [schema.]name.",
+        "image_embeddings",
+        "Publish",
+        Rule(validate_pg_table, {"type": "string", "pattern": r"^[a-z_][a-z0-9_.]*$"}),
+    )
     start_date: str = _doc(
         "First day the daily schedule covers (YYYY-MM-DD); manual runs, `make run` and backfills "
         "may embed any day.",
@@ -500,6 +576,28 @@ def validate_dataflow(settings: Settings) -> Settings:
             )
     if problems:
         raise ValueError("the DataflowRunner needs: " + "; ".join(problems))
+    return settings
+
+
+def validate_publishing(settings: Settings) -> Settings:
+    """Raise ValueError naming what the chosen publish targets lack."""
+    targets = settings.publish.split(",") if settings.publish else []
+    problems = []
+    if "bigquery" in targets:
+        if not settings.bigquery_table:
+            problems.append(f"{setting_variable('bigquery_table')} is required")
+        elif settings.bigquery_table.count(".") < 2 and not settings.gcp_project:
+            problems.append(
+                f"{setting_variable('bigquery_table')} names no project: write "
+                f"project.dataset.table or set {setting_variable('gcp_project')}"
+            )
+        if not settings.output_root.startswith("gs://"):
+            problems.append(
+                f"{setting_variable('output_root')} must be a gs:// URI: BigQuery loads the day "
+                f"from Cloud Storage, got {settings.output_root!r}"
+            )
+    if problems:
+        raise ValueError("publishing to bigquery needs: " + "; ".join(problems))
     return settings
 
 

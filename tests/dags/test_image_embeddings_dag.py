@@ -24,6 +24,7 @@ TASKS = [
     "reduce_dimensions",
     "release_day",
 ]
+PUBLISH_TASKS = ["publish.pgvector", "publish.bigquery"]
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +96,18 @@ def test_every_task_retries_with_exponential_backoff(dag):
 
 
 def test_tasks_run_in_order(dag):
-    assert sorted(dag.task_ids) == sorted(TASKS)
+    assert sorted(dag.task_ids) == sorted(TASKS + PUBLISH_TASKS)
     for upstream, downstream in zip(TASKS, TASKS[1:], strict=False):
         assert upstream in dag.get_task(downstream).upstream_task_ids, (upstream, downstream)
     assert dag.get_task("resolve_run").upstream_task_ids == set()
+
+
+def test_publishing_follows_validation_and_the_day_is_released_after_it(dag):
+    assert "`publish`" in dag.doc_md
+    for task_id in PUBLISH_TASKS:
+        assert dag.get_task(task_id).upstream_task_ids == {"resolve_run", "validate"}
+    release = dag.get_task("release_day").upstream_task_ids
+    assert {*PUBLISH_TASKS, "reduce_dimensions"} <= release
 
 
 def test_a_run_claims_its_day_first_and_always_gives_it_back(dag):
@@ -141,6 +150,7 @@ def test_every_param_is_described_and_optional(dag):
         "num_shards",
         "max_failure_rate",
         "pca_components",
+        "publish",
     }
     for name in params:
         param = params.get_param(name)
@@ -172,6 +182,9 @@ GOOD_CONFS = [
     {"max_failure_rate": 1, "pca_components": 128, "model": "resnet50", "weights": "random"},
     {"engine": "openvino", "precision": "int8", "calibration_manifest": "gs://bucket-1/c.txt"},
     {"engine": "tensorflow", "precision": "bfloat16"},
+    {"publish": "pgvector"},
+    {"publish": "bigquery, pgvector"},
+    {"publish": "none"},
     {"batch_size": 1, "precision": "bfloat16", "embedding_dtype": "float16", "num_shards": 0},
 ]
 
@@ -196,6 +209,8 @@ BAD_CONFS = [
     {"embedding_dtype": "bfloat16"},
     {"num_shards": -1},
     {"num_shards": 1.5},
+    {"publish": "postgres"},
+    {"publish": "pgvector,"},
 ]
 
 

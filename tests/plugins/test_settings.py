@@ -19,6 +19,8 @@ from image_embeddings_airflow.settings import (
     validate_date,
     validate_failure_rate,
     validate_model,
+    validate_publish,
+    validate_publishing,
     validate_runner,
     validate_sample_size,
     validate_uri,
@@ -102,6 +104,11 @@ def test_every_variable_is_read_and_typed():
         "IMAGE_EMBEDDINGS_DATAFLOW_SERVICE_ACCOUNT": "worker@my-project.iam.gserviceaccount.com",
         "IMAGE_EMBEDDINGS_DATAFLOW_NETWORK": "vpc",
         "IMAGE_EMBEDDINGS_DATAFLOW_SUBNETWORK": "regions/europe-west1/subnetworks/s",
+        "IMAGE_EMBEDDINGS_PUBLISH": "pgvector, BigQuery",
+        "IMAGE_EMBEDDINGS_BIGQUERY_TABLE": "my-project.serving.image_embeddings",
+        "IMAGE_EMBEDDINGS_BIGQUERY_LOCATION": "EU",
+        "IMAGE_EMBEDDINGS_PGVECTOR_CONN_ID": "serving_db",
+        "IMAGE_EMBEDDINGS_PGVECTOR_TABLE": "serving.image_embeddings",
     }
 
     settings = load_settings(environ)
@@ -143,6 +150,11 @@ def test_every_variable_is_read_and_typed():
         dataflow_service_account="worker@my-project.iam.gserviceaccount.com",
         dataflow_network="vpc",
         dataflow_subnetwork="regions/europe-west1/subnetworks/s",
+        publish="bigquery,pgvector",
+        bigquery_table="my-project.serving.image_embeddings",
+        bigquery_location="EU",
+        pgvector_conn_id="serving_db",
+        pgvector_table="serving.image_embeddings",
     )
     on_gcs = dataclasses.replace(settings, output_root="gs://photos-bucket/embeddings")
     assert validate_dataflow(on_gcs) is on_gcs
@@ -165,6 +177,7 @@ def test_settings_table_documents_every_field():
         "Analysis",
         "DAG",
         "Dataflow",
+        "Publish",
     }
 
 
@@ -193,6 +206,9 @@ def test_settings_table_documents_every_field():
             "90%",
             "IMAGE_EMBEDDINGS_INT8_MIN_TOP5_OVERLAP: an int8 accuracy",
         ),
+        ("PUBLISH", "bigquery,s3", "IMAGE_EMBEDDINGS_PUBLISH: publish targets must be a comma"),
+        ("BIGQUERY_TABLE", "just_a_table", "IMAGE_EMBEDDINGS_BIGQUERY_TABLE: BigQuery table must"),
+        ("PGVECTOR_TABLE", "Drop Table;", "IMAGE_EMBEDDINGS_PGVECTOR_TABLE: pgvector table must"),
         ("DUPLICATE_THRESHOLD", "0", "IMAGE_EMBEDDINGS_DUPLICATE_THRESHOLD: similarity threshold"),
         ("DUPLICATE_THRESHOLD", "1.5", "IMAGE_EMBEDDINGS_DUPLICATE_THRESHOLD: similarity"),
         ("LOOKBACK_DAYS", "-3", "IMAGE_EMBEDDINGS_LOOKBACK_DAYS: lookback must be a whole"),
@@ -317,6 +333,45 @@ def test_validate_dataflow_lists_every_problem():
     assert "IMAGE_EMBEDDINGS_GCP_REGION is required" in message
     assert "IMAGE_EMBEDDINGS_DATAFLOW_TEMP_LOCATION is required" in message
     assert "IMAGE_EMBEDDINGS_INPUT_ROOT must be a gs:// URI on Dataflow" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "targets"),
+    [
+        ("pgvector", "pgvector"),
+        (" PGVECTOR , bigquery,pgvector", "bigquery,pgvector"),
+        ("none", ""),
+    ],
+)
+def test_validate_publish_normalises_targets(text, targets):
+    assert validate_publish(text) == targets
+
+
+def test_publishing_is_off_by_default():
+    assert load_settings({}).publish is None
+    assert validate_publishing(load_settings({})).publish is None
+
+
+def test_validate_publishing_lists_what_bigquery_lacks():
+    settings = load_settings({"IMAGE_EMBEDDINGS_PUBLISH": "bigquery"})
+
+    with pytest.raises(ValueError) as error:
+        validate_publishing(settings)
+
+    message = str(error.value)
+    assert message.startswith("publishing to bigquery needs: IMAGE_EMBEDDINGS_BIGQUERY_TABLE is")
+    assert "IMAGE_EMBEDDINGS_OUTPUT_ROOT must be a gs:// URI: BigQuery loads" in message
+    no_project = load_settings(
+        {
+            "IMAGE_EMBEDDINGS_PUBLISH": "bigquery",
+            "IMAGE_EMBEDDINGS_BIGQUERY_TABLE": "serving.embeddings",
+            "IMAGE_EMBEDDINGS_OUTPUT_ROOT": "gs://bucket/out",
+        }
+    )
+    with pytest.raises(ValueError, match="names no project: write project.dataset.table"):
+        validate_publishing(no_project)
+    ready = dataclasses.replace(no_project, gcp_project="my-project")
+    assert validate_publishing(ready) is ready
 
 
 def test_day_dir():
