@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -31,7 +31,8 @@ import numpy as np
 
 from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, SUCCESS_MARKER, shard_glob
 from benchmarks import imagesets, search_recall
-from benchmarks.daily import write_synthetic_day
+from benchmarks.daily import _write_shard as write_shard
+from benchmarks.daily import shard_name, write_synthetic_day
 from benchmarks.measure import (
     Measured,
     child_environment,
@@ -77,6 +78,12 @@ SECTIONS = (
 )
 # Share of a reuse day's images that an earlier run embedded.
 REUSED_SHARE = 0.8
+# The reuse day's lookback: earlier days, each holding the cold day's images (digests present on
+# every day of the window) and rows of its own the day does not hold, so the window grows with
+# its days; its peak memory is compared with a window of one such day.
+REUSE_WINDOW_DAYS = 30
+REUSE_OWN_ROWS = 1_000
+REUSE_DAY = date(2026, 2, 1)
 TABLE_ORDER = (
     "ceiling_float32",
     "ceiling_openvino_float32",
@@ -265,7 +272,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--reuse-images",
         type=parse_pair,
-        help=f"640x480 days, cold and {REUSED_SHARE:.0%}% embedded before "
+        help=f"640x480 days, cold and {REUSED_SHARE * 100:.0f}%% embedded before "
         f"(default {defaults.reuse_images})",
     )
     parser.add_argument(
@@ -660,17 +667,35 @@ def reuse_day(count: int) -> list[int]:
     return [*range(shared), *range(count, 2 * count - shared)]
 
 
+def earlier_days(bench: Bench, cold_output: Path, days: int) -> list[Path]:
+    """`days` finished days before REUSE_DAY, each the cold day's run plus REUSE_OWN_ROWS rows
+    of its own (distinct digests), under one fingerprint."""
+    import pyarrow.parquet as pq
+
+    dim = pq.read_schema(embedding_shards(cold_output)[0]).field("embedding").type.list_size
+    folders = []
+    for back in range(1, days + 1):
+        folder = bench.out / "reuse-window" / f"{days}-days" / str(REUSE_DAY - timedelta(back))
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(cold_output, folder)
+        own = folder / shard_name(EMBEDDINGS_PREFIX, 99_999, 99_999)
+        rng = np.random.default_rng(back)
+        write_shard(own, back * REUSE_OWN_ROWS, REUSE_OWN_ROWS, dim, rng)
+        folders.append(folder)
+    return folders
+
+
 def run_reuse_day(
     bench: Bench,
     photos: imagesets.ImageSet,
     count: int,
-    earlier: Path | None,
+    earlier: Sequence[Path],
     prepared_model: str | None,
 ) -> tuple[Measured, Path]:
-    """A day of `count` images: cold (`earlier` None: the first `count`), or 80% of them again
-    reusing `earlier`'s embeddings. Outputs start empty, so the day has no earlier run of its own.
-    The engine is the default one with its prepared model (TensorFlow without one)."""
-    kind = "warm" if earlier else "cold"
+    """A day of `count` images: cold (no `earlier` day: the first `count`), or 80% of them again
+    reusing the `earlier` days' embeddings. Outputs start empty, so the day has no earlier run of
+    its own. The engine is the default one with its prepared model (TensorFlow without one)."""
+    kind = f"warm-{len(earlier)}d" if earlier else "cold"
     indices = reuse_day(count) if earlier else list(range(count))
     manifest = imagesets.write_manifest(
         [photos.path(index) for index in indices],
@@ -678,8 +703,9 @@ def run_reuse_day(
     )
     output = bench.run_dir(f"reuse-{kind}-{count}")
     shutil.rmtree(output, ignore_errors=True)
-    reuse = ["--lookback_days", "0"] + (["--reuse_from", str(earlier)] if earlier else [])
-    extra = [*reuse, *engine_args(prepared_model, "float32"), *bench.pipeline_args]
+    sources = ["--reuse_from", ",".join(map(str, earlier))] if earlier else []
+    extra = ["--lookback_days", "0", *sources, *engine_args(prepared_model, "float32")]
+    extra += bench.pipeline_args
     measured = bench.measure(
         f"reuse-{kind}-{count}",
         pipeline_command(manifest, output, bench.batch_size, "float32", "float32", extra),
@@ -694,26 +720,40 @@ def run_reuse_day(
 def measure_reuse(
     bench: Bench, photos: imagesets.ImageSet, counts: tuple[int, int], prepared_model: str | None
 ) -> dict:
-    """Cold days and days 80% embedded before, each warm run right after its cold one.
+    """Cold days and days 80% embedded before, reusing a window of REUSE_WINDOW_DAYS earlier days
+    or of one: in turn, each warm run right after its cold one, repeated.
 
     Images/s and CPU seconds per image by difference of whole runs (start-up cancels out): what
     a day costs per image once start-up is spread over a real day's images; the large pair's
-    wall times too.
+    wall times too, and the peak memory of the large warm runs by window.
     """
-    runs = {}
-    for count in counts:
-        cold, cold_output = run_reuse_day(bench, photos, count, None, prepared_model)
-        warm, _ = run_reuse_day(bench, photos, count, cold_output, prepared_model)
-        runs[count] = (cold, warm)
-    small, large = counts
-    rows = {}
-    for index, kind in enumerate(("cold", "warm")):
-        key = f"reuse_{kind}_photos"
-        pair = bench.add_pair(key, Pair(small, large, runs[small][index], runs[large][index]))
-        share = "" if kind == "cold" else f", {REUSED_SHARE:.0%} embedded before"
-        name = f"reuse: a day {kind}{share}, {photos.label} (DirectRunner, whole runs)"
-        rows[key] = pair_row(key, name, pair)
-    cold, warm = runs[large]
+    windows = (1, REUSE_WINDOW_DAYS)
+    repetitions: dict[str, list[Row]] = {}
+    walls, peaks = [], {days: [] for days in windows}
+    for repetition in range(bench.sizes.repeats):
+        bench.repetition = repetition
+        runs = {}
+        for count in counts:
+            cold, cold_output = run_reuse_day(bench, photos, count, [], prepared_model)
+            runs[count] = {"cold": cold}
+            # The one-day window is compared with the long one on the large day only.
+            for days in windows if count == counts[1] else windows[1:]:
+                window = earlier_days(bench, cold_output, days)
+                runs[count][days], _ = run_reuse_day(bench, photos, count, window, prepared_model)
+        small, large = counts
+        for kind, run in (("cold", "cold"), ("warm", REUSE_WINDOW_DAYS)):
+            key = f"reuse_{kind}_photos"
+            pair = bench.add_pair(key, Pair(small, large, runs[small][run], runs[large][run]))
+            share = "" if kind == "cold" else f", {REUSED_SHARE:.0%} embedded before"
+            name = f"reuse: a day {kind}{share}, {photos.label} (DirectRunner, whole runs)"
+            if kind == "warm":
+                name += f", a {REUSE_WINDOW_DAYS}-day window"
+            repetitions.setdefault(key, []).append(pair_row(key, name, pair))
+        walls.append(runs[large]["cold"].seconds / runs[large][REUSE_WINDOW_DAYS].seconds)
+        for days in windows:
+            peaks[days].append(runs[large][days].peak_rss_mb)
+    bench.repetition = 0
+    rows = {key: repeated(measured) for key, measured in repetitions.items()}
     return {
         "rows": rows,
         "images_per_s_ratio": ratio(
@@ -722,8 +762,11 @@ def measure_reuse(
         "cpu_ratio": ratio(
             rows["reuse_cold_photos"].cpu_s_per_image, rows["reuse_warm_photos"].cpu_s_per_image
         ),
-        "wall_ratio": cold.seconds / warm.seconds,
+        "wall_ratio": float(np.median(walls)),
         "images": large,
+        "window_days": REUSE_WINDOW_DAYS,
+        "window_rows": REUSE_WINDOW_DAYS * (counts[1] + REUSE_OWN_ROWS),
+        "peak_mb_by_window": {days: max(values) for days, values in peaks.items()},
     }
 
 

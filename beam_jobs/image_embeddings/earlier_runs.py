@@ -8,12 +8,12 @@ import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 
 from beam_jobs.image_embeddings import io
+from beam_jobs.image_embeddings.comparable import NO_MARKER, why_not_comparable, window
 from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
-    FINGERPRINT_KEY,
     PREVIOUS_RUN_FOLDER,
     REUSE_KEYS,
     SUCCESS_MARKER,
@@ -24,7 +24,6 @@ from beam_jobs.image_embeddings.contract import (
 LOGGER = logging.getLogger(__name__)
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-NO_MARKER = f"no {SUCCESS_MARKER}"
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ def window_folders(output: str, days: int) -> list[str]:
     except ValueError:
         return []
     parent = posixpath.dirname(output.rstrip("/"))
-    return [join(parent, (day - timedelta(days=back)).isoformat()) for back in range(1, days + 1)]
+    return [join(parent, other) for other in window(day.isoformat(), days)]
 
 
 def why_not_reusable(folder: str, fingerprint: str) -> str | None:
@@ -71,9 +70,7 @@ def why_not_reusable(folder: str, fingerprint: str) -> str | None:
         return f"{SUCCESS_MARKER} is not JSON"
     if not isinstance(record, dict) or any(key not in record for key in REUSE_KEYS):
         return "written before content digests"
-    if record[FINGERPRINT_KEY] != fingerprint:
-        return f"model fingerprint {record[FINGERPRINT_KEY]}, not {fingerprint}"
-    return None
+    return why_not_comparable(record, fingerprint)
 
 
 def set_aside_previous_run(output: str, fingerprint: str) -> bool:

@@ -11,7 +11,7 @@ import posixpath
 import re
 import stat
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,8 +41,6 @@ DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 # through a model call.
 DEFAULT_PREFETCH = 64
 FAILED_TAG = "failed"
-# Images whose bytes an earlier run embedded: (sha256, KnownBytes), never decoded.
-KNOWN_TAG = "known"
 
 # HEIC/HEIF (phone photos) decode through pillow-heif's Pillow plugin, registered once here.
 register_heif_opener()
@@ -77,8 +75,8 @@ class LoadedImage:
     size_bytes: int | None = None
 
 
-class KnownBytes(NamedTuple):
-    """An image whose bytes (sha256) an earlier run embedded: where it is and how big."""
+class HashedImage(NamedTuple):
+    """An image read and hashed (its sha256 is its key), not decoded: where it is and how big."""
 
     uri: str
     size_bytes: int
@@ -312,9 +310,8 @@ def load_image(data: bytes, size: tuple[int, int]) -> LoadedImage:
 class LoadImageFn(beam.DoFn):
     """URI -> (uri, LoadedImage); a bad entry goes to the `failed` output with stage and reason.
 
-    Given `known` (a side input: sha256 digests an earlier run embedded), an image with those
-    bytes is read and hashed but not decoded: it goes to the `known` output as
-    (sha256, KnownBytes), for its embedding, size and thumbnail to be copied.
+    With `decode` False, an image is read and hashed but not decoded: the output is
+    (sha256, HashedImage), for reuse to look its bytes up among earlier runs' before decoding.
 
     Images load on a pool of threads, up to `prefetch` entries ahead of what has been emitted, so
     reading and decoding overlap the model calls downstream (Pillow, the storage clients and the
@@ -327,6 +324,7 @@ class LoadImageFn(beam.DoFn):
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         input_root: str | None = None,
         prefetch: int = DEFAULT_PREFETCH,
+        decode: bool = True,
     ) -> None:
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"size must be (height, width) with positive sides, got {size}")
@@ -338,6 +336,7 @@ class LoadImageFn(beam.DoFn):
         self.max_image_bytes = max_image_bytes
         self.input_root = input_root
         self.prefetch = prefetch
+        self.decode = decode
         self.loaded = Metrics.counter(METRICS_NAMESPACE, "loaded")
         self.failed = {
             stage: Metrics.counter(METRICS_NAMESPACE, f"failed_{stage}") for stage in STAGES
@@ -346,18 +345,16 @@ class LoadImageFn(beam.DoFn):
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[tuple[str, WindowedValue, Future]] = deque()
 
-    def load(
-        self, uri: str, known: Collection[str] = ()
-    ) -> tuple[LoadedImage | KnownBytes | ImageLoadError, int, str | None]:
-        """(the loaded image, its known bytes or why it failed; bytes read; their sha256 or
+    def load(self, uri: str) -> tuple[LoadedImage | HashedImage | ImageLoadError, int, str | None]:
+        """(the loaded or only hashed image, or why it failed; bytes read; their sha256 or
         None when the bytes were never read); safe to call from any thread."""
         data, digest = b"", None
         try:
             check_inside_root(uri, self.input_root)
             data = read_bounded(uri, self.max_image_bytes)
             digest = hashlib.sha256(data).hexdigest()
-            if digest in known:
-                return KnownBytes(uri, len(data)), len(data), digest
+            if not self.decode:
+                return HashedImage(uri, len(data)), len(data), digest
             loaded = load_image(data, self.size)
             return (
                 dataclasses.replace(loaded, sha256=digest, size_bytes=len(data)),
@@ -381,13 +378,12 @@ class LoadImageFn(beam.DoFn):
         uri: str,
         timestamp=beam.DoFn.TimestampParam,
         window=beam.DoFn.WindowParam,
-        known=frozenset(),
     ):
         at = WindowedValue(None, timestamp, [window])
         if self._pool is None:
-            yield from self._outputs(uri, at, self.load(uri, known))
+            yield from self._outputs(uri, at, self.load(uri))
             return
-        self._pending.append((uri, at, self._pool.submit(self.load, uri, known)))
+        self._pending.append((uri, at, self._pool.submit(self.load, uri)))
         while self._pending and (len(self._pending) > self.prefetch or self._pending[0][2].done()):
             yield from self._emit_oldest()
 
@@ -407,7 +403,7 @@ class LoadImageFn(beam.DoFn):
         self,
         uri: str,
         at: WindowedValue,
-        outcome: tuple[LoadedImage | KnownBytes | ImageLoadError, int, str | None],
+        outcome: tuple[LoadedImage | HashedImage | ImageLoadError, int, str | None],
     ) -> Iterator[WindowedValue | beam.pvalue.TaggedOutput]:
         # Metrics are counted here, on the bundle's thread: Beam's metric cells are per thread.
         loaded, bytes_read, digest = outcome
@@ -418,8 +414,8 @@ class LoadImageFn(beam.DoFn):
             failure = {"uri": uri, "stage": loaded.stage, "error": str(loaded), "sha256": digest}
             yield beam.pvalue.TaggedOutput(FAILED_TAG, at.with_value(failure))
             return
-        if isinstance(loaded, KnownBytes):
-            yield beam.pvalue.TaggedOutput(KNOWN_TAG, at.with_value((digest, loaded)))
+        if isinstance(loaded, HashedImage):
+            yield at.with_value((digest, loaded))
             return
         self.loaded.inc()
         yield at.with_value((uri, loaded))

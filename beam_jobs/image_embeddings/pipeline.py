@@ -9,7 +9,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.pvalue import AsSingleton
 
 from beam_jobs.image_embeddings.contract import (
     FINGERPRINT_KEY,
@@ -18,7 +17,7 @@ from beam_jobs.image_embeddings.contract import (
     manifest_entries,
 )
 from beam_jobs.image_embeddings.earlier_runs import ReuseSource
-from beam_jobs.image_embeddings.images import FAILED_TAG, KNOWN_TAG, LoadedImage, LoadImageFn
+from beam_jobs.image_embeddings.images import FAILED_TAG, LoadedImage, LoadImageFn
 from beam_jobs.image_embeddings.models import KerasModelHandler, ModelSpec
 from beam_jobs.image_embeddings.openvino_engine import OpenVINOModelHandler
 from beam_jobs.image_embeddings.options import JobOptions
@@ -32,7 +31,7 @@ from beam_jobs.image_embeddings.outputs import (
     image_facts,
 )
 from beam_jobs.image_embeddings.progress import EMBEDDED, TrackProgress, failed_counter
-from beam_jobs.image_embeddings.reuse import CopyEarlierEmbeddings, ReuseEarlierEmbeddings
+from beam_jobs.image_embeddings.reuse import ReuseEarlierEmbeddings
 
 
 def parse_line(line: str) -> list[str]:
@@ -149,8 +148,8 @@ class ToEmbeddingRows(beam.DoFn):
 
 
 class EmbedImages(beam.PTransform):
-    """Image URIs -> (embedding rows, failure rows): load, reuse what earlier runs embedded,
-    RunInference in batches over the rest, rows."""
+    """Image URIs -> (embedding rows, failure rows): copy what earlier runs embedded (matched by
+    digest before decoding), load and RunInference in batches over the rest, rows."""
 
     def __init__(
         self, job: JobOptions, spec: ModelSpec, reuse_from: Sequence[ReuseSource] = ()
@@ -166,22 +165,16 @@ class EmbedImages(beam.PTransform):
         load = LoadImageFn(
             spec.input_size, job.max_image_bytes, job.input_root, prefetch=2 * job.batch_size
         )
-        side_inputs, earlier = {}, None
+        copied, unread = (), ()
         if self._reuse_from:
-            earlier, known = uris.pipeline | "ReuseEarlierEmbeddings" >> ReuseEarlierEmbeddings(
-                self._reuse_from
+            hasher = LoadImageFn(
+                spec.input_size, job.max_image_bytes, job.input_root, load.prefetch, decode=False
             )
-            side_inputs["known"] = AsSingleton(known)
-        loaded = uris | "LoadImages" >> beam.ParDo(load, **side_inputs).with_outputs(
-            FAILED_TAG, KNOWN_TAG, main="images"
-        )
-        copied = ()
-        if earlier is not None:
-            copied = (
-                loaded[KNOWN_TAG]
-                | "CopyEarlierEmbeddings"
-                >> CopyEarlierEmbeddings(earlier, spec.name, job.embedding_dtype),
+            uris, reused, unreadable = uris | "ReuseEarlierEmbeddings" >> ReuseEarlierEmbeddings(
+                self._reuse_from, hasher, spec.name, job.embedding_dtype
             )
+            copied, unread = (reused,), (unreadable,)
+        loaded = uris | "LoadImages" >> beam.ParDo(load).with_outputs(FAILED_TAG, main="images")
         handler = KeyedModelHandler(model_handler(job))
         embedded, dead_letters = (
             loaded.images
@@ -194,6 +187,7 @@ class EmbedImages(beam.PTransform):
         ).with_outputs(FAILED_TAG, main="rows")
         failures = (
             (
+                *unread,
                 loaded[FAILED_TAG],
                 dead_letters.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch),
                 rows[FAILED_TAG],

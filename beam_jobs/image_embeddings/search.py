@@ -16,12 +16,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any, NoReturn
 
 import numpy as np
 
 from beam_jobs.image_embeddings import io as storage
+from beam_jobs.image_embeddings.comparable import comparable_days, window
 from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
     FINGERPRINT_KEY,
@@ -205,19 +206,15 @@ def embed_query(image: str, spec, embed: Callable[[np.ndarray], np.ndarray]) -> 
 
 def searched_days(root: str, day: str, count: int, fingerprint: str) -> tuple[list[str], dict]:
     """D and the days before it (of `count` in all) with D's fingerprint and an index."""
-    days, skipped = [], {}
-    for back in range(count):
-        other = (date.fromisoformat(day) - timedelta(days=back)).isoformat()
-        folder = join(root, other)
-        if not storage.exists(join(folder, NEIGHBOURS_INDEX_NAME)):
-            skipped[other] = f"no {NEIGHBOURS_INDEX_NAME} (not reduced, or not embedded)"
-        elif not storage.exists(join(folder, SUCCESS_MARKER)):
-            skipped[other] = f"no {SUCCESS_MARKER}: its run did not complete"
-        elif read_marker(folder).get(FINGERPRINT_KEY) != fingerprint:
-            skipped[other] = "embedded under another model fingerprint"
-        else:
-            days.append(other)
-    return days, skipped
+    found = comparable_days(
+        root,
+        [day, *window(day, count - 1)],
+        fingerprint,
+        (NEIGHBOURS_INDEX_NAME,),
+        storage.exists,
+        lambda uri: json.loads(storage.read_text(uri)),
+    )
+    return list(found.days), found.skipped
 
 
 def read_axes(folder: str) -> PcaAxes:

@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import (
     SetupOptions,
     WorkerOptions,
 )
+from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from beam_jobs.image_embeddings.launcher import SETUP_FILE, pipeline_options, run
@@ -143,16 +144,28 @@ def transform_names(job) -> set[str]:
     return {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
 
 
+def side_input_steps(job) -> set[str]:
+    return {
+        transform.unique_name
+        for transform in job.proto_pipeline.components.transforms.values()
+        if transform.spec.urn == common_urns.primitives.PAR_DO.urn
+        and beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload).side_inputs
+    }
+
+
 def test_reuse_adds_the_join_with_earlier_runs_to_the_job(setup_file_job):
     earlier = f"{BUCKET}/2026-11-27"
     job = run([*DATAFLOW_ARGS, f"--sdk_container_image={CONTAINER}", f"--reuse_from={earlier}"]).job
-    reuse, copy = "EmbedImages/ReuseEarlierEmbeddings", "EmbedImages/CopyEarlierEmbeddings"
+    reuse = "EmbedImages/ReuseEarlierEmbeddings"
     assert {
-        f"{reuse}/ReadEarlierEmbeddings/ReadParquet",
-        f"{reuse}/KnownDigests",
-        f"{copy}/JoinByDigest",
-        f"{copy}/CopyEmbeddings",
+        f"{reuse}/HashImages",
+        f"{reuse}/NewestEarlierRows/ReadDigests",
+        f"{reuse}/NewestEarlierRows/NewestPerDigest",
+        f"{reuse}/JoinByDigest",
+        f"{reuse}/CopyEmbeddings",
     } <= transform_names(job)
+    # No worker is sent the window: the join is a shuffle, no step embedding has a side input.
+    assert {name for name in side_input_steps(job) if name.startswith("EmbedImages/")} == set()
     # Offline, a dry run lists no earlier days: without --reuse_from the job has no reuse steps.
     assert reuse not in transform_names(setup_file_job[0])
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.pvalue import AsSingleton, TaggedOutput
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import GlobalWindow
@@ -22,11 +22,10 @@ from PIL import Image, ImageOps
 from beam_jobs.image_embeddings.contract import IMAGE_FORMATS, STAGE_DECODE, STAGE_INPUT, STAGE_READ
 from beam_jobs.image_embeddings.images import (
     FAILED_TAG,
-    KNOWN_TAG,
     METRICS_NAMESPACE,
     THUMBNAIL_SIDE,
+    HashedImage,
     ImageLoadError,
-    KnownBytes,
     LoadedImage,
     LoadImageFn,
     check_inside_root,
@@ -590,25 +589,26 @@ def test_failure_reasons_are_readable(tmp_path):
     )
 
 
-def test_bytes_an_earlier_run_embedded_go_to_known_without_being_decoded(tmp_path):
+def test_without_decoding_images_are_only_read_and_keyed_by_digest(tmp_path):
     good = write_image(tmp_path / "good.jpg", size=(16, 12), seed=3)
     # Text is no image: had it been decoded, it would have failed.
     text = tmp_path / "notes.jpg"
     text.write_bytes(b"bytes an earlier run embedded")
-    known = frozenset({hashlib.sha256(text.read_bytes()).hexdigest()})
     pipeline = test_pipeline.TestPipeline()
-    uris = pipeline | "Earlier" >> beam.Create([str(good), str(text)])
-    digests = pipeline | "Known" >> beam.Create([known])
-    results = uris | beam.ParDo(LoadImageFn((8, 8)), known=AsSingleton(digests)).with_outputs(
-        FAILED_TAG, KNOWN_TAG, main="loaded"
+    uris = pipeline | "Day" >> beam.Create([str(good), str(text), str(tmp_path / "gone.jpg")])
+    results = uris | beam.ParDo(LoadImageFn((8, 8), decode=False)).with_outputs(
+        FAILED_TAG, main="hashed"
     )
-    assert_that(results.loaded | beam.Keys(), equal_to([str(good)]), label="decoded")
-    assert_that(results[FAILED_TAG], equal_to([]), label="failed")
-    expected = [(next(iter(known)), KnownBytes(str(text), text.stat().st_size))]
-    assert_that(results[KNOWN_TAG], equal_to(expected), label="known")
+    expected = [
+        (hashlib.sha256(path.read_bytes()).hexdigest(), HashedImage(str(path), path.stat().st_size))
+        for path in (good, text)
+    ]
+    assert_that(results.hashed, equal_to(expected), label="hashed")
+    stages = results[FAILED_TAG] | beam.Map(lambda failure: failure["stage"])
+    assert_that(stages, equal_to([STAGE_READ]), label="failed")
     result = pipeline.run()
     result.wait_until_finish()
-    assert counters(result)["loaded"] == 1
+    assert counters(result).get("loaded", 0) == 0
 
 
 def test_the_digest_is_of_the_bytes_read_and_absent_when_none_were(tmp_path):

@@ -13,17 +13,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.filesystem import FileMetadata
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.image_embeddings.contract import embeddings_schema, failures_schema
-from beam_jobs.image_embeddings.images import KnownBytes, load_image
+from beam_jobs.image_embeddings.earlier_runs import ReuseSource
+from beam_jobs.image_embeddings.images import HashedImage, load_image
 from beam_jobs.image_embeddings.launcher import prepare_launch, run
 from beam_jobs.image_embeddings.models import build_model, resolve_model
 from beam_jobs.image_embeddings.options import parse_known_args
 from beam_jobs.image_embeddings.reuse import (
-    EARLIER_COLUMNS,
-    EarlierEmbedding,
-    KeyByDigest,
-    copied_rows,
+    NEW_TAG,
+    CopyFromRowGroup,
+    EarlierRow,
+    NewestEarlierRows,
+    ReadDigests,
+    Wanted,
+    split_by_match,
 )
 from image_embeddings_airflow.validation import validate_output
 from tests.image_factory import write_images
@@ -65,41 +72,67 @@ def marker(output: Path) -> dict:
     return json.loads((output / "_SUCCESS").read_text())
 
 
-def test_earlier_rows_are_keyed_by_digest_with_their_day_size_and_thumbnail():
-    schema = embeddings_schema(2)
+def write_shard(folder: Path, rows: list[dict], dim: int = 2) -> Path:
+    """An earlier run's embeddings shard in `folder`, one row group per row."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "embeddings-00000-of-00001.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=embeddings_schema(dim)), path, row_group_size=1
+    )
+    return path
+
+
+def test_earlier_rows_are_located_by_digest_reading_only_the_digests(tmp_path):
+    rows = [{"uri": "a.jpg", "sha256": "aa"}, {"uri": "b.jpg", "sha256": "bb"}]
+    shard = write_shard(tmp_path / EARLIER, rows)
+    read = ReadDigests({str(tmp_path / EARLIER): EARLIER})
+    located = list(read.process(FileMetadata(str(shard), shard.stat().st_size)))
+    assert located == [
+        ("aa", EarlierRow(EARLIER, str(shard), 0, 0)),
+        ("bb", EarlierRow(EARLIER, str(shard), 1, 0)),
+    ]
+
+
+def test_bytes_present_on_every_earlier_day_are_one_row_of_the_newest(tmp_path):
+    days = [f"2026-11-{day:02d}" for day in range(1, 28)]
+    sources = [ReuseSource(day, str(tmp_path / day)) for day in days]
+    for day in days:
+        rows = [{"uri": f"{day}/{name}.jpg", "sha256": "hot"} for name in ("x", "copy-of-x")]
+        write_shard(tmp_path / day, [*rows, {"uri": f"{day}/only.jpg", "sha256": day}])
+    pipeline = test_pipeline.TestPipeline()
+    newest = pipeline | NewestEarlierRows(sources)
+    shard = str(tmp_path / EARLIER / "embeddings-00000-of-00001.parquet")
+    expected = [("hot", EarlierRow(EARLIER, shard, 1, 0))] + [
+        (day, EarlierRow(day, str(tmp_path / day / "embeddings-00000-of-00001.parquet"), 2, 0))
+        for day in days
+    ]
+    assert_that(newest, equal_to(expected))
+    pipeline.run().wait_until_finish()
+
+
+def test_matched_images_copy_the_earlier_row_and_the_others_go_to_the_model(tmp_path):
     rows = [
-        {"uri": "a.jpg", "embedding": [1.0, 2.0], "sha256": "aa", "width": 4, "height": 3},
-        {"uri": "b.jpg", "embedding": [3.0, 4.0], "sha256": "bb", "thumbnail": b"jpeg"},
+        {"uri": "old.jpg", "embedding": [1.0, 2.0], "sha256": "aa", "width": 4, "height": 3},
+        {"uri": "x.jpg", "embedding": [3.0, 4.0], "sha256": "bb", "thumbnail": b"jpeg"},
     ]
-    table = pa.Table.from_pylist(rows, schema=schema).select(EARLIER_COLUMNS)
-    key = KeyByDigest({"/out/2026-11-27": EARLIER})
-    keyed = list(key.process(("/out/2026-11-27/embeddings-00000-of-00001.parquet", table)))
-    assert [(digest, earlier.day, list(earlier.embedding)) for digest, earlier in keyed] == [
-        ("aa", EARLIER, [1.0, 2.0]),
-        ("bb", EARLIER, [3.0, 4.0]),
-    ]
-    facts = [(earlier.width, earlier.height, earlier.thumbnail) for _, earlier in keyed]
-    assert facts == [(4, 3, None), (None, None, b"jpeg")]
-    # An earlier day on which every image failed has shards without rows.
-    assert list(key.process(("/out/2026-11-27/embeddings-00000-of-00001.parquet", table[:0]))) == []
+    shard = str(write_shard(tmp_path / EARLIER, rows))
+    images = [HashedImage(uri, 99) for uri in ("x.jpg", "copy-of-x.jpg")]
+    earlier = EarlierRow(EARLIER, shard, 1, 0)
+    (wanted,) = split_by_match(("bb", {"images": images, "earlier": [earlier]}))
+    assert wanted == ((shard, 1), Wanted(0, EARLIER, "bb", images))
+    new = list(split_by_match(("cc", {"images": images[:1], "earlier": []})))
+    assert [(output.tag, output.value) for output in new] == [(NEW_TAG, "x.jpg")]
+    assert list(split_by_match(("aa", {"images": [], "earlier": [earlier]}))) == []
 
-
-def test_the_newest_earlier_day_lends_the_embedding_to_every_uri_with_those_bytes():
-    images = [KnownBytes(uri, 99) for uri in ("x.jpg", "copy-of-x.jpg")]
-    earlier = [
-        EarlierEmbedding(day, np.full(2, value), 4, 3, f"thumb {day}".encode())
-        for day, value in (("2026-11-20", 1.0), (EARLIER, 2.0), ("2026-11-25", 0.0))
+    copied = list(CopyFromRowGroup("m", "float32").process(((shard, 1), [wanted[1]])))
+    assert [(row["uri"], row["reused_from"], list(row["embedding"])) for row in copied] == [
+        ("x.jpg", EARLIER, [3.0, 4.0]),
+        ("copy-of-x.jpg", EARLIER, [3.0, 4.0]),
     ]
-    rows = list(copied_rows(("aa", {"images": images, "earlier": earlier}), "m", "float32"))
-    assert [(row["uri"], row["reused_from"], list(row["embedding"])) for row in rows] == [
-        ("x.jpg", EARLIER, [2.0, 2.0]),
-        ("copy-of-x.jpg", EARLIER, [2.0, 2.0]),
-    ]
-    assert {(row["sha256"], row["size_bytes"], row["width"], row["height"]) for row in rows} == {
-        ("aa", 99, 4, 3)
+    facts = {
+        (r["sha256"], r["size_bytes"], r["width"], r["height"], r["thumbnail"]) for r in copied
     }
-    assert {row["thumbnail"] for row in rows} == {f"thumb {EARLIER}".encode()}
-    assert list(copied_rows(("bb", {"images": [], "earlier": earlier}), "m", "float32")) == []
+    assert facts == {("bb", 99, None, None, b"jpeg")}
 
 
 @dataclass
@@ -258,3 +291,26 @@ def test_reuse_on_gcs(gcs_emulator, tmp_path):
     assert (record["embedded"], record["reused"]) == (4, 3)
     report = validate_output(f"{root}/embeddings/{DAY}", max_failure_rate=0.0)
     assert report.ok and report.counts["reused"] == 3
+
+
+def test_worker_processes_reuse_the_same_rows(two_days, tmp_path):
+    outputs = tmp_path / "embeddings"
+    shutil.copytree(two_days.earlier, outputs / EARLIER)
+    files = [*two_days.shared, *two_days.new, two_days.broken]
+    run_day(
+        outputs / DAY,
+        files,
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+    )
+    rows, expected = rows_of(outputs / DAY), rows_of(two_days.day)
+    assert {uri: row["reused_from"] for uri, row in rows.items()} == {
+        uri: row["reused_from"] for uri, row in expected.items()
+    }
+    for uri, row in rows.items():
+        stored, wanted = np.float32(row["embedding"]), np.float32(expected[uri]["embedding"])
+        if row["reused_from"]:
+            assert np.array_equal(stored, wanted)
+        else:
+            np.testing.assert_allclose(stored, wanted, rtol=1e-3, atol=1e-4 * np.abs(wanted).max())
+    assert (marker(outputs / DAY)["reused"], marker(outputs / DAY)["failed"]) == (SHARED, 1)
