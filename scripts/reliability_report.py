@@ -36,6 +36,8 @@ class Totals:
     skipped: Counter = field(default_factory=Counter)
     unaccounted: int = 0
     overlapping_runs: int = 0
+    stale_commits_refused: int = 0
+    lease_rounds: int = 0
 
 
 def add(totals: Totals, result: dict) -> None:
@@ -60,6 +62,8 @@ def add(totals: Totals, result: dict) -> None:
         "leaks",
         "unaccounted",
         "overlapping_runs",
+        "stale_commits_refused",
+        "lease_rounds",
     ):
         setattr(totals, name, getattr(totals, name) + result.get(name, 0))
 
@@ -101,6 +105,8 @@ def problems(totals: Totals) -> list[str]:
         "image format": len(totals.formats),
         "skipped object": sum(totals.skipped.values()),
         "overlapping run of one day": totals.overlapping_runs,
+        "stale writer's commit": totals.stale_commits_refused,
+        "gs:// lease round": totals.lease_rounds,
     }
     found += [f"no {what} in the results" for what, count in tried.items() if not count]
     return found
@@ -123,6 +129,16 @@ def table(totals: Totals) -> list[tuple[str, str, str]]:
             "overlapping runs of one day",
             str(totals.overlapping_runs),
             "one writes at a time; the day ends complete",
+        ),
+        (
+            "stale-writer commits refused",
+            str(totals.stale_commits_refused),
+            "a run that lost the day deletes and publishes nothing",
+        ),
+        (
+            "gs:// lease rounds",
+            str(totals.lease_rounds),
+            "16 contenders on a server honouring ifGenerationMatch: one winner each",
         ),
         ("manifest entries checked", str(totals.entries), "after every run above"),
         ("entries lost", str(totals.lost), "must be 0"),

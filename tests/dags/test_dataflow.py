@@ -132,12 +132,15 @@ def test_killing_the_deferred_sensor_cancels_the_job_from_the_triggerer(dataflow
         expected_statuses={"JOB_STATE_DONE"},
         project_id=PROJECT,
         location=REGION,
+        lease={"plan": {"output_dir": "/days/2026-11-28"}, "holder": "dag:x:y", "token": 7},
+        renew_every_s=3600.0,
     )
     classpath, kwargs = trigger.serialize()
     module, _, name = classpath.rpartition(".")
     revived = getattr(importlib.import_module(module), name)(**kwargs)
     asyncio.run(revived.on_kill())
     assert dataflow_api.jobs[job_id]["currentState"] == "JOB_STATE_CANCELLED"
+    assert revived.lease["token"] == 7
 
 
 def test_killing_embed_cancels_the_job_it_launched_or_reused(dataflow_api):

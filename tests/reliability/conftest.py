@@ -43,6 +43,8 @@ class Observation:
     skipped: Counter = field(default_factory=Counter)  # skip reason -> objects
     unaccounted: int = 0  # objects of a day neither embedded, failed nor skipped
     overlapping_runs: int = 0
+    stale_commits_refused: int = 0
+    lease_rounds: int = 0
     outcome: str = "not run"
 
     def add(self, accounting: Accounting) -> Accounting:
