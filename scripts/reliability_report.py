@@ -38,6 +38,7 @@ class Totals:
     overlapping_runs: int = 0
     stale_commits_refused: int = 0
     lease_rounds: int = 0
+    killed_waits: int = 0
 
 
 def add(totals: Totals, result: dict) -> None:
@@ -64,6 +65,7 @@ def add(totals: Totals, result: dict) -> None:
         "overlapping_runs",
         "stale_commits_refused",
         "lease_rounds",
+        "killed_waits",
     ):
         setattr(totals, name, getattr(totals, name) + result.get(name, 0))
 
@@ -107,6 +109,7 @@ def problems(totals: Totals) -> list[str]:
         "overlapping run of one day": totals.overlapping_runs,
         "stale writer's commit": totals.stale_commits_refused,
         "gs:// lease round": totals.lease_rounds,
+        "run killed or timed out during wait": totals.killed_waits,
     }
     found += [f"no {what} in the results" for what, count in tried.items() if not count]
     return found
@@ -139,6 +142,11 @@ def table(totals: Totals) -> list[tuple[str, str, str]]:
             "gs:// lease rounds",
             str(totals.lease_rounds),
             "16 contenders on a server honouring ifGenerationMatch: one winner each",
+        ),
+        (
+            "runs killed or timed out during wait",
+            str(totals.killed_waits),
+            "the Dataflow job cancelled, the day's lease free",
         ),
         ("manifest entries checked", str(totals.entries), "after every run above"),
         ("entries lost", str(totals.lost), "must be 0"),

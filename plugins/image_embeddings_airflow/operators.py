@@ -12,7 +12,7 @@ from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus
 from airflow.providers.google.cloud.links.dataflow import DataflowJobLink
 from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
 from airflow.providers.google.cloud.sensors.dataflow import DataflowJobStatusSensor
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferralTimeout
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
 from image_embeddings_airflow.dag_tasks import dag_holder, read_success_marker
 from image_embeddings_airflow.dataflow import DataflowJobWaitTrigger, cancel_job, find_reusable_job
@@ -213,7 +213,7 @@ class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
     def resume_execution(self, next_method: str, next_kwargs: Any, context: Any) -> Any:
         try:
             return super().resume_execution(next_method, next_kwargs, context)
-        except TaskDeferralTimeout:
+        except AirflowSensorTimeout:
             # Nobody waits for the job any more: it must not go on writing the day.
             self._cancel("Waiting timed out")
             raise

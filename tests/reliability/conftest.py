@@ -45,6 +45,7 @@ class Observation:
     overlapping_runs: int = 0
     stale_commits_refused: int = 0
     lease_rounds: int = 0
+    killed_waits: int = 0
     outcome: str = "not run"
 
     def add(self, accounting: Accounting) -> Accounting:
