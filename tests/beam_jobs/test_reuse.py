@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from beam_jobs.image_embeddings import lease
 from beam_jobs.image_embeddings.contract import embeddings_schema, failures_schema
 from beam_jobs.image_embeddings.images import KnownBytes, load_image
 from beam_jobs.image_embeddings.launcher import prepare_launch, run
@@ -193,7 +194,10 @@ def test_a_rerun_with_late_files_embeds_only_those_even_after_a_dead_launch(two_
 
     # A launch that died once it had cleared the day: its earlier run is only in the aside copy.
     job, _ = parse_known_args(argv)
-    prepare_launch(job, count=False, fingerprint=marker(day)["model_fingerprint"])
+    taken = lease.acquire(str(day), lease.cli_holder())
+    fence = lease.Fence(str(day), taken.record.holder, taken.token)
+    prepare_launch(job, count=False, fingerprint=marker(day)["model_fingerprint"], fence=fence)
+    lease.release(taken)
     assert not (day / "_SUCCESS").exists() and not list(day.glob("embeddings-*"))
     assert (day / "_previous_run" / "_SUCCESS").exists()
 
