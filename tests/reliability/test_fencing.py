@@ -76,3 +76,25 @@ def test_sixteen_contenders_for_a_gs_day_get_one_lease_every_round(
 
         assert len(race(output, client)) == 1
         observe.lease_rounds += 1
+
+
+def test_the_dag_tasks_of_a_run_that_lost_the_day_fail_without_touching_it(tmp_path, observe):
+    """`stage_manifest` (which clears the day) and `reduce_dimensions` (the day's products)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from image_embeddings_airflow import dag_tasks
+
+    observe.area = "one run a day"
+    output = tmp_path / "embeddings" / "2026-11-28"
+    plan = {"output_dir": str(output), "input_dir": str(tmp_path / "images"), "day": "2026-11-28"}
+    stale = _expired_and_taken_over(str(output))
+    (output / "manifest.txt").write_text("the next run's manifest\n")
+
+    with pytest.raises(AirflowFailException, match="refusing to clear the day"):
+        dag_tasks.stage(plan, OLD, stale.token)
+    with pytest.raises(AirflowFailException, match="refusing to write the day's products"):
+        dag_tasks.reduce(plan, {}, OLD, stale.token)
+
+    assert (output / "manifest.txt").read_text() == "the next run's manifest\n"
+    assert sorted(path.name for path in output.iterdir()) == ["_LEASE", "manifest.txt"]
+    observe.stale_commits_refused += 2
