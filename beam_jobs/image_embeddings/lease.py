@@ -64,8 +64,8 @@ class LeaseRecord:
     # True when the lease lives only as long as its process (a command-line run holding the day
     # itself): once that process is gone from its host, the lease is abandoned at once.
     process_bound: bool = False
-    # The fencing token, kept by renewals; None on gs://, where it is the generation of the write
-    # that took the day.
+    # The fencing token: a counter, above the previous holder's, kept by renewals. It is written
+    # under the store's create-or-replace precondition, so two holders never share one.
     token: int | None = None
     ttl_secs: float | None = None
 
@@ -99,8 +99,8 @@ class _Stored:
     written_at: datetime | None = None
 
     @property
-    def token(self) -> int:
-        return self.record.token if self.record.token is not None else self.version
+    def token(self) -> int | None:
+        return self.record.token
 
     def expires(self) -> datetime:
         """The write's time on the store plus the TTL: no writer's clock moves it."""
@@ -154,10 +154,6 @@ class _LocalStore:
             return None
         return _Stored(record, record)
 
-    def new_token(self, previous: _Stored | None) -> int:
-        # A counter that outlives released leases: nanoseconds, above the previous holder's.
-        return max(time.time_ns(), previous.token + 1 if previous else 0)
-
     def create(self, record: LeaseRecord) -> Any:
         os.makedirs(self._folder, exist_ok=True)
         partial = self._write_partial(record)
@@ -202,8 +198,7 @@ class _LocalStore:
 class _GcsStore:
     """A lease object on GCS: every write carries a generation precondition (0: must not exist).
 
-    The token is the generation of the write that took the day; the service's `updated` time of
-    the last write starts the TTL.
+    The service's `updated` time of the last write starts the TTL.
     """
 
     def __init__(self, output: str, client: Any) -> None:
@@ -225,9 +220,6 @@ class _GcsStore:
             # Gone, or replaced between the two requests: read as free; a write then conflicts.
             return None
         return _Stored(LeaseRecord.from_bytes(data), blob.generation, blob.updated)
-
-    def new_token(self, previous: _Stored | None) -> None:
-        return None
 
     def create(self, record: LeaseRecord) -> Any:
         return self.replace(record, 0)
@@ -287,8 +279,12 @@ def _record(holder: str, ttl: timedelta, process_bound: bool, token: int | None)
 
 
 def _written(output: str, record: LeaseRecord, version: Any, created: bool) -> Lease:
-    token = record.token if record.token is not None else version
-    return Lease(output, record, version, created, token)
+    return Lease(output, record, version, created, record.token)
+
+
+def _new_token(previous: _Stored | None) -> int:
+    """A counter that outlives released leases: nanoseconds, above the previous holder's."""
+    return max(time.time_ns(), (previous.token or 0) + 1 if previous else 0)
 
 
 def acquire(
@@ -309,7 +305,7 @@ def acquire(
     current = store.read()
     try:
         if current is None:
-            record = _record(holder, ttl, process_bound, store.new_token(None))
+            record = _record(holder, ttl, process_bound, _new_token(None))
             return _written(output, record, store.create(record), created=True)
         if current.record.holder == holder:
             record = _record(holder, ttl, process_bound, current.token)
@@ -324,7 +320,7 @@ def acquire(
             current.record.host,
             current.expires().isoformat(timespec="seconds"),
         )
-        record = _record(holder, ttl, process_bound, store.new_token(current))
+        record = _record(holder, ttl, process_bound, _new_token(current))
         return _written(output, record, store.replace(record, current.version), created=True)
     except _Conflict:
         winner = store.read()
