@@ -17,14 +17,15 @@ writes lives under `OUTPUT_ROOT/D/`, and a rerun of D replaces it.
 | `validate` | every manifest entry embedded or failed exactly once, vectors sound, failure rate |
 | `reduce_dimensions` | PCA outputs and plot; neighbours index, duplicates, drift; `report.html` |
 | `publish` | if `IMAGE_EMBEDDINGS_PUBLISH` names targets: D replaced in pgvector, BigQuery |
-| `release_day` | gives the day's `_LEASE` back, however the run ended |
+| `release_day` | gives the day's `_LEASE` back, however the run ended, once its job has ended |
 
 **Day D** is the `date` param when set, else the run's logical date. Scheduled runs start after
 their day has ended (data interval D 00:00 to D+1 00:00 UTC).
 Backfill: `airflow backfill create --dag-id image_embeddings --from-date D1 --to-date D2`.
 Manual runs, `make run` and backfills embed any day, before `IMAGE_EMBEDDINGS_START_DATE` too: that
 setting bounds the schedule only (a scheduled run of an earlier day is skipped, saying so).
-Killing or clearing `embed` or `wait` cancels the day's Dataflow job.
+Killing or clearing `embed` or `wait`, or `wait` timing out, cancels the day's Dataflow job.
+Every step that clears or publishes in the day's folder first checks the run's lease token.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from datetime import timedelta
 from airflow.sdk import Asset, CronDataIntervalTimetable, PokeReturnValue, TaskGroup, dag, task
 
 from image_embeddings_airflow import dag_tasks
-from image_embeddings_airflow.day_lease import POKE_INTERVAL, dag_holder
+from image_embeddings_airflow.dag_tasks import dag_holder
 from image_embeddings_airflow.operators import EmbedImagesOperator, WaitForEmbeddingsSensor
 from image_embeddings_airflow.params import dag_params
 
@@ -43,6 +44,9 @@ from image_embeddings_airflow.params import dag_params
 VALIDATED_EMBEDDINGS = Asset(name="image_embeddings_validated", group="image_embeddings")
 # A run, and a run waiting for its day, end after this long; a day's lease expires after it too.
 RUN_TIMEOUT = timedelta(hours=24)
+# How often a run whose day another run holds looks again (the sensor sleeps in between, without
+# holding a worker slot).
+POKE_INTERVAL = timedelta(seconds=30)
 
 
 @dag(
@@ -75,12 +79,12 @@ def image_embeddings():
         mode="reschedule",
     )
     def claim_day(plan: dict, dag_run=None) -> PokeReturnValue:
-        holder = dag_holder(dag_run.dag_id, dag_run.run_id)
-        return PokeReturnValue(is_done=dag_tasks.claim_day(plan, holder))
+        token = dag_tasks.claim_day(plan, dag_holder(dag_run.dag_id, dag_run.run_id))
+        return PokeReturnValue(is_done=token is not None, xcom_value=token)
 
     @task(multiple_outputs=True)
-    def stage_manifest(plan: dict, dag_run=None) -> dict:
-        return dag_tasks.stage(plan, dag_holder(dag_run.dag_id, dag_run.run_id))
+    def stage_manifest(plan: dict, token: int, dag_run=None) -> dict:
+        return dag_tasks.stage(plan, dag_holder(dag_run.dag_id, dag_run.run_id), token)
 
     @task(multiple_outputs=True)
     def prepare_model(plan: dict, manifest: str) -> dict:
@@ -91,8 +95,10 @@ def image_embeddings():
         return dag_tasks.validate(plan)
 
     @task(outlets=[VALIDATED_EMBEDDINGS])
-    def reduce_dimensions(plan: dict, marker: dict, outlet_events=None) -> dict:
-        summary = dag_tasks.reduce(plan, marker)
+    def reduce_dimensions(
+        plan: dict, marker: dict, token: int, dag_run=None, outlet_events=None
+    ) -> dict:
+        summary = dag_tasks.reduce(plan, marker, dag_holder(dag_run.dag_id, dag_run.run_id), token)
         outlet_events[VALIDATED_EMBEDDINGS].extra = summary
         return summary
 
@@ -105,32 +111,36 @@ def image_embeddings():
         return dag_tasks.publish_bigquery(plan)
 
     @task
-    def release_day(plan: dict, dag_run=None) -> bool:
-        return dag_tasks.release_day(plan, dag_holder(dag_run.dag_id, dag_run.run_id))
+    def release_day(plan: dict, token: int | None, dag_run=None, ti=None) -> bool:
+        from image_embeddings_airflow.dataflow import job_state
+
+        state = job_state(plan, ti.xcom_pull(task_ids="embed", key="dataflow_job_id"))
+        return dag_tasks.release_day(plan, dag_holder(dag_run.dag_id, dag_run.run_id), token, state)
 
     plan = resolve_run()
     claimed = claim_day(plan)
-    staged = stage_manifest(plan)
+    staged = stage_manifest(plan, claimed)
     prepared = prepare_model(plan, staged["uri"])
     embed = EmbedImagesOperator(
         task_id="embed",
         plan=plan,
         manifest=staged["uri"],
         prepared_model=prepared["prepared_model"],
+        lease_token=claimed,
     )
     wait = WaitForEmbeddingsSensor(
         task_id="wait",
         plan=plan,
         job_id="{{ ti.xcom_pull(task_ids='embed', key='dataflow_job_id') }}",
+        lease_token=claimed,
         execution_timeout=timedelta(hours=12),
     )
     validated = validate(plan)
-    reduced = reduce_dimensions(plan, wait.output)
+    reduced = reduce_dimensions(plan, wait.output, claimed)
     with TaskGroup("publish") as publish:
         publish_pgvector(plan)
         publish_bigquery(plan)
-    released = release_day(plan).as_teardown(setups=claimed)
-    claimed >> staged
+    released = release_day(plan, claimed).as_teardown(setups=claimed)
     embed >> wait >> validated >> reduced >> released
     validated >> publish >> released
 

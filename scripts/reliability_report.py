@@ -40,6 +40,9 @@ class Totals:
     injections_run: int = 0
     unauthorised: int = 0
     refused: int = 0
+    stale_commits_refused: int = 0
+    lease_rounds: int = 0
+    killed_waits: int = 0
 
 
 def add(totals: Totals, result: dict) -> None:
@@ -68,6 +71,9 @@ def add(totals: Totals, result: dict) -> None:
         "injections_run",
         "unauthorised",
         "refused",
+        "stale_commits_refused",
+        "lease_rounds",
+        "killed_waits",
     ):
         setattr(totals, name, getattr(totals, name) + result.get(name, 0))
 
@@ -115,6 +121,9 @@ def problems(totals: Totals) -> list[str]:
         "overlapping run of one day": totals.overlapping_runs,
         "script injection": totals.injections,
         "unauthorised request": totals.unauthorised,
+        "stale writer's commit": totals.stale_commits_refused,
+        "gs:// lease round": totals.lease_rounds,
+        "run killed or timed out during wait": totals.killed_waits,
     }
     found += [f"no {what} in the results" for what, count in tried.items() if not count]
     return found
@@ -137,6 +146,21 @@ def table(totals: Totals) -> list[tuple[str, str, str]]:
             "overlapping runs of one day",
             str(totals.overlapping_runs),
             "one writes at a time; the day ends complete",
+        ),
+        (
+            "stale-writer commits refused",
+            str(totals.stale_commits_refused),
+            "a run that lost the day deletes and publishes nothing",
+        ),
+        (
+            "gs:// lease rounds",
+            str(totals.lease_rounds),
+            "16 contenders on a server honouring ifGenerationMatch: one winner each",
+        ),
+        (
+            "runs killed or timed out during wait",
+            str(totals.killed_waits),
+            "the Dataflow job cancelled, the day's lease free",
         ),
         ("manifest entries checked", str(totals.entries), "after every run above"),
         ("entries lost", str(totals.lost), "must be 0"),

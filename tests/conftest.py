@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.gcs_emulator import running_emulator
+from tests.gcs_emulator import running_emulator, running_precondition_server
 from tests.postgres_server import running_postgres
 
 TEST_BUCKET = "image-embeddings-test"
@@ -43,6 +43,14 @@ def gcs_emulator():
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def precondition_gcs():
+    """fake-gcs-server, which honours `ifGenerationMatch` on writes: yields its address, with
+    the bucket TEST_BUCKET in it. Tests use folders of their own in it."""
+    with running_precondition_server(TEST_BUCKET) as host:
+        yield host
 
 
 @pytest.fixture

@@ -101,18 +101,39 @@ def lease_client(options: PipelineOptions, output: str):
 
 
 def take_day(job: JobOptions, options: PipelineOptions) -> lease.Lease:
-    """Hold the output folder for this run; LeaseHeld (naming the holder) if another run does."""
+    """Hold the output folder for this run; LeaseHeld (naming the holder) if another run does.
+
+    With `--lease_token`, the holder's lease must still be the one taken under that token
+    (LeaseLost if not), and is renewed.
+    """
     holder = job.lease_holder or lease.cli_holder()
-    taken = lease.acquire(
-        job.output,
-        holder,
-        timedelta(seconds=job.lease_ttl_secs),
-        lease_client(options, job.output),
-        # This command's own lease ends with it; a killed run's is taken over at once.
-        process_bound=job.lease_holder is None and not is_dataflow(options),
+    ttl = timedelta(seconds=job.lease_ttl_secs)
+    client = lease_client(options, job.output)
+    if job.lease_token is not None:
+        taken = lease.renew(job.output, holder, job.lease_token, ttl, client)
+    else:
+        taken = lease.acquire(
+            job.output,
+            holder,
+            ttl,
+            client,
+            # This command's own lease ends with it; a killed run's is taken over at once.
+            process_bound=job.lease_holder is None and not is_dataflow(options),
+        )
+    LOGGER.info(
+        "%s holds %s until %s (token %s)", holder, job.output, taken.record.expires_at, taken.token
     )
-    LOGGER.info("%s holds %s until %s", holder, job.output, taken.record.expires_at)
     return taken
+
+
+def fence_of(job: JobOptions, taken: lease.Lease | None) -> lease.Fence | None:
+    """What the job's steps check before they delete or publish: the lease taken at launch, or
+    for a dry run the `--lease_holder`/`--lease_token` given (None when not given)."""
+    if taken is not None:
+        return lease.Fence(job.output, taken.record.holder, taken.token)
+    if job.lease_token is not None:
+        return lease.Fence(job.output, job.lease_holder, job.lease_token)
+    return None
 
 
 def give_back(taken: lease.Lease, options: PipelineOptions, job_ended: bool) -> None:
@@ -129,13 +150,23 @@ def give_back(taken: lease.Lease, options: PipelineOptions, job_ended: bool) -> 
     lease.release(taken, lease_client(options, taken.output))
 
 
-def prepare_launch(job: JobOptions, count: bool, fingerprint: str) -> int | None:
+def renewal(job: JobOptions, options: PipelineOptions, fence: lease.Fence):
+    """Renew the run's lease while this command waits for its job."""
+    ttl = timedelta(seconds=job.lease_ttl_secs)
+    client = lease_client(options, job.output)
+    return lease.renewing(job.output, fence.holder, fence.token, ttl, client)
+
+
+def prepare_launch(
+    job: JobOptions, count: bool, fingerprint: str, fence: lease.Fence
+) -> int | None:
     """Check the manifest; set the earlier run's embeddings aside for reuse (when reuse is on and
-    it has this fingerprint); remove the earlier run's outputs (`_SUCCESS` first); count the
-    entries if asked.
+    it has this fingerprint); remove the earlier run's outputs (`_SUCCESS` first), while the run
+    holds the day; count the entries if asked.
     """
     if not io.exists(job.manifest):
         raise FileNotFoundError(f"manifest not found: {job.manifest}")
+    fence.check("clear the earlier run's outputs")
     if job.lookback_days or job.reuse_from:
         set_aside_previous_run(job.output, fingerprint)
     remove_earlier_run(job.output)
@@ -225,10 +256,12 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         # Offline: the folders named are taken as they are, unchecked.
         sources = [ReuseSource(folder_name(folder), folder) for folder in job.reuse_from]
         info["reuse_sources"] = reuse_record(sources)
-        return _run_built(pipeline, job, spec, options, info, None, sources, waits, dry_run)
+        fence = fence_of(job, None)
+        return _run_built(pipeline, job, spec, options, info, None, sources, waits, fence, dry_run)
     taken = take_day(job, options)
     try:
-        total = prepare_launch(job, count=waits, fingerprint=info[FINGERPRINT_KEY])
+        fence = fence_of(job, taken)
+        total = prepare_launch(job, count=waits, fingerprint=info[FINGERPRINT_KEY], fence=fence)
         sources = reuse_sources(
             job.output, job.lookback_days, job.reuse_from, info[FINGERPRINT_KEY]
         )
@@ -236,7 +269,10 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         info[PREVIOUS_FINGERPRINT_KEY] = previous_fingerprint(
             job.output, job.lookback_days or DEFAULT_LOOKBACK_DAYS, info[FINGERPRINT_KEY]
         )
-        result = _run_built(pipeline, job, spec, options, info, total, sources, waits, dry_run)
+        with renewal(job, options, fence) if waits else contextlib.nullcontext():
+            result = _run_built(
+                pipeline, job, spec, options, info, total, sources, waits, fence, dry_run
+            )
     finally:
         give_back(taken, options, job_ended=waits)
     return result
@@ -256,10 +292,12 @@ def _run_built(
     total: int | None,
     sources: Sequence[ReuseSource],
     waits: bool,
+    fence: lease.Fence | None,
     dry_run: bool,
 ) -> PipelineResult:
-    """Build the job into `pipeline`, run it, wait if asked, report."""
-    build_pipeline(pipeline, job, spec, info, total, sources)
+    """Build the job into `pipeline` (its commit fenced by `fence`), run it, wait if asked,
+    report."""
+    build_pipeline(pipeline, job, spec, info, total, sources, fence)
     LOGGER.info(
         "embedding %s entries of %s into %s with %s (%s weights, %s, %s)",
         "the" if total is None else total,

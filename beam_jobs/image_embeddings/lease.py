@@ -1,4 +1,4 @@
-"""The day lease: one run at a time writes a day's output folder; a dead run's lease expires."""
+"""The day lease: one run at a time writes a day's output folder, and only while it holds it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -20,6 +22,8 @@ LOGGER = logging.getLogger(__name__)
 
 # As the DAG's dagrun_timeout: a run that holds a day longer has been failed by Airflow already.
 DEFAULT_TTL = timedelta(hours=24)
+# A holder renews its lease this many times per TTL while its job runs.
+RENEWALS_PER_TTL = 4
 
 
 class LeaseHeld(RuntimeError):
@@ -31,6 +35,16 @@ class LeaseHeld(RuntimeError):
             f"day folder {output} is being written by {record.holder} (since {record.acquired_at}, "
             f"lease expires {record.expires_at}); this run does not touch it: wait for that run "
             f"to finish, or remove {join(output, LEASE_NAME)} if you know it is dead"
+        )
+
+
+class LeaseLost(RuntimeError):
+    """A step that deletes or publishes in the day folder is refused: its run no longer holds it."""
+
+    def __init__(self, output: str, action: str, reason: str) -> None:
+        super().__init__(
+            f"refusing to {action} in {output}: {reason}; another run may be writing the day, "
+            "so this run stops here without touching it"
         )
 
 
@@ -50,15 +64,10 @@ class LeaseRecord:
     # True when the lease lives only as long as its process (a command-line run holding the day
     # itself): once that process is gone from its host, the lease is abandoned at once.
     process_bound: bool = False
-
-    def expired(self, now: datetime) -> bool:
-        return datetime.fromisoformat(self.expires_at) <= now
-
-    def abandoned(self, now: datetime) -> bool:
-        """Expired, or bound to a process of this host that no longer runs."""
-        if self.expired(now):
-            return True
-        return self.process_bound and self.host == socket.gethostname() and not _alive(self.pid)
+    # The fencing token: a counter, above the previous holder's, kept by renewals. It is written
+    # under the store's create-or-replace precondition, so two holders never share one.
+    token: int | None = None
+    ttl_secs: float | None = None
 
     def to_bytes(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode("utf-8")
@@ -70,12 +79,45 @@ class LeaseRecord:
 
 @dataclass(frozen=True)
 class Lease:
-    """A held lease: its record, the version it was written at, whether this call created it."""
+    """A held lease: its record, the version it was written at, whether this call created it,
+    and its fencing token."""
 
     output: str
     record: LeaseRecord
     version: Any
     created: bool
+    token: int
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A lease as read from its store: the record, its version, and when the store wrote it
+    (the storage service's own clock; None where the store has none of its own)."""
+
+    record: LeaseRecord
+    version: Any
+    written_at: datetime | None = None
+
+    @property
+    def token(self) -> int | None:
+        return self.record.token
+
+    def expires(self) -> datetime:
+        """The write's time on the store plus the TTL: no writer's clock moves it."""
+        if self.written_at is not None and self.record.ttl_secs is not None:
+            return self.written_at + timedelta(seconds=self.record.ttl_secs)
+        return datetime.fromisoformat(self.record.expires_at)
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires() <= now
+
+    def abandoned(self, now: datetime) -> bool:
+        """Expired, or bound to a process of this host that no longer runs."""
+        if self.expired(now):
+            return True
+        record = self.record
+        on_this_host = record.host == socket.gethostname()
+        return record.process_bound and on_this_host and not _alive(record.pid)
 
 
 def _alive(pid: int) -> bool:
@@ -104,13 +146,13 @@ class _LocalStore:
         self._folder = output
         self._path = os.path.join(output, LEASE_NAME)
 
-    def read(self) -> tuple[LeaseRecord, Any] | None:
+    def read(self) -> _Stored | None:
         try:
             with open(self._path, "rb") as handle:
                 record = LeaseRecord.from_bytes(handle.read())
         except FileNotFoundError:
             return None
-        return record, record
+        return _Stored(record, record)
 
     def create(self, record: LeaseRecord) -> Any:
         os.makedirs(self._folder, exist_ok=True)
@@ -146,7 +188,7 @@ class _LocalStore:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX)
             current = self.read()
-            if current is None or current[1] != version:
+            if current is None or current.version != version:
                 raise _Conflict
             yield
         finally:
@@ -154,7 +196,10 @@ class _LocalStore:
 
 
 class _GcsStore:
-    """A lease object on GCS: every write carries a generation precondition (0: must not exist)."""
+    """A lease object on GCS: every write carries a generation precondition (0: must not exist).
+
+    The service's `updated` time of the last write starts the TTL.
+    """
 
     def __init__(self, output: str, client: Any) -> None:
         bucket, _, folder = output.removeprefix("gs://").partition("/")
@@ -164,7 +209,7 @@ class _GcsStore:
     def _blob(self):
         return self._bucket.blob(self._blob_name)
 
-    def read(self) -> tuple[LeaseRecord, Any] | None:
+    def read(self) -> _Stored | None:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
         blob = self._blob()
@@ -174,7 +219,7 @@ class _GcsStore:
         except (NotFound, PreconditionFailed):
             # Gone, or replaced between the two requests: read as free; a write then conflicts.
             return None
-        return LeaseRecord.from_bytes(data), blob.generation
+        return _Stored(LeaseRecord.from_bytes(data), blob.generation, blob.updated)
 
     def create(self, record: LeaseRecord) -> Any:
         return self.replace(record, 0)
@@ -200,12 +245,46 @@ class _GcsStore:
             raise _Conflict from None
 
 
+def storage_client(output: str) -> Any:
+    """The storage client of the lease on a gs:// output (anonymous on an emulator); else None."""
+    if not output.startswith("gs://"):
+        return None
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return storage.Client.create_anonymous_client()
+    return storage.Client()
+
+
 def _store(output: str, gcs_client: Any):
     if output.startswith("gs://"):
         if gcs_client is None:
             raise ValueError(f"a gs:// day folder needs a storage client: {output}")
         return _GcsStore(output, gcs_client)
     return _LocalStore(output)
+
+
+def _record(holder: str, ttl: timedelta, process_bound: bool, token: int | None) -> LeaseRecord:
+    now = datetime.now(UTC)
+    return LeaseRecord(
+        holder=holder,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        acquired_at=now.isoformat(timespec="seconds"),
+        expires_at=(now + ttl).isoformat(timespec="milliseconds"),
+        process_bound=process_bound,
+        token=token,
+        ttl_secs=ttl.total_seconds(),
+    )
+
+
+def _written(output: str, record: LeaseRecord, version: Any, created: bool) -> Lease:
+    return Lease(output, record, version, created, record.token)
+
+
+def _new_token(previous: _Stored | None) -> int:
+    """A counter that outlives released leases: nanoseconds, above the previous holder's."""
+    return max(time.time_ns(), (previous.token or 0) + 1 if previous else 0)
 
 
 def acquire(
@@ -217,56 +296,103 @@ def acquire(
 ) -> Lease:
     """Take the day folder `output` for `holder`, for `ttl` from now.
 
-    The holder's own lease is renewed (a retried task, or the pipeline launched by the DAG run
-    that holds the day); an abandoned one (expired, or its process gone) is taken over, with a
-    warning naming its holder. A lease held by anyone else raises LeaseHeld, naming that holder.
-    Two callers racing for one lease: one wins, the other gets LeaseHeld.
+    The holder's own lease is renewed, keeping its token (a retried task); an abandoned one
+    (expired, or its process gone) is taken over, with a warning naming its holder, under a new
+    token. A lease held by anyone else raises LeaseHeld, naming that holder. Two callers racing
+    for one lease: one wins, the other gets LeaseHeld.
     """
     store = _store(output, gcs_client)
-    now = datetime.now(UTC)
-    record = LeaseRecord(
-        holder=holder,
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        acquired_at=now.isoformat(timespec="seconds"),
-        expires_at=(now + ttl).isoformat(timespec="seconds"),
-        process_bound=process_bound,
-    )
     current = store.read()
     try:
         if current is None:
-            return Lease(output, record, store.create(record), created=True)
-        held, version = current
-        if held.holder == holder:
-            return Lease(output, record, store.replace(record, version), created=False)
-        if not held.abandoned(now):
-            raise LeaseHeld(output, held)
+            record = _record(holder, ttl, process_bound, _new_token(None))
+            return _written(output, record, store.create(record), created=True)
+        if current.record.holder == holder:
+            record = _record(holder, ttl, process_bound, current.token)
+            return _written(output, record, store.replace(record, current.version), created=False)
+        if not current.abandoned(datetime.now(UTC)):
+            raise LeaseHeld(output, current.record)
         LOGGER.warning(
             "taking over %s: the lease of %s (pid %d on %s) was abandoned or expired at %s",
             output,
-            held.holder,
-            held.pid,
-            held.host,
-            held.expires_at,
+            current.record.holder,
+            current.record.pid,
+            current.record.host,
+            current.expires().isoformat(timespec="seconds"),
         )
-        return Lease(output, record, store.replace(record, version), created=True)
+        record = _record(holder, ttl, process_bound, _new_token(current))
+        return _written(output, record, store.replace(record, current.version), created=True)
     except _Conflict:
         winner = store.read()
-        if winner is None:
-            raise LeaseHeld(output, current[0]) from None
-        raise LeaseHeld(output, winner[0]) from None
+        raise LeaseHeld(output, (winner or current).record) from None
 
 
-def check_held(output: str, holder: str, gcs_client: Any = None) -> None:
-    """Raise LeaseHeld unless `holder` holds an unexpired lease on `output`."""
-    current = _store(output, gcs_client).read()
+def _held(store, output: str, holder: str, token: int, action: str) -> _Stored:
+    """The stored lease, if `holder` holds it under `token` and it has not expired."""
+    current = store.read()
     if current is None:
-        raise RuntimeError(f"{holder} does not hold {output}: no lease; take the day first")
-    record = current[0]
-    if record.holder != holder:
-        raise LeaseHeld(output, record)
-    if record.expired(datetime.now(UTC)):
-        raise RuntimeError(f"the lease of {holder} on {output} expired at {record.expires_at}")
+        raise LeaseLost(output, action, f"{holder} holds no lease there (no lease)")
+    if current.record.holder != holder or current.token != token:
+        raise LeaseLost(
+            output,
+            action,
+            f"the lease is {current.record.holder}'s under token {current.token}, not "
+            f"{holder}'s under token {token}",
+        )
+    if current.expired(datetime.now(UTC)):
+        raise LeaseLost(
+            output, action, f"the lease of {holder} expired at {current.expires().isoformat()}"
+        )
+    return current
+
+
+def check_held(output: str, holder: str, token: int, action: str, gcs_client: Any = None) -> None:
+    """Fencing: raise LeaseLost unless `holder` holds an unexpired lease on `output` under
+    `token`. Called before every step that deletes or publishes in the day folder."""
+    _held(_store(output, gcs_client), output, holder, token, action)
+
+
+def renew(
+    output: str, holder: str, token: int, ttl: timedelta = DEFAULT_TTL, gcs_client: Any = None
+) -> Lease:
+    """Extend `holder`'s lease under `token` by `ttl` from now; LeaseLost when it is no longer
+    held so (taken over after expiring, or released)."""
+    store = _store(output, gcs_client)
+    current = _held(store, output, holder, token, "renew the lease")
+    record = _record(holder, ttl, current.record.process_bound, token)
+    try:
+        return _written(output, record, store.replace(record, current.version), created=False)
+    except _Conflict:
+        raise LeaseLost(output, "renew the lease", "it changed while renewing") from None
+
+
+@contextlib.contextmanager
+def renewing(
+    output: str, holder: str, token: int, ttl: timedelta, gcs_client: Any = None
+) -> Iterator[None]:
+    """Renew the lease in the background, RENEWALS_PER_TTL times per `ttl`, while the block runs.
+
+    A lost lease is logged and renewing stops: the run's fenced steps refuse on their own.
+    """
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(ttl.total_seconds() / RENEWALS_PER_TTL):
+            try:
+                renew(output, holder, token, ttl, gcs_client)
+            except LeaseLost as lost:
+                LOGGER.error("%s", lost)
+                return
+            except Exception:  # A storage hiccup: the next renewal tries again.
+                LOGGER.warning("renewing the lease of %s failed", output, exc_info=True)
+
+    thread = threading.Thread(target=keep, name="lease-renewal", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def release(lease: Lease, gcs_client: Any = None) -> bool:
@@ -281,10 +407,23 @@ def release(lease: Lease, gcs_client: Any = None) -> bool:
     return True
 
 
-def release_held(output: str, holder: str, gcs_client: Any = None) -> bool:
-    """Give the day back if `holder` holds it (an end-of-run cleanup); True when released."""
+def release_held(output: str, holder: str, token: int, gcs_client: Any = None) -> bool:
+    """Give the day back if `holder` holds it under `token` (an end-of-run cleanup); True when
+    released."""
     current = _store(output, gcs_client).read()
-    if current is None or current[0].holder != holder:
+    if current is None or current.record.holder != holder or current.token != token:
         return False
-    record, version = current
-    return release(Lease(output, record, version, created=False), gcs_client)
+    return release(_written(output, current.record, current.version, created=False), gcs_client)
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a pipeline step needs to check, anywhere it runs, that its run still holds the day."""
+
+    output: str
+    holder: str
+    token: int
+
+    def check(self, action: str) -> None:
+        """Raise LeaseLost unless the run still holds the day: before `action`."""
+        check_held(self.output, self.holder, self.token, action, storage_client(self.output))

@@ -54,6 +54,7 @@ class JobOptions:
     progress_interval_secs: float = 30.0
     wait_until_finish: bool = False
     lease_holder: str | None = None  # None: this command holds the day, as `cli:<host>:<pid>`
+    lease_token: int | None = None  # None: the holder's lease as found (or taken) at launch
     lease_ttl_secs: float = DEFAULT_TTL.total_seconds()
     lookback_days: int = DEFAULT_LOOKBACK_DAYS
     reuse_from: tuple[str, ...] = ()
@@ -221,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
         "renewed); default: this command, as cli:<host>:<pid>, giving it back when it ends",
     )
     lease.add_argument(
+        "--lease_token",
+        metavar="TOKEN",
+        type=int,
+        default=JobOptions.lease_token,
+        help="with --lease_holder: the fencing token under which NAME took the day (the DAG "
+        "passes the one claim_day got); the job refuses to clear, commit or publish once the "
+        "lease is no longer NAME's under TOKEN",
+    )
+    lease.add_argument(
         "--lease_ttl_secs",
         metavar="SECONDS",
         type=_positive_float,
@@ -353,6 +363,8 @@ def parse_known_args(argv: Sequence[str] | None) -> tuple[JobOptions, list[str]]
     parser = build_parser()
     known, beam_args = parser.parse_known_args(argv)
     job = JobOptions(**vars(known))
+    if job.lease_token is not None and job.lease_holder is None:
+        parser.error("argument --lease_token: it is the token of a --lease_holder: name both")
     try:
         check_weights(resolve_model(job.model), job.weights)
     except (ValueError, OSError) as error:

@@ -27,6 +27,7 @@ from beam_jobs.image_embeddings.contract import (
     join,
     shard_glob,
 )
+from beam_jobs.image_embeddings.lease import Fence
 from beam_jobs.image_embeddings.marker import success_record
 
 LOGGER = logging.getLogger(__name__)
@@ -199,12 +200,26 @@ class WriteFailures(beam.PTransform):
 
 class _CommitFn(beam.DoFn):
     """Runs once, after both writes: checks the counts, removes stale files, writes `_SUCCESS`,
-    then deletes the earlier run's embeddings that the launch had set aside for reuse."""
+    then deletes the earlier run's embeddings that the launch had set aside for reuse.
 
-    def __init__(self, output: str, run_info: Mapping[str, Any], declared_dim: int | None):
+    With a `fence`, each deletion and the marker first check that the run still holds the day.
+    """
+
+    def __init__(
+        self,
+        output: str,
+        run_info: Mapping[str, Any],
+        declared_dim: int | None,
+        fence: Fence | None,
+    ):
         self._output = output
         self._run_info = dict(run_info)
         self._declared_dim = declared_dim
+        self._fence = fence
+
+    def _check_fence(self, action: str) -> None:
+        if self._fence is not None:
+            self._fence.check(action)
 
     def process(
         self,
@@ -231,6 +246,7 @@ class _CommitFn(beam.DoFn):
             )
         }
         names = [name for shards in kept.values() for name in shards]
+        self._check_fence("delete files this run did not write")
         day_outputs.remove(
             self._output,
             _listing(self._output),
@@ -253,10 +269,12 @@ class _CommitFn(beam.DoFn):
             "embeddings_files": kept[EMBEDDINGS_PREFIX],
             "failures_files": kept[FAILURES_PREFIX],
         }
+        self._check_fence(f"write {SUCCESS_MARKER}")
         io.write_text(
             marker_path(self._output), json.dumps(record, indent=2) + "\n", "application/json"
         )
         # Only now: had the run died before its marker, a rerun would still find them.
+        self._check_fence("delete the earlier run's embeddings set aside for reuse")
         io.delete_folders(io.folders_matching(self._output, PREVIOUS_RUN_FOLDER))
         yield record
 
@@ -275,15 +293,23 @@ class CommitOutput(beam.PTransform):
     Input: a dict of PCollections, `embeddings_files` and `failures_files` (paths the writes
     report), `uris` (distinct manifest entries), `embeddings` and `failures` (rows), `duplicates`
     (one int). `run_info` goes into the marker as is (model, weights, started_at, ...); the
-    marker counts `reused`, the embeddings rows copied from earlier runs.
+    marker counts `reused`, the embeddings rows copied from earlier runs. `fence`: the run's
+    hold on the day, checked before each deletion and the marker (None: unfenced).
     Output: the marker's record.
     """
 
-    def __init__(self, output: str, run_info: Mapping[str, Any], declared_dim: int | None):
+    def __init__(
+        self,
+        output: str,
+        run_info: Mapping[str, Any],
+        declared_dim: int | None,
+        fence: Fence | None = None,
+    ):
         super().__init__()
         self._output = output
         self._run_info = dict(run_info)
         self._declared_dim = declared_dim
+        self._fence = fence
 
     def expand(self, inputs: Mapping[str, beam.PCollection]):
         count = beam.combiners.Count.Globally
@@ -297,7 +323,7 @@ class CommitOutput(beam.PTransform):
             | "Once" >> beam.Create([None])
             | "Commit"
             >> beam.ParDo(
-                _CommitFn(self._output, self._run_info, self._declared_dim),
+                _CommitFn(self._output, self._run_info, self._declared_dim, self._fence),
                 embeddings_files=AsList(inputs["embeddings_files"]),
                 failures_files=AsList(inputs["failures_files"]),
                 images=AsSingleton(inputs["uris"] | "CountImages" >> count()),

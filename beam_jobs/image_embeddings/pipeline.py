@@ -18,6 +18,7 @@ from beam_jobs.image_embeddings.contract import (
 )
 from beam_jobs.image_embeddings.earlier_runs import ReuseSource
 from beam_jobs.image_embeddings.images import FAILED_TAG, LoadedImage, LoadImageFn
+from beam_jobs.image_embeddings.lease import Fence
 from beam_jobs.image_embeddings.models import KerasModelHandler, ModelSpec
 from beam_jobs.image_embeddings.openvino_engine import OpenVINOModelHandler
 from beam_jobs.image_embeddings.options import JobOptions
@@ -206,9 +207,10 @@ def build_pipeline(
     run_info: dict[str, Any],
     total: int | None,
     reuse_from: Sequence[ReuseSource] = (),
+    fence: Fence | None = None,
 ) -> None:
     """Add the whole job to `pipeline`: read, embed (reusing `reuse_from`), write, track
-    progress, commit."""
+    progress, commit (while `fence` holds, when given)."""
     uris, duplicates = pipeline | "ReadManifest" >> ReadManifest(job.manifest)
     rows, failures = uris | "EmbedImages" >> EmbedImages(job, spec, reuse_from)
     embeddings_files = rows | "WriteEmbeddings" >> WriteEmbeddings(
@@ -228,4 +230,4 @@ def build_pipeline(
         "embeddings": rows,
         "failures": failures,
         "duplicates": duplicates,
-    } | "CommitOutput" >> CommitOutput(job.output, run_info, spec.dim)
+    } | "CommitOutput" >> CommitOutput(job.output, run_info, spec.dim, fence)

@@ -61,33 +61,93 @@ def resolve_run(
     return plan.as_dict()
 
 
-def claim_day(plan: Mapping[str, Any], holder: str) -> bool:
-    """Take the day's output folder for this run (the sensor pokes again while another has it)."""
-    from image_embeddings_airflow import day_lease
-
-    return day_lease.claim(plan["output_dir"], holder)
+def dag_holder(dag_id: str, run_id: str) -> str:
+    """The lease holder of a DAG run: `dag:<dag_id>:<run_id>`, what the UI shows for that run."""
+    return f"dag:{dag_id}:{run_id}"
 
 
-def release_day(plan: Mapping[str, Any], holder: str) -> bool:
-    """Give the day's output folder back, however the run ended."""
-    from image_embeddings_airflow import day_lease
+def _day(plan: Mapping[str, Any]) -> tuple[str, Any]:
+    """The day folder as the lease names it, and the storage client of its lease."""
+    from image_embeddings_airflow import storage
 
-    return day_lease.release(plan["output_dir"], holder)
+    output_dir = storage.absolute(plan["output_dir"])
+    return output_dir, storage.gcs_client() if storage.is_gcs(output_dir) else None
 
 
-def stage(plan: Mapping[str, Any], holder: str) -> dict[str, Any]:
+def fence(plan: Mapping[str, Any], holder: str, token: int, action: str) -> None:
+    """Fail the task, without retries, unless this run still holds the day under `token`."""
+    from beam_jobs.image_embeddings import lease
+
+    output_dir, client = _day(plan)
+    try:
+        lease.check_held(output_dir, holder, int(token), action, client)
+    except lease.LeaseLost as lost:
+        raise AirflowFailException(str(lost)) from None
+
+
+def claim_day(plan: Mapping[str, Any], holder: str) -> int | None:
+    """Take the day's output folder for this run: its fencing token, or None (logged, and the
+    sensor pokes again) while another run holds it."""
+    from beam_jobs.image_embeddings import lease
+
+    output_dir, client = _day(plan)
+    try:
+        taken = lease.acquire(output_dir, holder, lease.DEFAULT_TTL, client)
+    except lease.LeaseHeld as held:
+        log.info("Waiting: %s", held)
+        return None
+    log.info(
+        "%s holds %s until %s (token %s)", holder, output_dir, taken.record.expires_at, taken.token
+    )
+    return taken.token
+
+
+def renew_day(plan: Mapping[str, Any], holder: str, token: int) -> None:
+    """Extend this run's lease while its job runs; LeaseLost when the run no longer holds it."""
+    from beam_jobs.image_embeddings import lease
+
+    output_dir, client = _day(plan)
+    lease.renew(output_dir, holder, int(token), lease.DEFAULT_TTL, client)
+
+
+def release_day(
+    plan: Mapping[str, Any], holder: str, token: int | None, job_state: str | None
+) -> bool:
+    """Give the day's output folder back once the run's job has ended (`job_state`: the
+    Dataflow job's, None when none runs remotely); True when released."""
+    from beam_jobs.image_embeddings import lease
+
+    if token is None:
+        log.info("This run never held %s: nothing to give back", plan["output_dir"])
+        return False
+    if job_state is not None and not job_ended(job_state):
+        log.warning(
+            "Dataflow job is %s and may still write %s: the day stays held until the job's "
+            "lease expires",
+            job_state,
+            plan["output_dir"],
+        )
+        return False
+    output_dir, client = _day(plan)
+    released = lease.release_held(output_dir, holder, int(token), client)
+    log.info("%s %s", "Released" if released else "Did not hold", output_dir)
+    return released
+
+
+def job_ended(state: str) -> bool:
+    from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus
+
+    return state in DataflowJobStatus.TERMINAL_STATES
+
+
+def stage(plan: Mapping[str, Any], holder: str, token: int) -> dict[str, Any]:
     """Write the day's manifest; skip everything downstream when the day has no images.
 
     The run must hold the day: staging clears the folder, and never one another run writes.
     """
-    from beam_jobs.image_embeddings.lease import LeaseHeld
-    from image_embeddings_airflow import day_lease
     from image_embeddings_airflow.manifest import stage_manifest
 
-    try:
-        day_lease.check(plan["output_dir"], holder)
-    except LeaseHeld as held:
-        raise AirflowFailException(f"not staging: {held}") from None
+    fence(plan, holder, token, "clear the day and stage its manifest")
     info = stage_manifest(plan["input_dir"], plan["output_dir"])
     log.info("Day %s: %d images, %s", plan["day"], info.count, info.skipped.summary())
     if info.count == 0:
@@ -198,12 +258,15 @@ def run_summary(marker: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def reduce(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]:
+def reduce(
+    plan: Mapping[str, Any], marker: Mapping[str, Any], holder: str, token: int
+) -> dict[str, Any]:
     """Fit the PCA, project every embedding, plot, write the day's report.html; log where the
-    plot and the report are, and the run's summary."""
+    plot and the report are, and the run's summary. Only while the run holds the day."""
     from image_embeddings_airflow.reduction import reduce_dimensions
     from image_embeddings_airflow.report import write_report
 
+    fence(plan, holder, token, "write the day's products")
     try:
         result = reduce_dimensions(
             plan["output_dir"], plan["pca_components"], plan["pca_sample_size"]
@@ -212,6 +275,7 @@ def reduce(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]
         # Too few embeddings for a PCA: the same outputs fail the same way on a retry.
         raise AirflowFailException(str(error)) from None
     analysis = analyse(plan, marker)
+    fence(plan, holder, token, "write the day's report")
     report = write_report(plan["output_dir"], marker.get("dataflow_job_url"))
     summary = run_summary(marker)
     log.info("Plot of day %s: %s", plan["day"], result.plot_uri)

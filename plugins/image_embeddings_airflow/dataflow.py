@@ -1,8 +1,10 @@
-"""Dataflow jobs through the provider's hook: find the day's running job; cancel it on a kill."""
+"""Dataflow jobs through the provider's hook: find the day's running job; cancel it on a kill;
+renew the day's lease while waiting for it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from airflow.providers.google.cloud.hooks.dataflow import DataflowHook, DataflowJobStatus
@@ -85,13 +87,54 @@ def cancel_job(
     hook.cancel_job(job_id=job_id, project_id=project_id, location=location)
 
 
+def job_state(plan: Mapping[str, Any], job_id: str | None) -> str | None:
+    """The current state of the run's Dataflow job; None when it ran no job on Dataflow."""
+    if not job_id:
+        return None
+    hook = DataflowHook(gcp_conn_id=plan["gcp_conn_id"])
+    job = hook.get_job(job_id=job_id, project_id=plan["gcp_project"], location=plan["gcp_region"])
+    return job["currentState"]
+
+
 class DataflowJobWaitTrigger(DataflowJobStatusTrigger):
-    """The provider's job status trigger, plus: clearing or marking the deferred task cancels the
-    job (the provider's trigger leaves it running)."""
+    """The provider's job status trigger, plus: the run's day lease renewed while it waits
+    (`lease`: the plan, holder and token), and clearing or marking the deferred task cancels
+    the job (the provider's trigger leaves it running)."""
+
+    def __init__(self, *, lease: Mapping[str, Any], renew_every_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lease = dict(lease)
+        self.renew_every_s = renew_every_s
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         _, kwargs = super().serialize()
+        kwargs = {**kwargs, "lease": self.lease, "renew_every_s": self.renew_every_s}
         return f"{__name__}.{type(self).__name__}", kwargs
+
+    async def run(self):
+        renewal = asyncio.create_task(self._renew())
+        try:
+            async for event in super().run():
+                yield event
+        finally:
+            renewal.cancel()
+
+    async def _renew(self) -> None:
+        from beam_jobs.image_embeddings.lease import LeaseLost
+        from image_embeddings_airflow.dag_tasks import renew_day
+
+        while True:
+            try:
+                await sync_to_async(renew_day)(
+                    self.lease["plan"], self.lease["holder"], self.lease["token"]
+                )
+            except LeaseLost as lost:
+                # The job's own fenced steps refuse from now on; the wait goes on to its end.
+                self.log.error("%s", lost)
+                return
+            except Exception:
+                self.log.warning("Renewing the day's lease failed; trying again", exc_info=True)
+            await asyncio.sleep(self.renew_every_s)
 
     async def on_kill(self) -> None:
         self.log.info("Task killed by a user: cancelling Dataflow job %s", self.job_id)

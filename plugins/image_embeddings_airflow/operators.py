@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
@@ -11,11 +12,10 @@ from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus
 from airflow.providers.google.cloud.links.dataflow import DataflowJobLink
 from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
 from airflow.providers.google.cloud.sensors.dataflow import DataflowJobStatusSensor
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
-from image_embeddings_airflow.dag_tasks import read_success_marker
+from image_embeddings_airflow.dag_tasks import dag_holder, read_success_marker
 from image_embeddings_airflow.dataflow import DataflowJobWaitTrigger, cancel_job, find_reusable_job
-from image_embeddings_airflow.day_lease import dag_holder
 from image_embeddings_airflow.launch import (
     PIPELINE_MODULE,
     POLL_SLEEP_S,
@@ -25,9 +25,13 @@ from image_embeddings_airflow.launch import (
     wait_mode,
 )
 
+# The triggerer renews the day's lease this often while the job runs (the lease lasts 24 h).
+LEASE_RENEW_EVERY = timedelta(hours=1)
+
 
 class EmbedImagesOperator(BeamRunPythonPipelineOperator):
-    """Run `python -m beam_jobs.image_embeddings` for the run plan's day.
+    """Run `python -m beam_jobs.image_embeddings` for the run plan's day, under the run's lease
+    (`lease_token`: the token `claim_day` took the day under).
 
     On Dataflow it returns once the job is submitted, and a retry attaches to the day's job when
     it is still queued or running instead of starting a second one; killing the task cancels it.
@@ -38,15 +42,23 @@ class EmbedImagesOperator(BeamRunPythonPipelineOperator):
         "plan",
         "manifest",
         "prepared_model",
+        "lease_token",
     )
 
     def __init__(
-        self, *, plan: Any, manifest: Any, prepared_model: Any = None, **kwargs: Any
+        self,
+        *,
+        plan: Any,
+        manifest: Any,
+        prepared_model: Any = None,
+        lease_token: Any = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(py_file=PIPELINE_MODULE, py_options=["-m"], **kwargs)
         self.plan = plan
         self.manifest = manifest
         self.prepared_model = prepared_model
+        self.lease_token = lease_token
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         super().render_template_fields(context, jinja_env)
@@ -54,7 +66,8 @@ class EmbedImagesOperator(BeamRunPythonPipelineOperator):
         self.runner = arguments.runner
         # The pipeline writes the day under this run's lease, which `claim_day` took.
         holder = dag_holder(self.dag_id, context["run_id"])
-        self.pipeline_options = {**arguments.pipeline_options, "lease_holder": holder}
+        lease = {"lease_holder": holder, "lease_token": self.lease_token}
+        self.pipeline_options = {**arguments.pipeline_options, **lease}
         self.dataflow_config = (
             DataflowConfiguration(**arguments.dataflow_config) if arguments.dataflow_config else {}
         )
@@ -101,13 +114,19 @@ class EmbedImagesOperator(BeamRunPythonPipelineOperator):
 class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
     """Wait until the day's pipeline has finished, then return its `_SUCCESS` summary.
 
-    Dataflow: the job's state, deferred to the triggerer; a failed or cancelled job fails the task
-    at once, with the job's console link. Local runners have already finished inside `embed`.
+    Dataflow: the job's state, deferred to the triggerer, which renews the run's day lease
+    (`lease_token`) meanwhile; a failed or cancelled job fails the task at once, with the job's
+    console link; a wait that times out cancels the job. Local runners have already finished
+    inside `embed`.
     """
 
-    template_fields: Sequence[str] = (*DataflowJobStatusSensor.template_fields, "plan")
+    template_fields: Sequence[str] = (
+        *DataflowJobStatusSensor.template_fields,
+        "plan",
+        "lease_token",
+    )
 
-    def __init__(self, *, plan: Any, job_id: str, **kwargs: Any) -> None:
+    def __init__(self, *, plan: Any, job_id: str, lease_token: Any = None, **kwargs: Any) -> None:
         super().__init__(
             job_id=job_id,
             expected_statuses={DataflowJobStatus.JOB_STATE_DONE},
@@ -116,9 +135,11 @@ class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
             **kwargs,
         )
         self.plan = plan
+        self.lease_token = lease_token
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         super().render_template_fields(context, jinja_env)
+        self.holder = dag_holder(self.dag_id, context["run_id"])
         plan: Mapping[str, Any] = self.plan
         self.project_id = plan["gcp_project"]
         self.location = plan["gcp_region"]
@@ -145,6 +166,12 @@ class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
                         gcp_conn_id=self.gcp_conn_id,
                         poll_sleep=self.poll_interval,
                         impersonation_chain=self.impersonation_chain,
+                        lease={
+                            "plan": dict(self.plan),
+                            "holder": self.holder,
+                            "token": int(self.lease_token),
+                        },
+                        renew_every_s=LEASE_RENEW_EVERY.total_seconds(),
                     ),
                     method_name="execute_complete",
                     timeout=self.execution_timeout,
@@ -183,9 +210,20 @@ class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
             )
         return self._marker()
 
+    def resume_execution(self, next_method: str, next_kwargs: Any, context: Any) -> Any:
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except AirflowSensorTimeout:
+            # Nobody waits for the job any more: it must not go on writing the day.
+            self._cancel("Waiting timed out")
+            raise
+
     def on_kill(self) -> None:
+        self._cancel("Task killed")
+
+    def _cancel(self, why: str) -> None:
         if self.is_dataflow and self.job_id:
-            self.log.info("Task killed: cancelling Dataflow job %s", self.job_id)
+            self.log.info("%s: cancelling Dataflow job %s", why, self.job_id)
             cancel_job(
                 self.gcp_conn_id,
                 self.impersonation_chain,

@@ -31,6 +31,9 @@ DATAFLOW_ARGS = [
     f"--temp_location={BUCKET}/tmp",
     "--job_name=image-embeddings-2026-11-28",
     "--dry_run=True",
+    # As the DAG launches it: under its run's lease, and the token claim_day took it under.
+    "--lease_holder=dag:image_embeddings:manual__2026-11-28",
+    "--lease_token=1796397164239059027",
 ]
 CONTAINER = "europe-docker.pkg.dev/image-embeddings-test/beam/worker:1"
 STEPS = (
@@ -102,6 +105,25 @@ def test_commit_runs_after_both_writes(setup_file_job):
     inputs = {producers[pcollection] for pcollection in commit.inputs.values()}
     assert any(name.startswith("WriteEmbeddings/") for name in inputs)
     assert any(name.startswith("WriteFailures/") for name in inputs)
+
+
+def test_the_commit_on_the_workers_checks_the_runs_lease(setup_file_job):
+    from apache_beam.internal import pickler
+
+    from beam_jobs.image_embeddings.lease import Fence
+
+    job, _ = setup_file_job
+    (commit,) = [
+        t
+        for t in job.proto_pipeline.components.transforms.values()
+        if t.unique_name == "CommitOutput/Commit"
+    ]
+    do_fn = pickler.loads(
+        beam_runner_api_pb2.ParDoPayload.FromString(commit.spec.payload).do_fn.payload
+    )[0]
+    assert do_fn._fence == Fence(
+        f"{BUCKET}/2026-11-28", "dag:image_embeddings:manual__2026-11-28", 1796397164239059027
+    )
 
 
 def test_dry_run_keeps_the_cloud_options(setup_file_job):

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from beam_jobs.image_embeddings import lease
 from beam_jobs.image_embeddings.contract import SUCCESS_KEYS, embeddings_schema, failures_schema
 from beam_jobs.image_embeddings.outputs import (
     CommitOutput,
@@ -91,7 +92,12 @@ def _rows(count: int, dim: int) -> list[dict]:
 
 
 def _write_and_commit(
-    output: str, rows: list[dict], failures: list[dict], num_shards: int = 0, extra_uris=()
+    output: str,
+    rows: list[dict],
+    failures: list[dict],
+    num_shards: int = 0,
+    extra_uris=(),
+    fence: lease.Fence | None = None,
 ):
     with beam.Pipeline() as pipeline:
         embeddings = pipeline | "Rows" >> beam.Create(rows)
@@ -106,7 +112,7 @@ def _write_and_commit(
             "embeddings": embeddings,
             "failures": failed,
             "duplicates": pipeline | "Duplicates" >> beam.Create([2]),
-        } | "CommitOutput" >> CommitOutput(output, RUN_INFO, 4)
+        } | "CommitOutput" >> CommitOutput(output, RUN_INFO, 4, fence)
 
 
 def test_commit_leaves_exactly_this_runs_files(tmp_path: Path):
@@ -154,6 +160,37 @@ def test_commit_refuses_counts_that_do_not_add_up(tmp_path: Path):
     with pytest.raises(Exception, match="not writing _SUCCESS"):
         _write_and_commit(str(output), _rows(2, 4), [], extra_uris=["lost.jpg"])
     assert not (output / "_SUCCESS").exists()
+
+
+def test_a_commit_whose_run_lost_the_day_deletes_nothing_and_publishes_nothing(tmp_path: Path):
+    """The run's lease expired and the day's next run took it and wrote its files: the old
+    run's commit refuses before deleting them or writing `_SUCCESS`."""
+    output = tmp_path / "out"
+    stale = lease.acquire(str(output), "dag:image_embeddings:old", lease.timedelta(seconds=-1))
+    lease.acquire(str(output), "dag:image_embeddings:new", lease.DEFAULT_TTL)
+    (output / "manifest.txt").write_text("new run's manifest\n")
+    (output / "embeddings-00000-of-00002.parquet").write_bytes(b"the new run's shard")
+    fence = lease.Fence(str(output), stale.record.holder, stale.token)
+
+    with pytest.raises(Exception, match="refusing to delete files this run did not write"):
+        _write_and_commit(str(output), _rows(2, 4), [], num_shards=1, fence=fence)
+
+    assert not (output / "_SUCCESS").exists()
+    assert (output / "embeddings-00000-of-00002.parquet").read_bytes() == b"the new run's shard"
+
+
+def test_a_commit_that_holds_the_day_completes(tmp_path: Path):
+    output = tmp_path / "out"
+    taken = lease.acquire(str(output), "dag:image_embeddings:run", lease.DEFAULT_TTL)
+
+    _write_and_commit(
+        str(output),
+        _rows(2, 4),
+        [],
+        fence=lease.Fence(str(output), "dag:image_embeddings:run", taken.token),
+    )
+
+    assert json.loads((output / "_SUCCESS").read_text())["embedded"] == 2
 
 
 def test_an_earlier_run_is_removed_and_the_run_inputs_stay(tmp_path: Path):

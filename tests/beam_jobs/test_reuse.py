@@ -17,6 +17,7 @@ from apache_beam.io.filesystem import FileMetadata
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from beam_jobs.image_embeddings import lease
 from beam_jobs.image_embeddings.contract import embeddings_schema, failures_schema
 from beam_jobs.image_embeddings.earlier_runs import ReuseSource
 from beam_jobs.image_embeddings.images import HashedImage, load_image
@@ -226,7 +227,10 @@ def test_a_rerun_with_late_files_embeds_only_those_even_after_a_dead_launch(two_
 
     # A launch that died once it had cleared the day: its earlier run is only in the aside copy.
     job, _ = parse_known_args(argv)
-    prepare_launch(job, count=False, fingerprint=marker(day)["model_fingerprint"])
+    taken = lease.acquire(str(day), lease.cli_holder())
+    fence = lease.Fence(str(day), taken.record.holder, taken.token)
+    prepare_launch(job, count=False, fingerprint=marker(day)["model_fingerprint"], fence=fence)
+    lease.release(taken)
     assert not (day / "_SUCCESS").exists() and not list(day.glob("embeddings-*"))
     assert (day / "_previous_run" / "_SUCCESS").exists()
 

@@ -132,12 +132,15 @@ def test_killing_the_deferred_sensor_cancels_the_job_from_the_triggerer(dataflow
         expected_statuses={"JOB_STATE_DONE"},
         project_id=PROJECT,
         location=REGION,
+        lease={"plan": {"output_dir": "/days/2026-11-28"}, "holder": "dag:x:y", "token": 7},
+        renew_every_s=3600.0,
     )
     classpath, kwargs = trigger.serialize()
     module, _, name = classpath.rpartition(".")
     revived = getattr(importlib.import_module(module), name)(**kwargs)
     asyncio.run(revived.on_kill())
     assert dataflow_api.jobs[job_id]["currentState"] == "JOB_STATE_CANCELLED"
+    assert revived.lease["token"] == 7
 
 
 def test_killing_embed_cancels_the_job_it_launched_or_reused(dataflow_api):
@@ -157,3 +160,46 @@ def test_killing_embed_cancels_the_job_it_launched_or_reused(dataflow_api):
     embed.dataflow_job_id = job_id
     embed.on_kill()
     assert dataflow_api.jobs[job_id]["currentState"] == "JOB_STATE_CANCELLED"
+
+
+def _renew_for_a_moment(trigger: DataflowJobWaitTrigger) -> None:
+    async def briefly() -> None:
+        renewal = asyncio.create_task(trigger._renew())
+        await asyncio.sleep(0.5)
+        renewal.cancel()
+
+    asyncio.run(briefly())
+
+
+def test_the_wait_trigger_renews_the_runs_lease_and_stops_once_it_is_lost(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from beam_jobs.image_embeddings import lease
+
+    output = str(tmp_path / "2026-11-28")
+    holder = "dag:image_embeddings:manual__2026-11-28"
+    taken = lease.acquire(output, holder, timedelta(hours=1))
+    trigger = DataflowJobWaitTrigger(
+        job_id="job",
+        expected_statuses={"JOB_STATE_DONE"},
+        project_id=PROJECT,
+        location=REGION,
+        lease={"plan": {"output_dir": output}, "holder": holder, "token": taken.token},
+        renew_every_s=0.1,
+    )
+
+    _renew_for_a_moment(trigger)
+    renewed = lease.LeaseRecord.from_bytes((tmp_path / "2026-11-28" / "_LEASE").read_bytes())
+    lease.acquire(output, holder, timedelta(seconds=-1))
+    lease.acquire(output, "dag:image_embeddings:next", timedelta(hours=1))
+    _renew_for_a_moment(trigger)
+
+    expires = datetime.fromisoformat(renewed.expires_at)
+    assert expires > datetime.now(UTC) + timedelta(hours=23)
+    assert renewed.token == taken.token
+    lease.check_held(
+        output,
+        "dag:image_embeddings:next",
+        lease.acquire(output, "dag:image_embeddings:next", timedelta(hours=1)).token,
+        "write",
+    )

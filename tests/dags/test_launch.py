@@ -155,7 +155,9 @@ def _rendered(environ, params=None):
 
     plan = resolve_run(params or {}, NOV_28, environ)
     with DAG("image_embeddings", schedule=None):
-        embed = EmbedImagesOperator(task_id="embed", plan=plan, manifest=MANIFEST)
+        embed = EmbedImagesOperator(
+            task_id="embed", plan=plan, manifest=MANIFEST, lease_token=1796397164239059027
+        )
     embed.render_template_fields(context={"run_id": "manual__2026-11-28"})
     return embed
 
@@ -205,6 +207,7 @@ def test_a_local_run_renders_a_direct_launch():
     assert embed.pipeline_options["weights"] == "random"
     # The pipeline writes under the lease that this run's claim_day took.
     assert embed.pipeline_options["lease_holder"] == "dag:image_embeddings:manual__2026-11-28"
+    assert embed.pipeline_options["lease_token"] == 1796397164239059027
     assert embed.dataflow_config == {}
 
 

@@ -47,6 +47,9 @@ class Observation:
     injections_run: int = 0  # of them, those a browser ran
     unauthorised: int = 0  # requests to the view without the right to read the DAG
     refused: int = 0
+    stale_commits_refused: int = 0
+    lease_rounds: int = 0
+    killed_waits: int = 0
     outcome: str = "not run"
 
     def add(self, accounting: Accounting) -> Accounting:

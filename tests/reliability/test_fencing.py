@@ -1,0 +1,100 @@
+"""A run that lost its day touches nothing of it; the day's lease raced on gs:// preconditions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from beam_jobs.image_embeddings import lease
+from tests.beam_jobs.test_lease import race
+from tests.beam_jobs.test_outputs import _rows, _write_and_commit
+from tests.conftest import TEST_BUCKET
+from tests.gcs_emulator import client_of
+
+OLD, NEW = "dag:image_embeddings:old-run", "dag:image_embeddings:new-run"
+
+
+def _expired_and_taken_over(output: str) -> lease.Lease:
+    stale = lease.acquire(output, OLD, timedelta(seconds=-1))
+    lease.acquire(output, NEW, lease.DEFAULT_TTL)
+    return stale
+
+
+def _released_and_taken_again(output: str) -> lease.Lease:
+    first = lease.acquire(output, OLD, lease.DEFAULT_TTL)
+    lease.release(first)
+    lease.acquire(output, OLD, lease.DEFAULT_TTL)
+    return first
+
+
+def _released(output: str) -> lease.Lease:
+    first = lease.acquire(output, OLD, lease.DEFAULT_TTL)
+    lease.release(first)
+    return first
+
+
+@pytest.mark.parametrize(
+    "lose_the_day", [_expired_and_taken_over, _released_and_taken_again, _released]
+)
+def test_a_stale_writers_commit_deletes_and_publishes_nothing(
+    tmp_path: Path, observe, lose_the_day
+):
+    """The old run's pipeline reaches its commit after losing the day: the next run's files stay,
+    and no `_SUCCESS` appears."""
+    observe.area = "one run a day"
+    output = tmp_path / "day"
+    stale = lose_the_day(str(output))
+    (output / "embeddings-00000-of-00002.parquet").write_bytes(b"the next run's shard")
+
+    with pytest.raises(Exception, match="refusing to delete files this run did not write"):
+        _write_and_commit(
+            str(output),
+            _rows(3, 4),
+            [],
+            num_shards=1,
+            fence=lease.Fence(str(output), OLD, stale.token),
+        )
+
+    assert (output / "embeddings-00000-of-00002.parquet").read_bytes() == b"the next run's shard"
+    assert not (output / "_SUCCESS").exists()
+    observe.stale_commits_refused += 1
+
+
+@pytest.mark.parametrize("expired_before", [False, True])
+def test_sixteen_contenders_for_a_gs_day_get_one_lease_every_round(
+    precondition_gcs, observe, expired_before
+):
+    observe.area = "one run a day"
+    client = client_of(precondition_gcs)
+    for _ in range(20):
+        output = f"gs://{TEST_BUCKET}/{uuid.uuid4().hex}/2026-11-28"
+        if expired_before:
+            lease.acquire(output, "killed-run", timedelta(seconds=-1), client)
+
+        assert len(race(output, client)) == 1
+        observe.lease_rounds += 1
+
+
+def test_the_dag_tasks_of_a_run_that_lost_the_day_fail_without_touching_it(tmp_path, observe):
+    """`stage_manifest` (which clears the day) and `reduce_dimensions` (the day's products)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from image_embeddings_airflow import dag_tasks
+
+    observe.area = "one run a day"
+    output = tmp_path / "embeddings" / "2026-11-28"
+    plan = {"output_dir": str(output), "input_dir": str(tmp_path / "images"), "day": "2026-11-28"}
+    stale = _expired_and_taken_over(str(output))
+    (output / "manifest.txt").write_text("the next run's manifest\n")
+
+    with pytest.raises(AirflowFailException, match="refusing to clear the day"):
+        dag_tasks.stage(plan, OLD, stale.token)
+    with pytest.raises(AirflowFailException, match="refusing to write the day's products"):
+        dag_tasks.reduce(plan, {}, OLD, stale.token)
+
+    assert (output / "manifest.txt").read_text() == "the next run's manifest\n"
+    assert sorted(path.name for path in output.iterdir()) == ["_LEASE", "manifest.txt"]
+    observe.stale_commits_refused += 2
