@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, SUCCESS_MARKER, shard_glob
+from beam_jobs.image_embeddings.vectors import row_cosines
 from benchmarks import imagesets
 from benchmarks.daily import write_synthetic_day
 from benchmarks.measure import (
@@ -46,7 +47,6 @@ from benchmarks.report import (
     ratio,
     render,
     repeated,
-    row_cosines,
     scaling,
     scaling_table,
     storage_table,
@@ -727,7 +727,8 @@ def bf16_agreement(fp32_output: Path, bf16_output: Path) -> dict:
     if sorted(reduced) != uris:
         raise RuntimeError(f"{fp32_output} and {bf16_output} embedded different images")
     cosines = row_cosines(
-        np.stack([reference[uri] for uri in uris]), np.stack([reduced[uri] for uri in uris])
+        np.stack([reference[uri] for uri in uris]).astype(np.float64),
+        np.stack([reduced[uri] for uri in uris]).astype(np.float64),
     )
     return {"images": len(uris), "min": float(cosines.min()), "mean": float(cosines.mean())}
 

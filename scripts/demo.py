@@ -16,10 +16,15 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins"), str(REPO / "scripts")]
 
 from demo_images import SCENES, day_images  # noqa: E402
 
-from beam_jobs.image_embeddings.contract import MANIFEST_NAME, SUCCESS_MARKER, join  # noqa: E402
+from beam_jobs.image_embeddings.contract import (  # noqa: E402
+    MANIFEST_NAME,
+    PCA_NAME,
+    PROJECTION_NAME,
+    REPORT_HTML_NAME,
+    SUCCESS_MARKER,
+    join,
+)
 from image_embeddings_airflow import storage  # noqa: E402
-from image_embeddings_airflow.reduction import PCA_NAME, PROJECTION_NAME  # noqa: E402
-from image_embeddings_airflow.report import REPORT_HTML_NAME  # noqa: E402
 from image_embeddings_airflow.settings import day_dir, load_settings  # noqa: E402
 from image_embeddings_airflow.validation import REPORT_NAME  # noqa: E402
 

@@ -18,23 +18,23 @@ from typing import Any
 import numpy as np
 
 from beam_jobs.image_embeddings.contract import (
+    DRIFT_NAME,
+    DUPLICATES_NAME,
     EMBEDDINGS_PREFIX,
     FAILURES_PREFIX,
     FINGERPRINT_KEY,
+    PCA_NAME,
+    PROJECTION_NAME,
+    REPORT_HTML_NAME,
     SUCCESS_MARKER,
     join,
     shard_glob,
 )
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.reduction import PCA_NAME, PROJECTION_NAME
 from image_embeddings_airflow.settings import day_dir
 
 log = logging.getLogger(__name__)
 
-REPORT_HTML_NAME = "report.html"
-# Written beside the day's outputs by the data-products tasks; each section shows when present.
-DUPLICATES_NAME = "duplicates.parquet"
-DRIFT_NAME = "drift.json"
 MAP_POINTS = 2000
 OUTLIERS = 12
 FAILURE_EXAMPLES = 5

@@ -7,11 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs.image_embeddings import neighbours
-from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, embeddings_schema
+from beam_jobs.image_embeddings.contract import DUPLICATES_NAME, SUCCESS_MARKER, embeddings_schema
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.day_index import read_day_index, write_day_index
 from image_embeddings_airflow.duplicates import (
-    DUPLICATES_NAME,
     count_in_validation,
     duplicates_schema,
     find_duplicates,
@@ -114,9 +113,9 @@ def expected_rows(old: list[str], new: list[str]) -> list[tuple]:
 def test_planted_copies_are_found_and_nothing_else(root):
     old, new, _ = two_days(root)
     folder = f"{root}/2026-11-28"
-    _, coordinates, index = reduce_and_index(folder)
+    reduce_and_index(folder)
 
-    result = find_duplicates(folder, "2026-11-28", coordinates, index, FINGERPRINT, 0.95, 30)
+    result = find_duplicates(folder, "2026-11-28", FINGERPRINT, 0.95, 30)
 
     rows = read_rows(f"{folder}/{DUPLICATES_NAME}")
     found = sorted((r["uri"], r["duplicate_of"], r["kind"], r["day_of_other"]) for r in rows)
@@ -132,12 +131,12 @@ def test_planted_copies_are_found_and_nothing_else(root):
 def test_threshold_and_lookback_bound_the_search(root):
     old, new, _ = two_days(root)
     folder = f"{root}/2026-11-28"
-    _, coordinates, index = reduce_and_index(folder)
+    reduce_and_index(folder)
 
-    strict = find_duplicates(folder, "2026-11-28", coordinates, index, FINGERPRINT, 1.0, 30)
+    strict = find_duplicates(folder, "2026-11-28", FINGERPRINT, 1.0, 30)
     assert strict.counts["near"] == 0 and strict.counts["exact"] == 2
 
-    today_only = find_duplicates(folder, "2026-11-28", coordinates, index, FINGERPRINT, 0.95, 0)
+    today_only = find_duplicates(folder, "2026-11-28", FINGERPRINT, 0.95, 0)
     assert today_only.counts["days_compared"] == []
     kinds = sorted(r["uri"] for r in read_rows(today_only.uri))
     assert kinds == sorted([new[30], new[40]])
@@ -147,10 +146,10 @@ def test_ivf_index_finds_the_same_copies(root, monkeypatch):
     monkeypatch.setattr(neighbours, "FLAT_MAX_ROWS", 20)
     old, new, _ = two_days(root)
     folder = f"{root}/2026-11-28"
-    _, coordinates, index = reduce_and_index(folder)
+    reduce_and_index(folder)
     assert type(read_day_index(folder).index).__name__ == "IndexIVFFlat"
 
-    find_duplicates(folder, "2026-11-28", coordinates, index, FINGERPRINT, 0.95, 30)
+    find_duplicates(folder, "2026-11-28", FINGERPRINT, 0.95, 30)
 
     rows = read_rows(f"{folder}/{DUPLICATES_NAME}")
     found = sorted((r["uri"], r["duplicate_of"], r["kind"], r["day_of_other"]) for r in rows)
@@ -162,9 +161,9 @@ def test_rows_without_digests_have_no_exact_copies(root):
     vectors[9] = vectors[4]
     write_day(root, "2026-11-28", vectors, [None] * 40)
     folder = f"{root}/2026-11-28"
-    _, coordinates, index = reduce_and_index(folder)
+    reduce_and_index(folder)
 
-    result = find_duplicates(folder, "2026-11-28", coordinates, index, FINGERPRINT, 0.95, 30)
+    result = find_duplicates(folder, "2026-11-28", FINGERPRINT, 0.95, 30)
 
     # Identical vectors without digests: a near copy at similarity 1, not an exact one.
     assert [r["kind"] for r in read_rows(result.uri)] == ["near"]
