@@ -522,6 +522,13 @@ def render(results: dict) -> str:
     if results["quick"]:
         heading += " (--quick: too few images for meaningful figures)"
     tables = results["tables"]
-    parts = [heading, tables["main"], tables["scaling"], tables["storage"], tables["daily"]]
+    parts = [
+        heading,
+        tables["main"],
+        tables["scaling"],
+        tables["storage"],
+        tables["daily"],
+        tables.get("scale", ""),
+    ]
     parts += ["Targets:", tables["targets"]]
     return "\n\n".join(part for part in parts if part) + "\n"

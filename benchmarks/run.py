@@ -53,13 +53,27 @@ from benchmarks.report import (
     targets,
     with_ratios,
 )
+from benchmarks.scale import measure as measure_analysis_scale
+from benchmarks.scale import parse_args as parse_scale_args
+from benchmarks.scale import table as scale_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "out"
 MODEL = "resnet50"
 WEIGHTS = "random"  # the same arithmetic as ImageNet's; nothing to download
 # "main" is the model ceiling and the pipeline on 640x480 photos, which the other rows compare to.
-SECTIONS = ("main", "openvino", "camera", "seed", "bf16", "reuse", "daily", "storage", "dag")
+SECTIONS = (
+    "main",
+    "openvino",
+    "camera",
+    "seed",
+    "bf16",
+    "reuse",
+    "daily",
+    "storage",
+    "dag",
+    "scale",
+)
 # Share of a reuse day's images that an earlier run embedded.
 REUSED_SHARE = 0.8
 TABLE_ORDER = (
@@ -354,9 +368,10 @@ def _version(package: str) -> str | None:
 
 
 def skipped_sections(args: argparse.Namespace) -> frozenset[str]:
-    """The sections not to run: those of --skip, all but those of --only, and bf16 and storage
-    without main (they compare with its runs)."""
+    """The sections not to run: those of --skip, all but those of --only, bf16 and storage
+    without main (they compare with its runs), and scale unless --only names it (an hour, 15 GB)."""
     skip = args.skip | (frozenset(SECTIONS) - args.only if args.only else frozenset())
+    skip |= frozenset() if "scale" in args.only else {"scale"}
     return skip | {"bf16", "storage"} if "main" in skip else skip
 
 
@@ -811,6 +826,11 @@ def measure_dag_parse(bench: Bench) -> dict:
 # --- entry point ----------------------------------------------------------------------------
 
 
+def measure_scale(out: Path) -> dict:
+    """The day's analysis at a million rows with a 30-day lookback (benchmarks/scale.py)."""
+    return measure_analysis_scale(parse_scale_args(["--out", str(out)]))
+
+
 def run(args: argparse.Namespace) -> dict:
     sizes = sizes_from(args)
     skip = skipped_sections(args)
@@ -858,6 +878,7 @@ def run(args: argparse.Namespace) -> dict:
     storage = [] if "storage" in skip else measure_storage(bench, photos, rows.get("seed_photos"))
     daily = [] if "daily" in skip else measure_daily(bench)
     dag = None if "dag" in skip else measure_dag_parse(bench)
+    scale = None if "scale" in skip else measure_scale(bench.out / "scale")
     guard = int8_guard(bench)
     checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag, reuse, guard)
     per_core = scaling(rows, about["cores"])
@@ -879,6 +900,7 @@ def run(args: argparse.Namespace) -> dict:
         "storage": storage,
         "daily": daily,
         "dag_parse": dag,
+        "scale": scale,
         "scaling": per_core,
         "targets": [target.to_dict() for target in checks],
         "tables": {
@@ -886,6 +908,7 @@ def run(args: argparse.Namespace) -> dict:
             "daily": daily_table(daily) if daily else "",
             "storage": storage_table(storage) if storage else "",
             "scaling": scaling_table(per_core) if per_core else "",
+            "scale": scale_table(scale) if scale else "",
             "targets": "\n".join(target.line() for target in checks),
         },
     }
