@@ -5,8 +5,8 @@ A day is `mean + basis.T @ (centre[cluster] + SPREAD * v) + NOISE * e`: clusters
 directions than they have), row variation inside the subspace, and small isotropic noise. Day D
 is written as real embeddings shards (float16 vectors); an earlier day of the lookback as only the
 products a later day's analysis reads (`pca.npz`, `neighbours.faiss`, `neighbours-ids.parquet`,
-`_SUCCESS`): its first `SAMPLE_ROWS` rows are full vectors (its PCA is fitted on `PCA_ROWS` of
-them, and day D copies some) projected exactly, and the other rows are drawn on the PCA axes
+`_SUCCESS`): its first `SAMPLE_ROWS` rows are full vectors (its PCA is fitted on them, and day D
+copies some) projected exactly, and the other rows are drawn on the PCA axes
 same distribution (isotropic noise projected on orthonormal axes stays isotropic) without 2048-d
 copies on disk. Others reuse it: `Space`, `day_vectors`, `write_day`, `write_lookback_day`.
 """
@@ -40,9 +40,7 @@ NOISE = 0.1
 # A near copy: the original plus this much isotropic noise (centred cosine about 0.999).
 NEAR_NOISE = 0.01
 CHUNK_ROWS = 10_000
-SAMPLE_ROWS = 20_000
-# Rows of an earlier day's sample that its PCA is fitted on.
-PCA_ROWS = 4096
+SAMPLE_ROWS = 4096
 COMPONENTS = 50
 FINGERPRINT = "5ca1e5ca1e5ca1e5"
 MODEL = "synthetic"
@@ -188,7 +186,7 @@ def write_lookback_day(folder: Path, space: Space, day: str, seed: int, rows: in
     sample = day_vectors(space, seed, 0, min(SAMPLE_ROWS, rows))
     # Randomized: the rows vary along LATENT directions, which it finds in seconds where the
     # reduce step's exact solver spends about a minute on the 2048 x 2048 eigenproblem here.
-    pca = PCA(COMPONENTS, svd_solver="randomized", random_state=seed).fit(sample[:PCA_ROWS])
+    pca = PCA(COMPONENTS, svd_solver="randomized", random_state=seed).fit(sample)
     save_pca(pca, len(sample), str(folder / PCA_NAME))
     axes = axes_of(pca)
     # Rows past the sample, on the axes: the mean's and the latent part's coordinates, and the
