@@ -72,7 +72,7 @@ airflow: setup ## Local Airflow (UI, API, scheduler) with this DAG; prints how t
 	scripts/airflow_local.sh standalone
 
 .PHONY: bench
-bench: setup ## Benchmarks: model ceiling, pipeline, seed's way, bf16, precisions (int8, bfloat16), daily steps, storage, DAG parse, search recall, publishing (BENCH_ARGS=--quick)
+bench: setup ## Benchmarks: model ceiling, pipeline, seed's way, bf16, precisions (int8, bfloat16), daily steps, storage, DAG parse, search recall, publishing (BENCH_ARGS=--quick; the analysis at scale: BENCH_ARGS="--only scale")
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean: ## Remove generated data, Airflow state and caches (keeps .venv)

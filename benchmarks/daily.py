@@ -139,15 +139,13 @@ def reduce(folder: str) -> dict:
 
 
 def duplicates(folder: str) -> dict:
-    from image_embeddings_airflow.day_index import write_day_index
+    from image_embeddings_airflow.day_index import read_index, write_day_index
     from image_embeddings_airflow.duplicates import find_duplicates
 
-    _, coordinates, index = write_day_index(folder)
-    result = find_duplicates(
-        folder, DAY, coordinates, index, None, DUPLICATE_THRESHOLD, LOOKBACK_DAYS
-    )
+    write_day_index(folder)
+    result = find_duplicates(folder, DAY, None, DUPLICATE_THRESHOLD, LOOKBACK_DAYS)
     return {
-        "rows": len(coordinates),
+        "rows": read_index(folder).ntotal,
         "exact": result.counts["exact"],
         "near": result.counts["near"],
     }

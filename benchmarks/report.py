@@ -52,16 +52,6 @@ def is_number(value: float | None) -> bool:
     return value is not None and not math.isnan(value)
 
 
-def row_cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row of `first` with the same row of `second` (float64)."""
-    first = np.asarray(first, dtype=np.float64)
-    second = np.asarray(second, dtype=np.float64)
-    norms = np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)
-    dots = np.einsum("ij,ij->i", first, second)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(norms > 0, dots / norms, np.where(dots == 0, 1.0, 0.0))
-
-
 @dataclass(frozen=True)
 class Pair:
     """A small and a large run of one command.
@@ -555,5 +545,6 @@ def render(results: dict) -> str:
     parts = [heading, tables["main"], tables.get("precision", ""), tables["scaling"]]
     parts += [tables["storage"], tables["daily"], tables.get("search", "")]
     parts.append(tables.get("publish", ""))
+    parts.append(tables.get("scale", ""))
     parts += ["Targets:", tables["targets"]]
     return "\n\n".join(part for part in parts if part) + "\n"

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, SUCCESS_MARKER, shard_glob
+from beam_jobs.image_embeddings.vectors import row_cosines
 from benchmarks import imagesets, search_recall
 from benchmarks.daily import _write_shard as write_shard
 from benchmarks.daily import shard_name, write_synthetic_day
@@ -49,13 +50,15 @@ from benchmarks.report import (
     ratio,
     render,
     repeated,
-    row_cosines,
     scaling,
     scaling_table,
     storage_table,
     targets,
     with_ratios,
 )
+from benchmarks.scale import measure as measure_analysis_scale
+from benchmarks.scale import parse_args as parse_scale_args
+from benchmarks.scale import table as scale_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "out"
@@ -75,6 +78,7 @@ SECTIONS = (
     "dag",
     "search",
     "publish",
+    "scale",
 )
 # Share of a reuse day's images that an earlier run embedded.
 REUSED_SHARE = 0.8
@@ -384,9 +388,10 @@ def _version(package: str) -> str | None:
 
 
 def skipped_sections(args: argparse.Namespace) -> frozenset[str]:
-    """The sections not to run: those of --skip, all but those of --only, and bf16 and storage
-    without main (they compare with its runs)."""
+    """The sections not to run: those of --skip, all but those of --only, bf16 and storage
+    without main (they compare with its runs), and scale unless --only names it (an hour, 15 GB)."""
     skip = args.skip | (frozenset(SECTIONS) - args.only if args.only else frozenset())
+    skip |= frozenset() if "scale" in args.only else {"scale"}
     return skip | {"bf16", "storage"} if "main" in skip else skip
 
 
@@ -793,7 +798,8 @@ def bf16_agreement(fp32_output: Path, bf16_output: Path) -> dict:
     if sorted(reduced) != uris:
         raise RuntimeError(f"{fp32_output} and {bf16_output} embedded different images")
     cosines = row_cosines(
-        np.stack([reference[uri] for uri in uris]), np.stack([reduced[uri] for uri in uris])
+        np.stack([reference[uri] for uri in uris]).astype(np.float64),
+        np.stack([reduced[uri] for uri in uris]).astype(np.float64),
     )
     return {"images": len(uris), "min": float(cosines.min()), "mean": float(cosines.mean())}
 
@@ -890,6 +896,11 @@ def precision_record(precisions: dict | None) -> dict | None:
     return {key: value for key, value in precisions.items() if key not in ("targets", "table")}
 
 
+def measure_scale(out: Path) -> dict:
+    """The day's analysis at a million rows with a 30-day lookback (benchmarks/scale.py)."""
+    return measure_analysis_scale(parse_scale_args(["--out", str(out)]))
+
+
 def run(args: argparse.Namespace) -> dict:
     sizes = sizes_from(args)
     skip = skipped_sections(args)
@@ -945,6 +956,7 @@ def run(args: argparse.Namespace) -> dict:
     dag = None if "dag" in skip else measure_dag_parse(bench)
     search = None if "search" in skip else measure_search(bench, args.quick)
     publish = None if "publish" in skip else measure_publish(bench, sizes.publish_rows)
+    scale = None if "scale" in skip else measure_scale(bench.out / "scale")
     guard = int8_guard(bench)
     checks = targets(rows, bench.pairs, cosine, daily, about["bf16_hardware"], dag, reuse, guard)
     checks += precisions["targets"] if precisions else []
@@ -970,6 +982,7 @@ def run(args: argparse.Namespace) -> dict:
         "dag_parse": dag,
         "search_recall": search,
         "publish": publish,
+        "scale": scale,
         "scaling": per_core,
         "targets": [target.to_dict() for target in checks],
         "tables": {
@@ -979,6 +992,7 @@ def run(args: argparse.Namespace) -> dict:
             "storage": storage_table(storage) if storage else "",
             "scaling": scaling_table(per_core) if per_core else "",
             "search": search_recall.table(search) if search else "",
+            "scale": scale_table(scale) if scale else "",
             "targets": "\n".join(target.line() for target in checks),
             "publish": publish_table(publish) if publish else "",
         },

@@ -15,10 +15,16 @@ from typing import TextIO
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
-from beam_jobs.image_embeddings.contract import MANIFEST_NAME, SUCCESS_MARKER, join  # noqa: E402
+from beam_jobs.image_embeddings.contract import (  # noqa: E402
+    MANIFEST_NAME,
+    PCA_NAME,
+    PLOT_NAME,
+    PROJECTION_NAME,
+    REPORT_HTML_NAME,
+    SUCCESS_MARKER,
+    join,
+)
 from image_embeddings_airflow import storage  # noqa: E402
-from image_embeddings_airflow.reduction import PCA_NAME, PROJECTION_NAME  # noqa: E402
-from image_embeddings_airflow.report import REPORT_HTML_NAME  # noqa: E402
 from image_embeddings_airflow.settings import day_dir, load_settings, validate_date  # noqa: E402
 from image_embeddings_airflow.validation import REPORT_NAME  # noqa: E402
 
@@ -79,7 +85,7 @@ def describe_day(output_root: str, day: str) -> list[str]:
         f"{marker['dim']}-d) in {marker['duration_s']:.0f} s",
         f"    outputs: {folder}/ ({len(files)} files)",
         f"    report:  {join(folder, REPORT_HTML_NAME)}",
-        f"    plot:    {join(folder, 'projection.png')}",
+        f"    plot:    {join(folder, PLOT_NAME)}",
     ]
     if missing:
         lines.append(f"    MISSING: {', '.join(missing)}")

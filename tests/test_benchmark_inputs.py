@@ -16,3 +16,25 @@ def test_a_synthetic_day_is_a_valid_day_of_the_current_schema(tmp_path):
     assert report.counts["embedded"] == 20
     (shard,) = day.glob("embeddings-*.parquet")
     assert pq.read_schema(shard).equals(embeddings_schema(8))
+
+
+def test_synthetic_days_hold_every_planted_copy_where_the_analysis_finds_it(tmp_path):
+    from benchmarks import scale, synthetic
+    from image_embeddings_airflow.day_index import write_day_index
+    from image_embeddings_airflow.duplicates import find_duplicates
+    from image_embeddings_airflow.reduction import reduce_dimensions
+
+    space = synthetic.Space.make(dim=128, clusters=50)
+    earlier = {"2026-12-30": 1, "2026-12-29": 2}
+    for day, seed in earlier.items():
+        synthetic.write_lookback_day(tmp_path / day, space, day, seed, synthetic.SAMPLE_ROWS + 500)
+    planted = synthetic.plants(scale.DAY, list(earlier), per_day=2)
+    folder = tmp_path / scale.DAY
+    synthetic.write_day(folder, space, scale.DAY, 0, 3000, planted, earlier)
+    reduce_dimensions(str(folder), 16, 2000)
+    write_day_index(str(folder))
+
+    find_duplicates(str(folder), scale.DAY, synthetic.FINGERPRINT, 0.95, 30)
+
+    assert scale.expected(planted) <= scale.found_rows(folder)
+    assert len(scale.expected(planted)) == 12

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from beam_jobs.image_embeddings.vectors import row_cosines, unit_rows
+
 NEIGHBOURS = 5
 
 
@@ -23,11 +25,6 @@ class AccuracyRefused(RuntimeError):
     """An int8 or bfloat16 model strays too far from float32; the message carries the figures."""
 
 
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, np.finfo(np.float32).tiny)
-
-
 def centred_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """Per image, the cosine of the two embeddings after subtracting the reference's mean.
 
@@ -35,12 +32,12 @@ def centred_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     measures what tells images apart.
     """
     centre = reference.mean(axis=0)
-    return np.sum(_unit_rows(reference - centre) * _unit_rows(candidate - centre), axis=1)
+    return row_cosines(reference - centre, candidate - centre)
 
 
 def nearest_neighbours(embeddings: np.ndarray, count: int = NEIGHBOURS) -> np.ndarray:
     """Per row, the indices of its `count` nearest other rows by cosine."""
-    unit = _unit_rows(embeddings.astype(np.float64))
+    unit = unit_rows(embeddings.astype(np.float64))
     similarity = unit @ unit.T
     np.fill_diagonal(similarity, -np.inf)
     return np.argsort(-similarity, axis=1, kind="stable")[:, :count]

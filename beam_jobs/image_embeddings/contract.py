@@ -22,6 +22,14 @@ PREVIOUS_RUN_FOLDER = "_previous_run"
 PCA_NAME = "pca.npz"
 NEIGHBOURS_INDEX_NAME = "neighbours.faiss"
 NEIGHBOURS_IDS_NAME = "neighbours-ids.parquet"
+# The day's products beside the embeddings: each image's PCA coordinates, their plot, a uniform
+# sample of the embeddings (for later days' drift references), duplicates, drift and the report.
+PROJECTION_NAME = "projection.parquet"
+PLOT_NAME = "projection.png"
+SAMPLE_NAME = "embedding-sample.npy"
+DUPLICATES_NAME = "duplicates.parquet"
+DRIFT_NAME = "drift.json"
+REPORT_HTML_NAME = "report.html"
 # Beam's shard name template, and the pattern that reads (index, count) back from a file name.
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SHARD_NUMBER = re.compile(r"-(\d+)-of-(\d+)" + re.escape(SHARD_SUFFIX) + "$")

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from beam_jobs.image_embeddings.vectors import unit_rows
+
 # Below this many rows an exact (flat) index costs less than training the IVF's coarse quantizer.
 FLAT_MAX_ROWS = 20_000
 # IVF lists: 2 sqrt(n); trained on up to 40 points a list (FAISS's own advice: 39 or more).
@@ -31,35 +33,60 @@ SEARCH_PROBED_LISTS = 64
 SEED = 0
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, float32; an all-zero row stays zero."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-
-
 def list_count(rows: int) -> int:
     """IVF lists for `rows` vectors."""
     return max(1, int(LISTS_PER_SQRT_ROW * math.sqrt(rows)))
 
 
-def build_index(coordinates: np.ndarray) -> Any:
-    """An inner-product index of the unit rows of `coordinates` (exact below FLAT_MAX_ROWS)."""
+def training_rows(rows: int) -> int:
+    """How many of `rows` vectors train the index's coarse quantizer (0: a flat index)."""
+    return 0 if rows <= FLAT_MAX_ROWS else min(rows, list_count(rows) * TRAINING_POINTS_PER_LIST)
+
+
+def empty_index(dim: int, rows: int, training: np.ndarray | None = None) -> Any:
+    """An inner-product index for `rows` vectors of `dim`, trained on `training` when it is IVF.
+
+    Rows are added afterwards with `add_rows`, a batch at a time: the index is the only thing
+    whose memory grows with the day (4 x dim bytes a row).
+    """
     import faiss
 
-    vectors = unit_rows(coordinates)
-    rows, dim = vectors.shape
     if rows <= FLAT_MAX_ROWS:
-        index = faiss.IndexFlatIP(dim)
-    else:
-        lists = list_count(rows)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-        training = min(rows, lists * TRAINING_POINTS_PER_LIST)
-        picks = np.sort(np.random.default_rng(SEED).choice(rows, size=training, replace=False))
-        index.train(vectors[picks])
-        index.nprobe = PROBED_LISTS
-    index.add(vectors)
+        return faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(
+        faiss.IndexFlatIP(dim), dim, list_count(rows), faiss.METRIC_INNER_PRODUCT
+    )
+    index.train(unit_rows(training))
+    index.nprobe = PROBED_LISTS
     return index
+
+
+def add_rows(index: Any, coordinates: np.ndarray) -> None:
+    """Append the unit rows of `coordinates` to the index."""
+    index.add(unit_rows(coordinates))
+
+
+def training_picks(rows: int) -> np.ndarray:
+    """The sorted row numbers that train the index of `rows` vectors (seeded)."""
+    size = training_rows(rows)
+    return np.sort(np.random.default_rng(SEED).choice(rows, size=size, replace=False))
+
+
+def build_index(coordinates: np.ndarray) -> Any:
+    """An inner-product index of the unit rows of `coordinates` (exact below FLAT_MAX_ROWS)."""
+    rows, dim = coordinates.shape
+    index = empty_index(dim, rows, coordinates[training_picks(rows)])
+    add_rows(index, coordinates)
+    return index
+
+
+def unit_vectors(index: Any, ids: np.ndarray) -> np.ndarray:
+    """The stored unit rows `ids` of an index (an IVF index gains its direct map first)."""
+    import faiss
+
+    if isinstance(index, faiss.IndexIVF) and not index.direct_map.type:
+        index.make_direct_map()
+    return index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
 
 
 def index_bytes(index: Any) -> bytes:

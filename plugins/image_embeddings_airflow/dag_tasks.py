@@ -313,15 +313,9 @@ def analyse(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any
     from image_embeddings_airflow.duplicates import count_in_validation, find_duplicates
 
     output_dir, day, fingerprint = plan["output_dir"], plan["day"], marker.get(FINGERPRINT_KEY)
-    index_uri, coordinates, index = write_day_index(output_dir)
+    index_uri = write_day_index(output_dir)
     duplicates = find_duplicates(
-        output_dir,
-        day,
-        coordinates,
-        index,
-        fingerprint,
-        plan["duplicate_threshold"],
-        plan["lookback_days"],
+        output_dir, day, fingerprint, plan["duplicate_threshold"], plan["lookback_days"]
     )
     count_in_validation(output_dir, duplicates.counts)
     drift = measure_drift(

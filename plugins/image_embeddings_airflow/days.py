@@ -6,9 +6,9 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
+from beam_jobs.image_embeddings.contract import DRIFT_NAME, REPORT_HTML_NAME, SUCCESS_MARKER, join
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.report import DRIFT_NAME, REPORT_HTML_NAME, drift_verdict
+from image_embeddings_airflow.report import drift_verdict
 from image_embeddings_airflow.settings import day_dir, validate_date
 from image_embeddings_airflow.validation import REPORT_NAME
 

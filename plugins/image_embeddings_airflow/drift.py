@@ -28,11 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beam_jobs.image_embeddings.contract import PCA_NAME, join
+from beam_jobs.image_embeddings.contract import DRIFT_NAME, PCA_NAME, SAMPLE_NAME, join
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.history import comparable_days
 from image_embeddings_airflow.reduction import (
-    SAMPLE_NAME,
     axes_of,
     capped_components,
     fit_pca,
@@ -42,7 +41,6 @@ from image_embeddings_airflow.reduction import (
 
 log = logging.getLogger(__name__)
 
-DRIFT_NAME = "drift.json"
 FAR_QUANTILE = 0.99
 # Added to the reference covariance's diagonal, relative to its mean variance, so that a
 # rank-deficient reference (fewer images than components) still has a Mahalanobis distance.

@@ -14,7 +14,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from beam_jobs.image_embeddings.contract import EMBEDDINGS_PREFIX, PCA_NAME, join, shard_glob
+from beam_jobs.image_embeddings.contract import (
+    EMBEDDINGS_PREFIX,
+    PCA_NAME,
+    PLOT_NAME,
+    PROJECTION_NAME,
+    SAMPLE_NAME,
+    join,
+    shard_glob,
+)
 from beam_jobs.image_embeddings.pca import PcaAxes
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.settings import validate_components, validate_sample_size
@@ -24,10 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROJECTION_NAME = "projection.parquet"
-PLOT_NAME = "projection.png"
-# A uniform sample of the day's embeddings, kept for later days' drift references.
-SAMPLE_NAME = "embedding-sample.npy"
 BATCH_ROWS = 2048
 PLOT_POINTS = 5000
 SAMPLE_ROWS = 2000
@@ -154,13 +158,6 @@ def save_pca(pca: PCA, sample_size: int, uri: str) -> None:
 def load_pca(uri: str) -> PcaAxes:
     """The axes of a PCA saved by `save_pca`."""
     return PcaAxes.from_npz(storage.read_bytes(uri))
-
-
-def read_projection(uri: str) -> np.ndarray:
-    """Every row of `projection.parquet` as a (rows, components) float32 matrix."""
-    with storage.open_file(uri, "rb") as handle:
-        table = pq.read_table(handle).drop_columns(["uri"])
-    return np.stack([np.asarray(column.to_numpy(), np.float32) for column in table.columns], 1)
 
 
 def save_sample(sample: np.ndarray, uri: str) -> None:

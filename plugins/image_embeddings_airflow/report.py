@@ -6,6 +6,7 @@ import base64
 import heapq
 import html
 import io
+import itertools
 import logging
 import pathlib
 import posixpath
@@ -18,29 +19,30 @@ from typing import Any
 import numpy as np
 
 from beam_jobs.image_embeddings.contract import (
+    DRIFT_NAME,
+    DUPLICATES_NAME,
     EMBEDDINGS_PREFIX,
     FAILURES_PREFIX,
     FINGERPRINT_KEY,
+    PCA_NAME,
+    PROJECTION_NAME,
+    REPORT_HTML_NAME,
     SUCCESS_MARKER,
     join,
     shard_glob,
 )
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.reduction import PCA_NAME, PROJECTION_NAME
 from image_embeddings_airflow.settings import day_dir
 
 log = logging.getLogger(__name__)
 
-REPORT_HTML_NAME = "report.html"
-# Written beside the day's outputs by the data-products tasks; each section shows when present.
-DUPLICATES_NAME = "duplicates.parquet"
-DRIFT_NAME = "drift.json"
 MAP_POINTS = 2000
 OUTLIERS = 12
 FAILURE_EXAMPLES = 5
 DUPLICATE_GROUPS = 20
 DUPLICATE_GROUP_SIZE = 8
 BATCH_ROWS = 4096
+DUCKDB_MEMORY = "128MB"
 GCS_BROWSER = "https://storage.cloud.google.com/"
 
 # The map's hover and click, wired to Plotly's events: Plotly has no image hover label. A click
@@ -210,25 +212,54 @@ def failures_by_stage(output_dir: str, examples: int = FAILURE_EXAMPLES) -> list
     return [FailureStage(stage, count, kept[stage]) for stage, count in counts.most_common()]
 
 
+LARGEST_GROUPS = """
+SELECT d.* EXCLUDE (position, place) FROM (
+  SELECT *, row_number() OVER (PARTITION BY duplicate_of ORDER BY position) AS place FROM rows
+) d JOIN (
+  SELECT duplicate_of, count(*) AS members FROM rows GROUP BY duplicate_of
+  ORDER BY members DESC, duplicate_of LIMIT $groups
+) g USING (duplicate_of)
+WHERE place < $size ORDER BY g.members DESC, d.duplicate_of, place
+"""
+
+
 def duplicate_groups(
     uri: str, groups: int = DUPLICATE_GROUPS, size: int = DUPLICATE_GROUP_SIZE
 ) -> list[list[dict[str, Any]]]:
     """Rows of `duplicates.parquet` grouped by the image they repeat, largest groups first.
 
     Each group starts with the repeated image (`duplicate_of`); its members carry `kind`,
-    `similarity` and `day_of_other` when the file has them.
+    `similarity` and `day_of_other` when the file has them. DuckDB groups the file, streamed in
+    under a memory cap: only the shown groups become Python rows.
     """
-    import pyarrow.parquet as pq
+    import duckdb
+    import pyarrow as pa
 
-    with storage.open_file(uri, "rb") as handle:
-        rows = pq.read_table(handle).to_pylist()
-    members: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        members[row["duplicate_of"]].append(row)
-    largest = sorted(members.items(), key=lambda item: (-len(item[1]), item[0]))[:groups]
+    def numbered(batches):
+        first = 0
+        for batch in batches:
+            position = pa.array(range(first, first + batch.num_rows), pa.int64())
+            yield batch.append_column("position", position)
+            first += batch.num_rows
+
+    names = _column_names(uri)
+    batches = storage.parquet_batches(uri, names, BATCH_ROWS)
+    first = next(batches, None)
+    if first is None:
+        return []
+    schema = first.schema.append(pa.field("position", pa.int64()))
+    stream = pa.RecordBatchReader.from_batches(schema, numbered(itertools.chain([first], batches)))
+    with duckdb.connect(config={"memory_limit": DUCKDB_MEMORY}) as connection:
+        connection.register("incoming", stream)
+        connection.execute("CREATE TABLE rows AS SELECT * FROM incoming")
+        query = connection.sql(LARGEST_GROUPS, params={"groups": groups, "size": size})
+        shown = query.to_arrow_table()
+    members: dict[str, list[dict[str, Any]]] = {}
+    for row in shown.to_pylist():
+        members.setdefault(row["duplicate_of"], []).append(row)
     return [
-        [{"uri": original, "day_of_other": rows[0].get("day_of_other")}, *rows[: size - 1]]
-        for original, rows in largest
+        [{"uri": original, "day_of_other": rows[0].get("day_of_other")}, *rows]
+        for original, rows in members.items()
     ]
 
 

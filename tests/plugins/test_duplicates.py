@@ -7,11 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs.image_embeddings import neighbours
-from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, embeddings_schema
+from beam_jobs.image_embeddings.contract import DUPLICATES_NAME, SUCCESS_MARKER, embeddings_schema
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.day_index import read_day_index, write_day_index
 from image_embeddings_airflow.duplicates import (
-    DUPLICATES_NAME,
     count_in_validation,
     duplicates_schema,
     find_duplicates,
@@ -114,9 +113,9 @@ def expected_rows(old: list[str], new: list[str]) -> list[tuple]:
 def test_planted_copies_are_found_and_nothing_else(root):
     old, new, _ = two_days(root)
     folder = f"{root}/2026-11-28"
-    _, coordinates, index = reduce_and_index(folder)
+    reduce_and_index(folder)
 
-    result = find_duplicates(folder, "2026-11-28", coordinates, index, FINGERPRINT, 0.95, 30)
+    result = find_duplicates(folder, "2026-11-28", FINGERPRINT, 0.95, 30)
 
     rows = read_rows(f"{folder}/{DUPLICATES_NAME}")
     found = sorted((r["uri"], r["duplicate_of"], r["kind"], r["day_of_other"]) for r in rows)
@@ -132,12 +131,12 @@ def test_planted_copies_are_found_and_nothing_else(root):
 def test_threshold_and_lookback_bound_the_search(root):
     old, new, _ = two_days(root)
     folder = f"{root}/2026-11-28"
-    _, coordinates, index = reduce_and_index(folder)
+    reduce_and_index(folder)
 
-    strict = find_duplicates(folder, "2026-11-28", coordinates, index, FINGERPRINT, 1.0, 30)
+    strict = find_duplicates(folder, "2026-11-28", FINGERPRINT, 1.0, 30)
     assert strict.counts["near"] == 0 and strict.counts["exact"] == 2
 
-    today_only = find_duplicates(folder, "2026-11-28", coordinates, index, FINGERPRINT, 0.95, 0)
+    today_only = find_duplicates(folder, "2026-11-28", FINGERPRINT, 0.95, 0)
     assert today_only.counts["days_compared"] == []
     kinds = sorted(r["uri"] for r in read_rows(today_only.uri))
     assert kinds == sorted([new[30], new[40]])
@@ -147,10 +146,10 @@ def test_ivf_index_finds_the_same_copies(root, monkeypatch):
     monkeypatch.setattr(neighbours, "FLAT_MAX_ROWS", 20)
     old, new, _ = two_days(root)
     folder = f"{root}/2026-11-28"
-    _, coordinates, index = reduce_and_index(folder)
+    reduce_and_index(folder)
     assert type(read_day_index(folder).index).__name__ == "IndexIVFFlat"
 
-    find_duplicates(folder, "2026-11-28", coordinates, index, FINGERPRINT, 0.95, 30)
+    find_duplicates(folder, "2026-11-28", FINGERPRINT, 0.95, 30)
 
     rows = read_rows(f"{folder}/{DUPLICATES_NAME}")
     found = sorted((r["uri"], r["duplicate_of"], r["kind"], r["day_of_other"]) for r in rows)
@@ -162,9 +161,9 @@ def test_rows_without_digests_have_no_exact_copies(root):
     vectors[9] = vectors[4]
     write_day(root, "2026-11-28", vectors, [None] * 40)
     folder = f"{root}/2026-11-28"
-    _, coordinates, index = reduce_and_index(folder)
+    reduce_and_index(folder)
 
-    result = find_duplicates(folder, "2026-11-28", coordinates, index, FINGERPRINT, 0.95, 30)
+    result = find_duplicates(folder, "2026-11-28", FINGERPRINT, 0.95, 30)
 
     # Identical vectors without digests: a near copy at similarity 1, not an exact one.
     assert [r["kind"] for r in read_rows(result.uri)] == ["near"]
@@ -180,3 +179,71 @@ def test_counts_join_the_validation_report(day):
         "ok": True,
         "duplicates": {"exact": 1, "near": 2},
     }
+
+
+def lookback(root: str) -> tuple[dict[str, list[str]], list[str]]:
+    """Three earlier days and day 28, which holds an exact and a near copy of each."""
+    today, digests = features(90, seed=20), digests_of("28", 90)
+    noise = np.random.default_rng(21).normal(scale=0.03, size=DIM).astype(np.float32)
+    earlier = {}
+    for number, day in enumerate(("2026-11-25", "2026-11-26", "2026-11-27")):
+        vectors, day_digests = features(60, seed=30 + number), digests_of(day, 60)
+        today[10 + number], digests[10 + number] = vectors[4], day_digests[4]
+        today[20 + number] = vectors[6] + noise
+        earlier[day] = write_day(root, day, vectors, day_digests)
+        reduce_and_index(f"{root}/{day}")
+    new = write_day(root, "2026-11-28", today, digests)
+    reduce_and_index(f"{root}/2026-11-28")
+    return earlier, new
+
+
+def planted(earlier: dict[str, list[str]], new: list[str]) -> list[tuple]:
+    return sorted(
+        [(new[10 + n], old[4], "exact", day) for n, (day, old) in enumerate(earlier.items())]
+        + [(new[20 + n], old[6], "near", day) for n, (day, old) in enumerate(earlier.items())]
+    )
+
+
+def test_each_earlier_day_is_read_once_and_never_its_embeddings(root, monkeypatch):
+    earlier, new = lookback(root)
+    reads: list[str] = []
+    for name in ("read_bytes", "parquet_batches"):
+        real = getattr(storage, name)
+
+        def spy(uri, *args, real=real, **kwargs):
+            reads.append(uri)
+            return real(uri, *args, **kwargs)
+
+        monkeypatch.setattr(storage, name, spy)
+
+    result = find_duplicates(f"{root}/2026-11-28", "2026-11-28", FINGERPRINT, 0.95, 30)
+
+    rows = read_rows(result.uri)
+    found = sorted((r["uri"], r["duplicate_of"], r["kind"], r["day_of_other"]) for r in rows)
+    assert found == planted(earlier, new)
+    for day in earlier:
+        of_day = sorted(uri.rsplit("/", 1)[1] for uri in reads if f"/{day}/" in uri)
+        assert of_day == ["_SUCCESS", "neighbours-ids.parquet", "neighbours.faiss", "pca.npz"]
+    # Day 28's embeddings: once projected onto the three days' axes, once to confirm.
+    shards = [uri for uri in reads if "/2026-11-28/embeddings-" in uri]
+    assert len(shards) == 2 * len(set(shards)) == 4
+
+
+def test_small_batches_give_the_same_duplicates(root, monkeypatch):
+    from image_embeddings_airflow import day_index, duplicates, reduction
+
+    lookback(root)
+    folder = f"{root}/2026-11-28"
+    whole = read_rows(find_duplicates(folder, "2026-11-28", FINGERPRINT, 0.95, 30).uri)
+    for module in (day_index, duplicates, reduction):
+        monkeypatch.setattr(module, "BATCH_ROWS", 7)
+    monkeypatch.setattr(duplicates, "CHECK_ROWS", 4)
+
+    batched = read_rows(find_duplicates(folder, "2026-11-28", FINGERPRINT, 0.95, 30).uri)
+
+    # The same rows; a cosine may differ in its last float32 bit (BLAS sums batches apart).
+    assert [(r["uri"], r["duplicate_of"], r["kind"]) for r in batched] == [
+        (r["uri"], r["duplicate_of"], r["kind"]) for r in whole
+    ]
+    assert [r["similarity"] for r in batched] == pytest.approx([r["similarity"] for r in whole])
+    assert len(whole) >= 6

@@ -12,13 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from beam_jobs.image_embeddings.contract import embeddings_schema
-from image_embeddings_airflow import storage
-from image_embeddings_airflow.reduction import reduce_dimensions
-from image_embeddings_airflow.report import (
+from beam_jobs.image_embeddings.contract import (
     DRIFT_NAME,
     DUPLICATES_NAME,
     REPORT_HTML_NAME,
+    embeddings_schema,
+)
+from image_embeddings_airflow import storage
+from image_embeddings_airflow.reduction import reduce_dimensions
+from image_embeddings_airflow.report import (
     drift_series,
     drift_verdict,
     image_href,
