@@ -103,12 +103,14 @@ def image_embeddings():
         return summary
 
     @task(task_id="pgvector")
-    def publish_pgvector(plan: dict) -> dict:
-        return dag_tasks.publish_pgvector(plan)
+    def publish_pgvector(plan: dict, token: int, dag_run=None) -> dict:
+        holder = dag_holder(dag_run.dag_id, dag_run.run_id)
+        return dag_tasks.publish_pgvector(plan, holder, token)
 
     @task(task_id="bigquery")
-    def publish_bigquery(plan: dict) -> dict:
-        return dag_tasks.publish_bigquery(plan)
+    def publish_bigquery(plan: dict, token: int, dag_run=None) -> dict:
+        holder = dag_holder(dag_run.dag_id, dag_run.run_id)
+        return dag_tasks.publish_bigquery(plan, holder, token)
 
     @task
     def release_day(plan: dict, token: int | None, dag_run=None, ti=None) -> bool:
@@ -138,8 +140,8 @@ def image_embeddings():
     validated = validate(plan)
     reduced = reduce_dimensions(plan, wait.output, claimed)
     with TaskGroup("publish") as publish:
-        publish_pgvector(plan)
-        publish_bigquery(plan)
+        publish_pgvector(plan, claimed)
+        publish_bigquery(plan, claimed)
     released = release_day(plan, claimed).as_teardown(setups=claimed)
     embed >> wait >> validated >> reduced >> released
     validated >> publish >> released

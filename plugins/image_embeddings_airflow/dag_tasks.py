@@ -349,19 +349,23 @@ def _skip_unless_publishing_to(plan: Mapping[str, Any], target: str) -> None:
         raise AirflowSkipException(f"publishing to {target} is off for this run")
 
 
-def publish_pgvector(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """Replace day D in the pgvector table with the validated day; skipped when not a target."""
+def publish_pgvector(plan: Mapping[str, Any], holder: str, token: int) -> dict[str, Any]:
+    """Replace day D in the pgvector table with the validated day; skipped when not a target.
+    Only while the run holds the day."""
     from image_embeddings_airflow.publish_pgvector import publish
 
     _skip_unless_publishing_to(plan, "pgvector")
+    fence(plan, holder, token, "publish the day to pgvector")
     return publish(
         plan["pgvector_conn_id"], plan["pgvector_table"], plan["output_dir"], plan["day"]
     )
 
 
-def publish_bigquery(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """Replace day D's partition of the BigQuery table; skipped when not a target."""
+def publish_bigquery(plan: Mapping[str, Any], holder: str, token: int) -> dict[str, Any]:
+    """Replace day D's partition of the BigQuery table; skipped when not a target. Only while
+    the run holds the day."""
     from image_embeddings_airflow.publish_bigquery import publish
 
     _skip_unless_publishing_to(plan, "bigquery")
+    fence(plan, holder, token, "publish the day to BigQuery")
     return publish(plan)

@@ -105,7 +105,7 @@ def test_tasks_run_in_order(dag):
 def test_publishing_follows_validation_and_the_day_is_released_after_it(dag):
     assert "`publish`" in dag.doc_md
     for task_id in PUBLISH_TASKS:
-        assert dag.get_task(task_id).upstream_task_ids == {"resolve_run", "validate"}
+        assert dag.get_task(task_id).upstream_task_ids == {"resolve_run", "claim_day", "validate"}
     release = dag.get_task("release_day").upstream_task_ids
     assert {*PUBLISH_TASKS, "reduce_dimensions"} <= release
 

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import sqlglot
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from google.cloud import bigquery
 from sqlglot import exp
 
@@ -21,6 +21,9 @@ from tests.publish_days import FINGERPRINT, day_vectors, uris_of, write_day
 
 DAY = "2026-11-28"
 REFERENCE = {"projectId": "my-project", "datasetId": "serving", "tableId": "image_embeddings"}
+
+
+HOLDER = "image_embeddings/manual__2026-11-28"
 
 
 def _plan(output_root: str, **changes) -> dict:
@@ -77,7 +80,8 @@ def test_load_job_replaces_the_day_partition_with_the_day_rows(tmp_path, gcs_buc
     for path in local.iterdir():
         gcs_bucket.blob(f"embeddings/{DAY}/{path.name}").upload_from_filename(str(path))
 
-    result = dag_tasks.publish_bigquery(_plan(root))
+    plan = _plan(root)
+    result = dag_tasks.publish_bigquery(plan, HOLDER, dag_tasks.claim_day(plan, HOLDER))
 
     assert result["jobs"] == ["job-1", "job-2"]
     load_job, index_job = submitted
@@ -144,9 +148,20 @@ def test_index_job_creates_the_ivf_index_once():
 
 def test_publishing_elsewhere_skips_the_bigquery_jobs(tmp_path, submitted):
     with pytest.raises(AirflowSkipException, match="publishing to bigquery is off"):
-        dag_tasks.publish_bigquery(_plan(str(tmp_path), publish="pgvector"))
+        dag_tasks.publish_bigquery(_plan(str(tmp_path), publish="pgvector"), HOLDER, 1)
     with pytest.raises(AirflowSkipException):
-        dag_tasks.publish_bigquery(_plan(str(tmp_path), publish=None))
+        dag_tasks.publish_bigquery(_plan(str(tmp_path), publish=None), HOLDER, 1)
+    assert submitted == []
+
+
+def test_a_run_that_lost_its_day_publishes_nothing(tmp_path, submitted):
+    plan = _plan(str(tmp_path))
+    token = dag_tasks.claim_day(plan, HOLDER)
+    dag_tasks.release_day(plan, HOLDER, token, None)
+    assert dag_tasks.claim_day(plan, "image_embeddings/a-later-run") is not None
+
+    with pytest.raises(AirflowFailException, match="publish the day to BigQuery"):
+        dag_tasks.publish_bigquery(plan, HOLDER, token)
     assert submitted == []
 
 
