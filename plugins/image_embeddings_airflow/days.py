@@ -1,4 +1,5 @@
-"""The days under OUTPUT_ROOT and what each one's outputs say: counts, failures, drift, status."""
+"""The days under OUTPUT_ROOT and what each one's outputs say: counts, failures, drift, model
+changes, status."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from beam_jobs.image_embeddings.contract import DRIFT_NAME, REPORT_HTML_NAME, SUCCESS_MARKER, join
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.report import drift_verdict
+from image_embeddings_airflow.report import drift_verdict, fingerprint_change
 from image_embeddings_airflow.settings import day_dir, validate_date
 from image_embeddings_airflow.validation import REPORT_NAME
 
@@ -30,6 +31,7 @@ class DaySummary:
     embedded: int | None = None
     failed: int | None = None
     drift: str | None = None
+    model_change: str | None = None
 
     @property
     def failure_rate(self) -> float | None:
@@ -67,6 +69,7 @@ def summarize_day(output_root: str, day: str) -> DaySummary:
         embedded=marker.get("embedded"),
         failed=marker.get("failed"),
         drift=drift_verdict(_json_if_listed(folder, DRIFT_NAME, listed)),
+        model_change=fingerprint_change(marker),
     )
 
 

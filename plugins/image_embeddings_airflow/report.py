@@ -25,6 +25,7 @@ from beam_jobs.image_embeddings.contract import (
     FAILURES_PREFIX,
     FINGERPRINT_KEY,
     PCA_NAME,
+    PREVIOUS_FINGERPRINT_KEY,
     PROJECTION_NAME,
     REPORT_HTML_NAME,
     SUCCESS_MARKER,
@@ -93,6 +94,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line);
   vertical-align: top; overflow-wrap: anywhere; }
 th { color: var(--muted); font-weight: 600; }
+.warning { color: #b45309; font-weight: 600; }
 .thumbs { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; }
 .thumbs figure { margin: 0; width: 104px; }
 .thumbs img, .thumbs .missing { width: 96px; height: 96px; object-fit: contain;
@@ -360,6 +362,15 @@ def drift_verdict(drift: Mapping[str, Any] | None) -> str | None:
     return str(verdict) if verdict is not None else None
 
 
+def fingerprint_change(marker: Mapping[str, Any]) -> str | None:
+    """What changed, when the day's model fingerprint is not the previous finished day's: its
+    embeddings are then not comparable with earlier ones (reuse, duplicates, drift, search)."""
+    previous = marker.get(PREVIOUS_FINGERPRINT_KEY) or {}
+    if not previous.get("changed"):
+        return None
+    return f"changed since {previous['day']} (was {previous['fingerprint']})"
+
+
 def drift_series(drift: Mapping[str, Any]) -> dict[str, tuple[list[str], list[float]]]:
     """Numeric series by day found in the drift file: lists of records with a `day` or `date`,
     or mappings of YYYY-MM-DD to numbers; each numeric field becomes one series."""
@@ -483,6 +494,9 @@ def _summary(report: DayReport) -> str:
     if report.dataflow_url and report.dataflow_url.startswith("https://"):
         link = f'<a href="{_text(report.dataflow_url)}" target="_blank" rel="noopener">console</a>'
         rows.append(("Dataflow job", link))
+    change = fingerprint_change(marker)
+    if change:
+        rows.append(("model changed", f'<span class="warning">{_text(change)}</span>'))
     verdict = drift_verdict(report.drift)
     if verdict:
         rows.append(("drift", _text(verdict)))

@@ -72,6 +72,7 @@ def _row(day: DaySummary) -> str:
         f"<tr><td>{name}</td><td>{_count(day.images)}</td><td>{_count(day.embedded)}</td>"
         f"<td>{_count(day.failed)}</td><td>{_rate(day)}</td>"
         f'<td class="text">{html.escape(day.drift or "—")}</td>'
+        f'<td class="text">{html.escape(day.model_change or "—")}</td>'
         f'<td class="text"><span class="status {status_class}">{html.escape(day.status)}</span>'
         f'</td><td class="text">{link}</td></tr>'
     )
@@ -94,7 +95,8 @@ def days_page(root: str, days: list[DaySummary], page: int = 1, total: int | Non
     if days:
         body = (
             "<table><tr><th>day</th><th>images</th><th>embedded</th><th>failed</th>"
-            f"<th>failure rate</th><th>drift</th><th>status</th><th></th></tr>{rows}</table>"
+            "<th>failure rate</th><th>drift</th><th>model</th><th>status</th><th></th></tr>"
+            f"{rows}</table>"
         )
     elif total:
         body = f"<p>No days on page {page}.</p>"

@@ -16,6 +16,7 @@ from beam_jobs.image_embeddings.contract import (
     DRIFT_NAME,
     DUPLICATES_NAME,
     REPORT_HTML_NAME,
+    SUCCESS_MARKER,
     embeddings_schema,
 )
 from image_embeddings_airflow import storage
@@ -157,6 +158,21 @@ def test_a_bare_day_renders_without_optional_sections(tmp_path):
     assert '<h2>Failures</h2><p class="hint">None.</p>' in page
     for absent in ("Near-duplicate groups", "Farthest", "Drift", "no thumbnail", "Random weights"):
         assert absent not in page
+
+
+def test_a_changed_model_fingerprint_is_shown_never_silent(tmp_path):
+    day = str(tmp_path / "2026-11-28")
+    write_outputs(day, random_vectors(5))
+    assert "model changed" not in render_html(read_day(day))
+    marker = storage.read_json(f"{day}/{SUCCESS_MARKER}")
+    marker["previous_fingerprint"] = {"day": "2026-11-27", "fingerprint": "f0", "changed": True}
+    storage.write_json(f"{day}/{SUCCESS_MARKER}", marker)
+
+    page = render_html(read_day(day))
+
+    assert (
+        '<dt>model changed</dt><dd><span class="warning">changed since 2026-11-27 (was f0)' in page
+    )
 
 
 def test_drift_shows_what_the_file_has(tmp_path):

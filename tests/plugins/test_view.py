@@ -39,7 +39,10 @@ def root(tmp_path, monkeypatch) -> str:
     storage.write_json(f"{reported}/{DRIFT_NAME}", {"verdict": "stable"})
     invalid = write_day(str(root), "2026-11-27", images=10, failed=5)
     storage.write_json(f"{invalid}/{REPORT_NAME}", {"ok": False})
-    write_day(str(root), "2026-11-26", images=3, failed=0)
+    changed = write_day(str(root), "2026-11-26", images=3, failed=0)
+    marker = storage.read_json(f"{changed}/{SUCCESS_MARKER}")
+    marker["previous_fingerprint"] = {"day": "2026-11-20", "fingerprint": "old", "changed": True}
+    storage.write_json(f"{changed}/{SUCCESS_MARKER}", marker)
     (root / "2026-11-25").mkdir()
     (root / "scratch").mkdir()
     storage.write_bytes(str(tmp_path / REPORT_HTML_NAME), b"outside the output root")
@@ -66,6 +69,12 @@ def test_days_are_listed_newest_first_with_their_state(root):
     ]
     assert days[0].failure_rate == pytest.approx(0.05) and days[0].drift == "stable"
     assert days[3].failure_rate is None
+    assert [day.model_change for day in days] == [
+        None,
+        None,
+        "changed since 2026-11-20 (was old)",
+        None,
+    ]
 
 
 def test_the_days_page_links_each_report(signed_in):
@@ -73,7 +82,8 @@ def test_the_days_page_links_each_report(signed_in):
 
     assert '<a href="days/2026-11-28/report">report</a>' in page
     assert page.count("/report") == 1
-    assert '<td>5.0%</td><td class="text">stable</td>' in page
+    assert '<td>5.0%</td><td class="text">stable</td><td class="text">—</td>' in page
+    assert '<td class="text">changed since 2026-11-20 (was old)</td>' in page
     assert "validation failed" in page and "50.0%" in page
     assert "scratch" not in page
 
