@@ -63,7 +63,7 @@ run: setup ## One DAG run for DATE=YYYY-MM-DD, any day (`airflow dags test`); pr
 .PHONY: search
 search: setup ## K nearest images to IMAGE over DATE (or its last DAYS days): make search DATE=YYYY-MM-DD IMAGE=PATH_OR_URI [K=10] [DAYS=1] [STORE=files|pgvector|bigquery]
 	@[[ "$(DATE)" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$$ && -n "$(IMAGE)" ]] || { echo "usage: make search DATE=YYYY-MM-DD IMAGE=PATH_OR_URI [K=10] [DAYS=1] [STORE=files|pgvector|bigquery]" >&2; exit 2; }
-	$(BIN)/python -m beam_jobs.image_embeddings.search --date "$(DATE)" --image "$(IMAGE)" --k "$(or $(K),10)" --days "$(or $(DAYS),1)" --store "$(or $(STORE),files)"
+	$(BIN)/python -m beam_jobs.image_embeddings.search.query --date "$(DATE)" --image "$(IMAGE)" --k "$(or $(K),10)" --days "$(or $(DAYS),1)" --store "$(or $(STORE),files)"
 
 demo: setup ## Demo images for three days, one DAG run each; prints where outputs and plots are
 	$(BIN)/python scripts/demo.py

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from beam_jobs.image_embeddings.neighbours import PROBED_LISTS, build_index, list_count
+from beam_jobs.image_embeddings.search.index import PROBED_LISTS, build_index, list_count
 from beam_jobs.image_embeddings.vectors import unit_rows
 from benchmarks.measure import print_result
 

@@ -15,9 +15,9 @@ import numpy as np
 import psutil
 
 from beam_jobs.image_embeddings.contract import ENGINES, PRECISIONS, manifest_entries
+from beam_jobs.image_embeddings.engine.models import KerasModelHandler, resolve_model
+from beam_jobs.image_embeddings.engine.openvino import OpenVINOModelHandler
 from beam_jobs.image_embeddings.images import load_image
-from beam_jobs.image_embeddings.models import KerasModelHandler, resolve_model
-from beam_jobs.image_embeddings.openvino_engine import OpenVINOModelHandler
 from benchmarks.measure import print_result
 
 

@@ -125,22 +125,22 @@ def write_synthetic_day(folder: Path, rows: int, dim: int = DIM, seed: int = 0) 
 
 
 def validate(folder: str) -> dict:
-    from image_embeddings_airflow.validation import validate_output
+    from image_embeddings_airflow.dag.validation import validate_output
 
     report = validate_output(folder, MAX_FAILURE_RATE, expected_dim=DIM)
     return {"rows": report.counts["embedded"]}
 
 
 def reduce(folder: str) -> dict:
-    from image_embeddings_airflow.reduction import reduce_dimensions
+    from image_embeddings_airflow.analysis.reduction import reduce_dimensions
 
     result = reduce_dimensions(folder, PCA_COMPONENTS, PCA_SAMPLE_SIZE)
     return {"rows": result.rows, "components": result.n_components}
 
 
 def duplicates(folder: str) -> dict:
-    from image_embeddings_airflow.day_index import read_index, write_day_index
-    from image_embeddings_airflow.duplicates import find_duplicates
+    from image_embeddings_airflow.analysis.day_index import read_index, write_day_index
+    from image_embeddings_airflow.analysis.duplicates import find_duplicates
 
     write_day_index(folder)
     result = find_duplicates(folder, DAY, None, DUPLICATE_THRESHOLD, LOOKBACK_DAYS)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from beam_jobs.image_embeddings.accuracy import Thresholds, accuracy_figures
-from beam_jobs.image_embeddings.openvino_engine import cpu_capabilities
+from beam_jobs.image_embeddings.engine.accuracy import Thresholds, accuracy_figures
+from beam_jobs.image_embeddings.engine.openvino import cpu_capabilities
 from benchmarks import imagesets
 from benchmarks.measure import python_command
 from benchmarks.report import (

@@ -42,8 +42,8 @@ def copy_rows(folder: str, uri: str) -> dict:
     import psycopg
     from psycopg import sql
 
-    from image_embeddings_airflow.publish_pgvector import BATCH_ROWS, copy_day, create_schema
-    from image_embeddings_airflow.published_rows import day_marker
+    from image_embeddings_airflow.publish.pgvector import BATCH_ROWS, copy_day, create_schema
+    from image_embeddings_airflow.publish.rows import day_marker
 
     with psycopg.connect(uri, autocommit=True) as connection:
         create_schema(connection, TABLE, day_marker(folder)["dim"])

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from beam_jobs.image_embeddings.accuracy import Thresholds
+from beam_jobs.image_embeddings.engine.accuracy import Thresholds
 from benchmarks.measure import Measured
 
 MB_LIMIT_PIPELINE = 2048

@@ -122,8 +122,8 @@ LENIENT_GUARD = (
 )
 WARMUP_IMPORTS = (
     "import tensorflow, keras, apache_beam, pyarrow.parquet, pandas, matplotlib.figure; "
-    "import beam_jobs.image_embeddings.launcher, image_embeddings_airflow.validation, "
-    "image_embeddings_airflow.reduction, benchmarks.ceiling, benchmarks.seed_way"
+    "import beam_jobs.image_embeddings.launcher, image_embeddings_airflow.dag.validation, "
+    "image_embeddings_airflow.analysis.reduction, benchmarks.ceiling, benchmarks.seed_way"
 )
 
 
@@ -430,7 +430,7 @@ def prepare_openvino(bench: Bench, photos: imagesets.ImageSet, precision: str) -
     measured = bench.measure(
         f"prepare-openvino-{precision}",
         python_command(
-            "beam_jobs.image_embeddings.prepare",
+            "beam_jobs.image_embeddings.engine.prepare",
             f"--model={MODEL}",
             f"--weights={WEIGHTS}",
             f"--precision={precision}",

@@ -75,10 +75,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def analyse(folder: str, days: int) -> dict:
     """What the reduce task does with every row, in this process; seconds per stage."""
-    from image_embeddings_airflow.day_index import write_day_index
-    from image_embeddings_airflow.duplicates import find_duplicates
-    from image_embeddings_airflow.reduction import reduce_dimensions
-    from image_embeddings_airflow.report import duplicate_groups, sample_projection
+    from image_embeddings_airflow.analysis.day_index import write_day_index
+    from image_embeddings_airflow.analysis.duplicates import find_duplicates
+    from image_embeddings_airflow.analysis.reduction import reduce_dimensions
+    from image_embeddings_airflow.ui.report import duplicate_groups, sample_projection
 
     seconds = {}
     started = time.perf_counter()
@@ -123,7 +123,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from image_embeddings_airflow.history import window
+    from image_embeddings_airflow.analysis.history import window
 
     root = args.out.resolve() / "days"
     space = synthetic.Space.make()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from beam_jobs.image_embeddings.neighbours import SEARCH_PROBED_LISTS, build_index, unit_rows
+from beam_jobs.image_embeddings.search.index import SEARCH_PROBED_LISTS, build_index, unit_rows
 from benchmarks.measure import print_result
 
 COMPONENTS = 50

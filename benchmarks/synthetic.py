@@ -30,7 +30,12 @@ from beam_jobs.image_embeddings.contract import (
     SUCCESS_MARKER,
     embeddings_schema,
 )
-from beam_jobs.image_embeddings.neighbours import add_rows, empty_index, index_bytes, training_rows
+from beam_jobs.image_embeddings.search.index import (
+    add_rows,
+    empty_index,
+    index_bytes,
+    training_rows,
+)
 
 DIM = 2048
 LATENT = 64
@@ -180,7 +185,7 @@ def write_lookback_day(folder: Path, space: Space, day: str, seed: int, rows: in
     """An earlier day as the products the lookback reads: PCA, index, id map, `_SUCCESS`."""
     from sklearn.decomposition import PCA
 
-    from image_embeddings_airflow.reduction import axes_of, save_pca
+    from image_embeddings_airflow.analysis.reduction import axes_of, save_pca
 
     folder.mkdir(parents=True, exist_ok=True)
     sample = day_vectors(space, seed, 0, min(SAMPLE_ROWS, rows))

@@ -34,10 +34,10 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, PokeReturnValue, TaskGroup, dag, task
 
-from image_embeddings_airflow import dag_tasks
-from image_embeddings_airflow.dag_tasks import dag_holder
-from image_embeddings_airflow.operators import EmbedImagesOperator, WaitForEmbeddingsSensor
-from image_embeddings_airflow.params import dag_params
+from image_embeddings_airflow.dag import tasks as dag_tasks
+from image_embeddings_airflow.dag.operators import EmbedImagesOperator, WaitForEmbeddingsSensor
+from image_embeddings_airflow.dag.params import dag_params
+from image_embeddings_airflow.dag.tasks import dag_holder
 
 # Downstream DAGs schedule on `Asset(name="image_embeddings_validated")`; each event's extra
 # names the day and its output folder.
@@ -114,7 +114,7 @@ def image_embeddings():
 
     @task
     def release_day(plan: dict, token: int | None, dag_run=None, ti=None) -> bool:
-        from image_embeddings_airflow.dataflow import job_state
+        from image_embeddings_airflow.dag.dataflow import job_state
 
         state = job_state(plan, ti.xcom_pull(task_ids="embed", key="dataflow_job_id"))
         return dag_tasks.release_day(plan, dag_holder(dag_run.dag_id, dag_run.run_id), token, state)

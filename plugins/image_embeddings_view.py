@@ -19,7 +19,7 @@ class AppOnFirstRequest:
 
     async def __call__(self, scope, receive, send) -> None:
         if self._app is None:
-            from image_embeddings_airflow.view import create_app
+            from image_embeddings_airflow.ui.view import create_app
 
             self._app = create_app()
         await self._app(scope, receive, send)

@@ -25,8 +25,8 @@ from beam_jobs.image_embeddings.contract import (  # noqa: E402
     join,
 )
 from image_embeddings_airflow import storage  # noqa: E402
+from image_embeddings_airflow.dag.validation import REPORT_NAME  # noqa: E402
 from image_embeddings_airflow.settings import day_dir, load_settings, validate_date  # noqa: E402
-from image_embeddings_airflow.validation import REPORT_NAME  # noqa: E402
 
 OUTPUT_FILES = (
     MANIFEST_NAME,

@@ -14,9 +14,9 @@ from beam_jobs.image_embeddings.contract import (
     failures_schema,
 )
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.reduction import reduce_dimensions
-from image_embeddings_airflow.report import DRIFT_NAME, DUPLICATES_NAME, write_report
-from tests.plugins.test_validation import FAILURES, embeddings_table, write_table
+from image_embeddings_airflow.analysis.reduction import reduce_dimensions
+from image_embeddings_airflow.ui.report import DRIFT_NAME, DUPLICATES_NAME, write_report
+from tests.plugins.dag.test_validation import FAILURES, embeddings_table, write_table
 
 IMAGES = 24
 # Where a link may lead: the Cloud console, a local file, an inline thumbnail.

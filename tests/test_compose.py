@@ -14,8 +14,8 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from image_embeddings_airflow.launch import launch
-from image_embeddings_airflow.params import resolve_plan
+from image_embeddings_airflow.dag.launch import launch
+from image_embeddings_airflow.dag.params import resolve_plan
 from image_embeddings_airflow.settings import SETTINGS, load_settings, validate_dataflow
 from tests.compose import (
     AIRFLOW_DOCKERFILE,

@@ -85,8 +85,8 @@ KERAS_FILE_SUFFIX = ".keras"
 
 # `--engine`: OpenVINO runs a model prepared once per fingerprint; TensorFlow runs the Keras model.
 ENGINES = ("openvino", "tensorflow")
-# Exit status of `python -m beam_jobs.image_embeddings.prepare` refusing an int8 model below the
-# accuracy thresholds: preparing again gives the same verdict.
+# Exit status of `python -m beam_jobs.image_embeddings.engine.prepare` refusing an int8 model below
+# the accuracy thresholds: preparing again gives the same verdict.
 PREPARE_REFUSED_EXIT = 3
 # `--precision` (the model call's arithmetic: int8 needs the OpenVINO engine, bfloat16 a CPU with
 # bfloat16 instructions) and `--embedding_dtype` (the stored vectors' float type): the pipeline's

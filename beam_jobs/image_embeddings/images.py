@@ -26,7 +26,6 @@ from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
-from beam_jobs.image_embeddings import gcs  # noqa: F401 - bounds this process's GCS requests
 from beam_jobs.image_embeddings.contract import (
     IMAGE_FORMATS,
     METRICS_NAMESPACE,
@@ -35,6 +34,7 @@ from beam_jobs.image_embeddings.contract import (
     STAGE_READ,
     STAGES,
 )
+from beam_jobs.image_embeddings.storage import gcs  # noqa: F401 - bounds this process's GCS requests
 
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 # Entries loading ahead of the model: two batches of the default size keep the loader threads busy

@@ -22,23 +22,16 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from beam_jobs.image_embeddings import gcs, io, lease
-from beam_jobs.image_embeddings.accuracy import check_accuracy
 from beam_jobs.image_embeddings.contract import (
     FINGERPRINT_KEY,
     PREVIOUS_FINGERPRINT_KEY,
     manifest_entries,
 )
-from beam_jobs.image_embeddings.earlier_runs import (
-    ReuseSource,
-    folder_name,
-    reuse_sources,
-    set_aside_previous_run,
-)
-from beam_jobs.image_embeddings.fingerprint import fingerprint, fingerprint_parts
-from beam_jobs.image_embeddings.fingerprint_change import previous_fingerprint
-from beam_jobs.image_embeddings.model_cache import read_card
-from beam_jobs.image_embeddings.models import ModelSpec, resolve_model
+from beam_jobs.image_embeddings.engine.accuracy import check_accuracy
+from beam_jobs.image_embeddings.engine.fingerprint import fingerprint, fingerprint_parts
+from beam_jobs.image_embeddings.engine.fingerprint_change import previous_fingerprint
+from beam_jobs.image_embeddings.engine.model_cache import read_card
+from beam_jobs.image_embeddings.engine.models import ModelSpec, resolve_model
 from beam_jobs.image_embeddings.options import (
     DEFAULT_LOOKBACK_DAYS,
     JobOptions,
@@ -47,6 +40,13 @@ from beam_jobs.image_embeddings.options import (
 from beam_jobs.image_embeddings.outputs import read_success_marker, remove_earlier_run, utc_now
 from beam_jobs.image_embeddings.pipeline import build_pipeline
 from beam_jobs.image_embeddings.progress import ProgressReporter, batch_size_stats, summary_line
+from beam_jobs.image_embeddings.reuse.earlier_runs import (
+    ReuseSource,
+    folder_name,
+    reuse_sources,
+    set_aside_previous_run,
+)
+from beam_jobs.image_embeddings.storage import gcs, io, lease
 
 LOGGER = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def check_card_fits(card: dict[str, Any], job: JobOptions, spec: ModelSpec) -> N
     if wrong:
         raise ValueError(
             f"prepared model {job.prepared_model} was made for {wrong}, not {wanted}: "
-            "prepare the job's model (python -m beam_jobs.image_embeddings.prepare)"
+            "prepare the job's model (python -m beam_jobs.image_embeddings.engine.prepare)"
         )
 
 
@@ -192,7 +192,7 @@ def prepared_card(job: JobOptions, spec: ModelSpec) -> tuple[JobOptions, dict[st
     model cache): workers only ever load it.
     """
     if job.prepared_model is None:
-        from beam_jobs.image_embeddings.prepare import prepare_model
+        from beam_jobs.image_embeddings.engine.prepare import prepare_model
 
         prepared = prepare_model(job)
         return dataclasses.replace(job, prepared_model=prepared.uri), prepared.card

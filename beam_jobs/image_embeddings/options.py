@@ -6,13 +6,13 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from beam_jobs.image_embeddings import calibration
-from beam_jobs.image_embeddings.accuracy import Thresholds
 from beam_jobs.image_embeddings.contract import EMBEDDING_DTYPES, ENGINES, PRECISIONS
+from beam_jobs.image_embeddings.engine import calibration
+from beam_jobs.image_embeddings.engine.accuracy import Thresholds
+from beam_jobs.image_embeddings.engine.models import check_weights, resolve_model
 from beam_jobs.image_embeddings.images import DEFAULT_MAX_IMAGE_BYTES
-from beam_jobs.image_embeddings.io import check_supported
-from beam_jobs.image_embeddings.lease import DEFAULT_TTL
-from beam_jobs.image_embeddings.models import check_weights, resolve_model
+from beam_jobs.image_embeddings.storage.io import check_supported
+from beam_jobs.image_embeddings.storage.lease import DEFAULT_TTL
 
 DEFAULT_LOOKBACK_DAYS = 30
 
@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URI",
         type=location,
         default=None,
-        help="OpenVINO: folder of a prepared model (python -m beam_jobs.image_embeddings.prepare); "
+        help="OpenVINO: folder of a prepared model (python -m "
+        "beam_jobs.image_embeddings.engine.prepare); "
         "without it the launcher prepares the model, or finds it in --model_cache",
     )
     add_preparation_arguments(parser)

@@ -13,7 +13,6 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.pvalue import AsList, AsSingleton
 
-from beam_jobs.image_embeddings import day_outputs, io
 from beam_jobs.image_embeddings.contract import (
     EMBEDDINGS_PREFIX,
     FAILURES_PREFIX,
@@ -27,8 +26,9 @@ from beam_jobs.image_embeddings.contract import (
     join,
     shard_glob,
 )
-from beam_jobs.image_embeddings.lease import Fence
 from beam_jobs.image_embeddings.marker import success_record
+from beam_jobs.image_embeddings.storage import day_outputs, io
+from beam_jobs.image_embeddings.storage.lease import Fence
 
 LOGGER = logging.getLogger(__name__)
 

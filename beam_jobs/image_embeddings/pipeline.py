@@ -16,11 +16,9 @@ from beam_jobs.image_embeddings.contract import (
     STAGE_INFERENCE,
     manifest_entries,
 )
-from beam_jobs.image_embeddings.earlier_runs import ReuseSource
+from beam_jobs.image_embeddings.engine.models import KerasModelHandler, ModelSpec
+from beam_jobs.image_embeddings.engine.openvino import OpenVINOModelHandler
 from beam_jobs.image_embeddings.images import FAILED_TAG, LoadedImage, LoadImageFn
-from beam_jobs.image_embeddings.lease import Fence
-from beam_jobs.image_embeddings.models import KerasModelHandler, ModelSpec
-from beam_jobs.image_embeddings.openvino_engine import OpenVINOModelHandler
 from beam_jobs.image_embeddings.options import JobOptions
 from beam_jobs.image_embeddings.outputs import (
     CommitOutput,
@@ -32,7 +30,9 @@ from beam_jobs.image_embeddings.outputs import (
     image_facts,
 )
 from beam_jobs.image_embeddings.progress import EMBEDDED, TrackProgress, failed_counter
-from beam_jobs.image_embeddings.reuse import ReuseEarlierEmbeddings
+from beam_jobs.image_embeddings.reuse.earlier_runs import ReuseSource
+from beam_jobs.image_embeddings.reuse.transforms import ReuseEarlierEmbeddings
+from beam_jobs.image_embeddings.storage.lease import Fence
 
 
 def parse_line(line: str) -> list[str]:

@@ -110,7 +110,7 @@ def test_commit_runs_after_both_writes(setup_file_job):
 def test_the_commit_on_the_workers_checks_the_runs_lease(setup_file_job):
     from apache_beam.internal import pickler
 
-    from beam_jobs.image_embeddings.lease import Fence
+    from beam_jobs.image_embeddings.storage.lease import Fence
 
     job, _ = setup_file_job
     (commit,) = [

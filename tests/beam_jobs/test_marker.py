@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from beam_jobs.image_embeddings import io
 from beam_jobs.image_embeddings.contract import SUCCESS_MARKER
 from beam_jobs.image_embeddings.marker import NoMarker, success_record
+from beam_jobs.image_embeddings.storage import io
 from image_embeddings_airflow import storage
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from beam_jobs.image_embeddings.accuracy import Thresholds
+from beam_jobs.image_embeddings.engine.accuracy import Thresholds
 from beam_jobs.image_embeddings.options import JobOptions, parse_known_args
 
 REQUIRED = ["--manifest", "gs://bucket/day/manifest.txt", "--output", "gs://bucket/day"]

@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs.image_embeddings import lease
 from beam_jobs.image_embeddings.contract import SUCCESS_KEYS, embeddings_schema, failures_schema
 from beam_jobs.image_embeddings.outputs import (
     CommitOutput,
@@ -25,6 +24,7 @@ from beam_jobs.image_embeddings.outputs import (
     shard_paths,
     single_dim,
 )
+from beam_jobs.image_embeddings.storage import lease
 
 RUN_INFO = {"model": "toy", "weights": "random", "started_at": "2026-11-28T10:00:00.000+00:00"}
 

@@ -26,9 +26,9 @@ from beam_jobs.image_embeddings.contract import (
     embeddings_schema,
     failures_schema,
 )
+from beam_jobs.image_embeddings.engine.models import build_model, resolve_model
 from beam_jobs.image_embeddings.images import THUMBNAIL_SIDE, load_image
 from beam_jobs.image_embeddings.launcher import run
-from beam_jobs.image_embeddings.models import build_model, resolve_model
 from beam_jobs.image_embeddings.outputs import ImageFacts
 from beam_jobs.image_embeddings.pipeline import ToEmbeddingRows, failed_batch, parse_line
 from tests.image_factory import BAD_INPUT_STAGES, write_bad_inputs, write_image, write_images

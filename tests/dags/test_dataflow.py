@@ -7,13 +7,13 @@ import importlib
 
 import pytest
 
-from image_embeddings_airflow.dag_tasks import resolve_run
-from image_embeddings_airflow.dataflow import (
+from image_embeddings_airflow.dag.dataflow import (
     DataflowJobWaitTrigger,
     JobStillStopping,
     find_reusable_job,
     reusable_job,
 )
+from image_embeddings_airflow.dag.tasks import resolve_run
 from tests.dags.conftest import PROJECT, REGION
 from tests.dags.test_run_plan import DATAFLOW, NOV_28
 
@@ -82,7 +82,7 @@ def _in_dag(operator_class, **kwargs):
 
 
 def _sensor(job_id):
-    from image_embeddings_airflow.operators import WaitForEmbeddingsSensor
+    from image_embeddings_airflow.dag.operators import WaitForEmbeddingsSensor
 
     return _in_dag(
         WaitForEmbeddingsSensor,
@@ -147,7 +147,7 @@ def test_killing_embed_cancels_the_job_it_launched_or_reused(dataflow_api):
     """The provider's on_kill, with the hook and job id that a launch or a reuse leaves."""
     from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
 
-    from image_embeddings_airflow.operators import EmbedImagesOperator
+    from image_embeddings_airflow.dag.operators import EmbedImagesOperator
 
     job_id = dataflow_api.add_job(NAME, "JOB_STATE_RUNNING")
     embed = _in_dag(
@@ -174,7 +174,7 @@ def _renew_for_a_moment(trigger: DataflowJobWaitTrigger) -> None:
 def test_the_wait_trigger_renews_the_runs_lease_and_stops_once_it_is_lost(tmp_path):
     from datetime import UTC, datetime, timedelta
 
-    from beam_jobs.image_embeddings import lease
+    from beam_jobs.image_embeddings.storage import lease
 
     output = str(tmp_path / "2026-11-28")
     holder = "dag:image_embeddings:manual__2026-11-28"

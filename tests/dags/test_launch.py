@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from image_embeddings_airflow.dag_tasks import resolve_run
-from image_embeddings_airflow.launch import (
+from image_embeddings_airflow.dag.launch import (
     WaitMode,
     command_line,
     console_url,
@@ -15,6 +14,7 @@ from image_embeddings_airflow.launch import (
     preparation_options,
     wait_mode,
 )
+from image_embeddings_airflow.dag.tasks import resolve_run
 from tests.dags.test_run_plan import DATAFLOW, LOCAL, NOV_28
 
 MANIFEST = "gs://photos/embeddings/2026-11-28/manifest.txt"
@@ -151,7 +151,7 @@ def test_a_container_image_replaces_the_setup_file_and_sdk_staging():
 def _rendered(environ, params=None):
     from airflow.sdk import DAG
 
-    from image_embeddings_airflow.operators import EmbedImagesOperator
+    from image_embeddings_airflow.dag.operators import EmbedImagesOperator
 
     plan = resolve_run(params or {}, NOV_28, environ)
     with DAG("image_embeddings", schedule=None):

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 
-from image_embeddings_airflow.dag_tasks import resolve_run, run_summary
-from image_embeddings_airflow.params import before_schedule_start, resolve_plan, run_day
+from image_embeddings_airflow.dag.params import before_schedule_start, resolve_plan, run_day
+from image_embeddings_airflow.dag.tasks import resolve_run, run_summary
 from image_embeddings_airflow.settings import load_settings
 
 LOCAL = {

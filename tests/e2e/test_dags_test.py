@@ -12,7 +12,7 @@ import pytest
 
 from beam_jobs.image_embeddings.contract import LEASE_NAME, SUCCESS_MARKER, join
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.launch import console_url
+from image_embeddings_airflow.dag.launch import console_url
 from tests.e2e.conftest import DEFAULT_MODEL, REPO, SMALL_MODEL, airflow_local, write_day
 from tests.e2e.fake_dataflow import FakeDataflow, serving
 from tests.e2e.outputs import check_day_outputs

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from image_embeddings_airflow.params import dag_params
+from image_embeddings_airflow.dag.params import dag_params
 from image_embeddings_airflow.settings import RUNNERS
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.e2e.conftest import REPO, SMALL_MODEL, AirflowApi, wait_for, write_day

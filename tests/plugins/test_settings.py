@@ -385,8 +385,8 @@ def test_airflow_side_imports_neither_tensorflow_nor_beam():
     code = (
         "import sys\n"
         "import image_embeddings_airflow.settings, image_embeddings_airflow.storage\n"
-        "import image_embeddings_airflow.manifest, image_embeddings_airflow.validation\n"
-        "import image_embeddings_airflow.reduction\n"
+        "import image_embeddings_airflow.dag.manifest, image_embeddings_airflow.dag.validation\n"
+        "import image_embeddings_airflow.analysis.reduction\n"
         "heavy = sorted(m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )

@@ -103,7 +103,7 @@ def faulty_gcs(gcs_emulator):
     Faults are off until a test turns them on (`proxy.reset(enabled=True)`). Objects are written
     through the proxy too, so the links the emulator gives them lead back through it.
     """
-    from beam_jobs.image_embeddings import io
+    from beam_jobs.image_embeddings.storage import io
 
     with (
         serving(

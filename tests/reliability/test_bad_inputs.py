@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from beam_jobs.image_embeddings.contract import STAGE_INPUT, STAGE_READ, STAGES
-from image_embeddings_airflow.validation import validate_output
+from image_embeddings_airflow.dag.validation import validate_output
 from tests.image_factory import (
     BAD_INPUT_STAGES,
     ESCAPING_STAGE,

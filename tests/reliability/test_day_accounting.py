@@ -12,9 +12,9 @@ from PIL import Image
 
 from beam_jobs.image_embeddings.contract import STAGE_INFERENCE, join
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.manifest import stage_manifest
-from image_embeddings_airflow.skips import LINE_BREAK, NOT_AN_IMAGE
-from image_embeddings_airflow.validation import REPORT_NAME, validate_output
+from image_embeddings_airflow.dag.manifest import stage_manifest
+from image_embeddings_airflow.dag.skips import LINE_BREAK, NOT_AN_IMAGE
+from image_embeddings_airflow.dag.validation import REPORT_NAME, validate_output
 from tests.gcs_emulator import upload_as_producer
 from tests.image_factory import REAL_PHOTOS, write_real_photo_day
 from tests.reliability.runs import DIM, account, read_outputs, run_pipeline

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from beam_jobs.image_embeddings import lease
-from tests.beam_jobs.test_lease import race
+from beam_jobs.image_embeddings.storage import lease
+from tests.beam_jobs.storage.test_lease import race
 from tests.beam_jobs.test_outputs import _rows, _write_and_commit
 from tests.conftest import TEST_BUCKET
 from tests.gcs_emulator import client_of
@@ -82,7 +82,7 @@ def test_the_dag_tasks_of_a_run_that_lost_the_day_fail_without_touching_it(tmp_p
     """`stage_manifest` (which clears the day) and `reduce_dimensions` (the day's products)."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from image_embeddings_airflow import dag_tasks
+    from image_embeddings_airflow.dag import tasks as dag_tasks
 
     observe.area = "one run a day"
     output = tmp_path / "embeddings" / "2026-11-28"

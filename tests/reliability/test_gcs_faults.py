@@ -16,11 +16,11 @@ from apache_beam.io.gcp import gcsio
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.plugin import BeamPlugin
 
-from beam_jobs.image_embeddings import gcs
 from beam_jobs.image_embeddings.contract import STAGE_DECODE, join
+from beam_jobs.image_embeddings.storage import gcs
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.manifest import stage_manifest
-from image_embeddings_airflow.validation import validate_output
+from image_embeddings_airflow.dag.manifest import stage_manifest
+from image_embeddings_airflow.dag.validation import validate_output
 from tests.fault_proxy import SERVICE_UNAVAILABLE, STALL, FaultPlan
 from tests.reliability.runs import (
     ATOL,
@@ -59,7 +59,10 @@ BOUNDED_FACTORY = (
     "first_import",
     # What a Dataflow worker imports at startup (the launcher lists it as a Beam plugin), and
     # what a worker running only the image-loading stage imports.
-    ["beam_jobs.image_embeddings.gcs.BoundedGcsRequests", "beam_jobs.image_embeddings.images"],
+    [
+        "beam_jobs.image_embeddings.storage.gcs.BoundedGcsRequests",
+        "beam_jobs.image_embeddings.images",
+    ],
 )
 def test_worker_processes_get_the_bounds(first_import):
     module = first_import.removesuffix(".BoundedGcsRequests")
@@ -71,7 +74,7 @@ def test_worker_processes_get_the_bounds(first_import):
         timeout=300,
         check=True,
     )
-    assert done.stdout.split() == ["beam_jobs.image_embeddings.gcs"]
+    assert done.stdout.split() == ["beam_jobs.image_embeddings.storage.gcs"]
     if first_import.endswith("BoundedGcsRequests"):
         assert first_import in BeamPlugin.get_all_plugin_paths()
 

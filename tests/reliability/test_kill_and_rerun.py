@@ -20,7 +20,7 @@ from beam_jobs.image_embeddings.contract import (
     manifest_entries,
 )
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.validation import REPORT_NAME, ValidationError, validate_output
+from image_embeddings_airflow.dag.validation import REPORT_NAME, ValidationError, validate_output
 from tests.fault_proxy import Hold
 from tests.reliability.runs import (
     DIM,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from image_embeddings_airflow import dag_tasks
-from image_embeddings_airflow.dag_tasks import dag_holder, resolve_run
-from image_embeddings_airflow.dataflow import job_state
+from image_embeddings_airflow.dag import tasks as dag_tasks
+from image_embeddings_airflow.dag.dataflow import job_state
+from image_embeddings_airflow.dag.tasks import dag_holder, resolve_run
 from tests.dags.conftest import dataflow_api, google_connection  # noqa: F401
 from tests.dags.test_dataflow import NAME, _in_dag
 from tests.dags.test_run_plan import DATAFLOW, NOV_28
@@ -18,7 +18,7 @@ HOLDER = dag_holder("image_embeddings", "manual__2026-11-28")
 
 def _waiting(dataflow_api, tmp_path):  # noqa: F811
     """A run that holds its day, its job running on Dataflow, and its `wait` task."""
-    from image_embeddings_airflow.operators import WaitForEmbeddingsSensor
+    from image_embeddings_airflow.dag.operators import WaitForEmbeddingsSensor
 
     plan = resolve_run({}, NOV_28, DATAFLOW) | {"output_dir": str(tmp_path / "2026-11-28")}
     token = dag_tasks.claim_day(plan, HOLDER)

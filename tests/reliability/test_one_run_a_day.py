@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from beam_jobs.image_embeddings import lease
 from beam_jobs.image_embeddings.contract import LEASE_NAME
-from image_embeddings_airflow.validation import validate_output
+from beam_jobs.image_embeddings.storage import lease
+from image_embeddings_airflow.dag.validation import validate_output
 from tests.reliability.runs import (
     DIM,
     LaunchedPipeline,

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from image_embeddings_airflow.validation import validate_output
+from image_embeddings_airflow.dag.validation import validate_output
 from tests.reliability.runs import (
     DIM,
     account,

@@ -1,7 +1,7 @@
 """Validation catches a real run's outputs tampered with, and its report names the problem.
 
-tests/plugins/test_validation.py tampers with outputs it writes itself; here the outputs are those
-of a real pipeline run (the reference day), changed the way a faulty disk or a bad copy would.
+tests/plugins/dag/test_validation.py tampers with outputs it writes itself; here the outputs are
+those of a real pipeline run (the reference day), changed the way a faulty disk or a bad copy would.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs.image_embeddings.contract import SUCCESS_MARKER
-from image_embeddings_airflow.validation import REPORT_NAME, ValidationError, validate_output
+from image_embeddings_airflow.dag.validation import REPORT_NAME, ValidationError, validate_output
 from tests.reliability.runs import DIM
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from image_embeddings_airflow.report import image_href
-from image_embeddings_airflow.view import REPORT_HEADERS
+from image_embeddings_airflow.ui.report import image_href
+from image_embeddings_airflow.ui.view import REPORT_HEADERS
 from tests.browser import NO_CHROMIUM, chromium_page, has_chromium
 from tests.e2e.conftest import AIRFLOW_LOCAL, airflow_local, wait_for
 from tests.gcs_emulator import free_port

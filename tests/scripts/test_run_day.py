@@ -19,7 +19,7 @@ FAILED_RUN_LOG = [
     "[info     ] Task started                   [airflow.api_fastapi.execution_api.routes]",
     "[error    ] Task failed with exception     [task] loc=task_runner.py:1639",
     "Traceback (most recent call last):",
-    '  File "/repo/plugins/image_embeddings_airflow/dag_tasks.py", line 45, in resolve_run',
+    '  File "/repo/plugins/image_embeddings_airflow/dag/tasks.py", line 45, in resolve_run',
     '    raise AirflowFailException(f"refused before anything ran: {error}") from None',
     "airflow.sdk.exceptions.AirflowFailException: refused before anything ran: "
     "IMAGE_EMBEDDINGS_RUNNER: runner must be one of DirectRunner, DataflowRunner, got 'Flink'",

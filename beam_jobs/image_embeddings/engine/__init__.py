@@ -1,0 +1,1 @@
+"""The embedding engines: models, weights, OpenVINO preparation, int8 guard, fingerprint."""

@@ -1,0 +1,40 @@
+"""Whether a day's model fingerprint is the one the previous finished day had: never silent."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from beam_jobs.image_embeddings.contract import FINGERPRINT_KEY, SUCCESS_MARKER, join
+from beam_jobs.image_embeddings.reuse.earlier_runs import folder_name, window_folders
+from beam_jobs.image_embeddings.storage import io
+
+log = logging.getLogger(__name__)
+
+
+def previous_fingerprint(output: str, days: int, current: str) -> dict[str, Any] | None:
+    """The newest finished day of the `days` before the output's: its day, its fingerprint and
+    whether `current` differs from it (logged as a warning when it does); None when there is
+    none."""
+    for folder in window_folders(output, days):
+        marker = join(folder, SUCCESS_MARKER)
+        if not io.exists(marker):
+            continue
+        try:
+            earlier = json.loads(io.read_text(marker)).get(FINGERPRINT_KEY)
+        except (ValueError, AttributeError):
+            continue
+        if earlier is None:
+            continue
+        record = {"day": folder_name(folder), "fingerprint": earlier, "changed": earlier != current}
+        if record["changed"]:
+            log.warning(
+                "model fingerprint %s differs from %s of %s: this day's embeddings are not "
+                "comparable with earlier ones (no reuse, cross-day duplicates, drift or search)",
+                current,
+                earlier,
+                record["day"],
+            )
+        return record
+    return None

@@ -1,0 +1,1 @@
+"""A validated day's products: PCA, neighbours index, duplicates, drift, earlier days."""

@@ -1,0 +1,1 @@
+"""Serving: a validated day published to pgvector and BigQuery, replacing exactly that day."""

@@ -1,0 +1,1 @@
+"""What a person sees: the day's report.html and the Airflow UI view listing the days."""

@@ -1,0 +1,1 @@
+"""Tests of reuse by content digest."""

@@ -1,0 +1,1 @@
+"""Tests of publishing to pgvector and BigQuery."""

@@ -1,0 +1,1 @@
+"""Tests of the report and the UI view."""
