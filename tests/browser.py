@@ -38,3 +38,16 @@ def chromium_page(profile: Path):
             yield context.pages[0] if context.pages else context.new_page()
         finally:
             context.close()
+
+
+def hover_first_point(page, report) -> None:
+    """Move the mouse onto the report's first map point, as a user's mouse would; `report` is the
+    page or the frame that shows the report."""
+    from playwright.sync_api import expect
+
+    point = report.locator("#map .scatterlayer .point").first
+    expect(point).to_be_attached()
+    box = point.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 30, y - 30)
+    page.mouse.move(x, y, steps=3)

@@ -15,7 +15,7 @@ import pytest
 
 from image_embeddings_airflow.dag.params import dag_params
 from image_embeddings_airflow.settings import RUNNERS
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, chromium_page, hover_first_point
 from tests.e2e.conftest import REPO, SMALL_MODEL, AirflowApi, wait_for, write_day
 from tests.e2e.outputs import check_day_outputs
 
@@ -44,18 +44,8 @@ expect.set_options(timeout=20_000)
 @pytest.fixture
 def page(tmp_path):
     """A page of headless Chromium on a fresh profile."""
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            tmp_path / "profile",
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1500},
-        )
-        try:
-            yield context.pages[0] if context.pages else context.new_page()
-        finally:
-            context.close()
+    with chromium_page(tmp_path / "profile") as opened:
+        yield opened
 
 
 def _screenshot(page, name: str) -> Path:
@@ -181,23 +171,13 @@ VIEW_DAY = "2026-11-21"
 VIEW_URL = "/image-embeddings/"
 
 
-def _hover_a_point(page, report) -> None:
-    """Move the mouse onto the report's first map point, as a user's mouse would."""
-    point = report.locator("#map .scatterlayer .point").first
-    expect(point).to_be_attached()
-    box = point.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(x - 30, y - 30)
-    page.mouse.move(x, y, steps=3)
-
-
 def _click_a_point_opens_its_image(page, report, good: list[str]) -> None:
     """A click on a point shows its image as a link, and follows it.
 
     A browser opens no file:// URL from a page served over HTTP (and Airflow's frame opens no
     tab): the link is what shows that the click asked for the image.
     """
-    _hover_a_point(page, report)
+    hover_first_point(page, report)
     expect(report.locator("#map-tip")).to_be_visible()
     page.mouse.down()
     page.mouse.up()
@@ -254,13 +234,13 @@ def test_the_image_embeddings_view_lists_the_day_and_its_report_shows_thumbnails
         report = page.frame_locator("iframe")
         heading = report.get_by_role("heading", name=f"Image embeddings of {VIEW_DAY}")
         expect(heading).to_be_visible()
-        _hover_a_point(page, report)
+        hover_first_point(page, report)
         _check_thumbnail_shown(report, good)
         _screenshot(page, "report-in-airflow.png")
         _click_a_point_opens_its_image(page, report, good)
 
         page.goto(f"{api.url}{VIEW_URL}days/{VIEW_DAY}/report")
-        _hover_a_point(page, page)
+        hover_first_point(page, page)
         _check_thumbnail_shown(page, good)
         _screenshot(page, "report-hover.png")
         # Before the full-page screenshot, which resizes the page and makes Plotly redraw the map.
