@@ -27,6 +27,7 @@ from beam_jobs.image_embeddings.engine.models import (
     stack_images,
 )
 from beam_jobs.image_embeddings.storage import io as storage
+from tests.beam_jobs.engine.opaque_model import python_pooling_model
 from tests.gcs_emulator import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -365,19 +366,7 @@ def test_xla_and_the_graph_executor_agree(handlers):
 
 
 def test_a_model_xla_cannot_compile_fails_with_advice_and_runs_without_xla(monkeypatch):
-    import keras
-    import tensorflow as tf
-
-    class NumpyMean(keras.layers.Layer):
-        """Global average pooling through a Python function: XLA cannot compile it."""
-
-        def call(self, maps):
-            mean = tf.numpy_function(lambda a: a.mean(axis=(1, 2)), [maps], tf.float32)
-            mean.set_shape((None, maps.shape[-1]))
-            return mean
-
-    inputs = keras.Input((224, 224, 3))
-    model = keras.Model(inputs, NumpyMean()(keras.layers.Conv2D(4, 3)(inputs)))
+    model = python_pooling_model()
     monkeypatch.setattr(models, "build_model", lambda *args: model)
     handler = KerasModelHandler("resnet50", "random", max_batch_size=2)
 

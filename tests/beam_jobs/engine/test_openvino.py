@@ -33,6 +33,7 @@ from beam_jobs.image_embeddings.engine.prepare import prepare_model
 from beam_jobs.image_embeddings.launcher import run
 from beam_jobs.image_embeddings.options import JobOptions
 from image_embeddings_airflow.dag.validation import validate_output
+from tests.beam_jobs.engine.opaque_model import python_pooling_model
 from tests.beam_jobs.engine.test_models import cosine, realish_images, save_tiny_model
 from tests.image_factory import write_images
 
@@ -353,21 +354,10 @@ def test_the_prepare_cli_has_help():
 
 
 def test_a_model_openvino_cannot_convert_fails_at_preparation_naming_tensorflow(monkeypatch):
-    import keras
-    import tensorflow as tf
 
     from beam_jobs.image_embeddings.engine import openvino as openvino_engine
 
-    class NumpyMean(keras.layers.Layer):
-        """Global average pooling through a Python function: no converter can follow it."""
-
-        def call(self, maps):
-            mean = tf.numpy_function(lambda a: a.mean(axis=(1, 2)), [maps], tf.float32)
-            mean.set_shape((None, maps.shape[-1]))
-            return mean
-
-    inputs = keras.Input((224, 224, 3))
-    model = keras.Model(inputs, NumpyMean()(keras.layers.Conv2D(4, 3)(inputs)))
+    model = python_pooling_model()
     monkeypatch.setattr(openvino_engine, "build_model", lambda *args: model)
     with pytest.raises(UnconvertibleModel) as refused:
         convert(resolve_model(SMALL), "random")
