@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
-from beam_jobs.image_embeddings.contract import FINGERPRINT_KEY, SUCCESS_MARKER, join
+from beam_jobs.image_embeddings.contract import FINGERPRINT_KEY
+from beam_jobs.image_embeddings.marker import NoMarker, success_record
 from beam_jobs.image_embeddings.reuse.earlier_runs import folder_name, window_folders
 from beam_jobs.image_embeddings.storage import io
 
@@ -18,12 +18,9 @@ def previous_fingerprint(output: str, days: int, current: str) -> dict[str, Any]
     whether `current` differs from it (logged as a warning when it does); None when there is
     none."""
     for folder in window_folders(output, days):
-        marker = join(folder, SUCCESS_MARKER)
-        if not io.exists(marker):
-            continue
         try:
-            earlier = json.loads(io.read_text(marker)).get(FINGERPRINT_KEY)
-        except (ValueError, AttributeError):
+            earlier = success_record(folder, io).get(FINGERPRINT_KEY)
+        except (NoMarker, ValueError, AttributeError):
             continue
         if earlier is None:
             continue

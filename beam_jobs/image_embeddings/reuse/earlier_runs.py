@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 import re
@@ -19,6 +18,7 @@ from beam_jobs.image_embeddings.contract import (
     join,
     shard_glob,
 )
+from beam_jobs.image_embeddings.marker import NoMarker, success_record
 from beam_jobs.image_embeddings.storage import io
 
 LOGGER = logging.getLogger(__name__)
@@ -61,11 +61,10 @@ def window_folders(output: str, days: int) -> list[str]:
 
 def why_not_reusable(folder: str, fingerprint: str) -> str | None:
     """Why the run in `folder` cannot lend its embeddings, or None when it can."""
-    marker = join(folder, SUCCESS_MARKER)
-    if not io.exists(marker):
-        return NO_MARKER
     try:
-        record = json.loads(io.read_text(marker))
+        record = success_record(folder, io)
+    except NoMarker:
+        return NO_MARKER
     except ValueError:
         return f"{SUCCESS_MARKER} is not JSON"
     if not isinstance(record, dict) or any(key not in record for key in REUSE_KEYS):
