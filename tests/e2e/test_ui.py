@@ -160,7 +160,9 @@ def test_a_day_triggered_from_the_form_runs_green(airflow, page):
         run = wait_for("the run to finish", lambda: _finished(api, run_id), RUN_TIMEOUT_S, home)
         states = _task_states(api, run_id)
         assert run["state"] == "success", states
-        assert states == dict.fromkeys(task_ids, "success")
+        # Publishing is off unless IMAGE_EMBEDDINGS_PUBLISH names a target.
+        publish = [task_id for task_id in task_ids if task_id.startswith("publish.")]
+        assert states == dict.fromkeys(task_ids, "success") | dict.fromkeys(publish, "skipped")
         _check_green(page, api.url, run_id, task_ids)
         _screenshot(page, "run-succeeded.png")
 

@@ -129,7 +129,7 @@ def bigquery_hits(statement: str) -> list[tuple[str, str, float]] | None:
 
 def search_store(args: argparse.Namespace) -> int:
     """`main` for --store pgvector|bigquery: print the hits as the files store does."""
-    from beam_jobs.image_embeddings.search.query import query as search
+    from beam_jobs.image_embeddings.search import query as search
 
     try:
         vector, fingerprint = query_vector(args.output_root, args.date, args.image)
@@ -162,7 +162,7 @@ def search_store(args: argparse.Namespace) -> int:
 def query_vector(root: str, day: str, image: str) -> tuple[np.ndarray, str]:
     """The query image embedded with day D's model, and that model's fingerprint."""
     from beam_jobs.image_embeddings.engine.models import resolve_model
-    from beam_jobs.image_embeddings.search.query import query as search
+    from beam_jobs.image_embeddings.search import query as search
 
     marker = search.read_marker(join(root, day))
     if marker.get("engine") == "openvino":

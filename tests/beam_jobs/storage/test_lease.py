@@ -23,7 +23,7 @@ HOUR = timedelta(hours=1)
 # A process that takes a day for itself and exits without giving it back, as a killed run.
 LEASE_IN_CHILD = """
 import sys
-from beam_jobs.image_embeddings import lease
+from beam_jobs.image_embeddings.storage import lease
 taken = lease.acquire(sys.argv[1], "cli:child", process_bound=True)
 print(taken.record.to_bytes().decode())
 """

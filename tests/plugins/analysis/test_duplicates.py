@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs.image_embeddings.contract import DUPLICATES_NAME, SUCCESS_MARKER, embeddings_schema
-from beam_jobs.image_embeddings.search.query import index as neighbours
+from beam_jobs.image_embeddings.search import index as neighbours
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.analysis.day_index import read_day_index, write_day_index
 from image_embeddings_airflow.analysis.duplicates import (
