@@ -107,6 +107,7 @@ def _encoded_dumper(oid: int):
 
 def copy_day(connection, staging, output_dir: str, day: str, batch_rows: int, on_batch) -> int:
     """Stream the day's rows into `staging` with binary COPY; the number of rows copied."""
+    from psycopg.copy import QueuedLibpqWriter
     from psycopg.types import TypeInfo
 
     columns = sql.SQL(", ").join(sql.Identifier(column) for column in COLUMNS)
@@ -116,7 +117,8 @@ def copy_day(connection, staging, output_dir: str, day: str, batch_rows: int, on
     copied = 0
     with connection.cursor() as cursor:
         cursor.adapters.register_dumper(_Encoded, _encoded_dumper(halfvec.oid))
-        with cursor.copy(statement) as copy:
+        # A worker thread sends the data while this one encodes the next rows: the two overlap.
+        with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
             copy.set_types(["date", "text", "text", "text", "halfvec"])
             for batch in day_batches(output_dir, day, batch_rows):
                 embeddings = batch.column("embedding")
