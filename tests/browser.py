@@ -51,3 +51,17 @@ def hover_first_point(page, report) -> None:
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x - 30, y - 30)
     page.mouse.move(x, y, steps=3)
+
+
+def click_first_point(page, report):
+    """Hover the report's first map point and click it: the link under the map that the click
+    shows, once visible."""
+    from playwright.sync_api import expect
+
+    hover_first_point(page, report)
+    expect(report.locator("#map-tip")).to_be_visible()
+    page.mouse.down()
+    page.mouse.up()
+    picked = report.locator("#map-picked a")
+    expect(picked).to_be_visible()
+    return picked

@@ -24,16 +24,11 @@ def running_emulator(bucket: str):
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
     server.start()
     host = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            urllib.request.urlopen(f"{host}/storage/v1/b", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                server.stop()
-                raise
-            time.sleep(0.1)
+    try:
+        _wait_until_serving(host)
+    except OSError:
+        server.stop()
+        raise
     try:
         yield host
     finally:

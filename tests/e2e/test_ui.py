@@ -15,7 +15,7 @@ import pytest
 
 from image_embeddings_airflow.dag.params import dag_params
 from image_embeddings_airflow.settings import RUNNERS
-from tests.browser import CHROMIUM, chromium_page, hover_first_point
+from tests.browser import CHROMIUM, chromium_page, click_first_point, hover_first_point
 from tests.e2e.conftest import REPO, SMALL_MODEL, AirflowApi, wait_for, write_day
 from tests.e2e.outputs import check_day_outputs
 
@@ -190,12 +190,7 @@ def _click_a_point_opens_its_image(page, report, good: list[str]) -> None:
     A browser opens no file:// URL from a page served over HTTP (and Airflow's frame opens no
     tab): the link is what shows that the click asked for the image.
     """
-    hover_first_point(page, report)
-    expect(report.locator("#map-tip")).to_be_visible()
-    page.mouse.down()
-    page.mouse.up()
-    picked = report.locator("#map-picked a")
-    expect(picked).to_be_visible()
+    picked = click_first_point(page, report)
     shown = picked.inner_text()
     assert shown in good
     expect(picked).to_have_attribute("href", Path(shown).as_uri())

@@ -24,7 +24,7 @@ import pytest
 
 from image_embeddings_airflow.ui.report import image_href
 from image_embeddings_airflow.ui.view import REPORT_HEADERS
-from tests.browser import NO_CHROMIUM, chromium_page, has_chromium, hover_first_point
+from tests.browser import NO_CHROMIUM, chromium_page, click_first_point, has_chromium
 from tests.e2e.conftest import AIRFLOW_LOCAL, airflow_local, wait_for
 from tests.gcs_emulator import free_port
 from tests.hostile_report import injections, write_hostile_day
@@ -219,12 +219,7 @@ def _hover_and_click_a_point(page, report) -> str:
     """Hover the map's first point, as a mouse would, and click it; return the URI it names."""
     from playwright.sync_api import expect
 
-    hover_first_point(page, report)
-    expect(report.locator("#map-tip")).to_be_visible()
-    page.mouse.down()
-    page.mouse.up()
-    picked = report.locator("#map-picked a")
-    expect(picked).to_be_visible()
+    picked = click_first_point(page, report)
     shown = picked.inner_text()
     assert shown.startswith(f"gs://photos/{DAY}/"), shown
     expect(picked).to_have_attribute("href", image_href(shown))
