@@ -284,16 +284,23 @@ def nearest_over_days(
     return [Hit(rank + 1, hit.similarity, hit.day, hit.uri) for rank, hit in enumerate(best)]
 
 
-def search(root: str, day: str, image: str, k: int, days: int) -> tuple[list[Hit], dict]:
-    """The `k` nearest images over the searched days, best first, and the days skipped."""
+def day_embedder(
+    marker: dict[str, Any], day: str
+) -> tuple[Any, Callable[[np.ndarray], np.ndarray]]:
+    """The model spec and the embedding function of the run whose `_SUCCESS` is `marker`: its
+    prepared OpenVINO model, or its Keras model rebuilt here."""
     from beam_jobs.image_embeddings.engine.models import resolve_model
 
-    marker = read_marker(join(root, day))
     if marker.get("engine") == "openvino":
-        spec, embed = resolve_model(marker["model"]), prepared_embedder(marker, day)
-    else:
-        spec = check_fingerprint(marker, day)
-        embed = keras_embedder(spec, marker["weights"], marker.get("precision", "float32"))
+        return resolve_model(marker["model"]), prepared_embedder(marker, day)
+    spec = check_fingerprint(marker, day)
+    return spec, keras_embedder(spec, marker["weights"], marker.get("precision", "float32"))
+
+
+def search(root: str, day: str, image: str, k: int, days: int) -> tuple[list[Hit], dict]:
+    """The `k` nearest images over the searched days, best first, and the days skipped."""
+    marker = read_marker(join(root, day))
+    spec, embed = day_embedder(marker, day)
     searched, skipped = searched_days(root, day, days, marker[FINGERPRINT_KEY])
     if day not in searched:
         raise SearchRefused(f"{day}: {skipped[day]}; run the DAG's reduce_dimensions for it")

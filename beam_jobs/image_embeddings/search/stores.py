@@ -161,13 +161,8 @@ def search_store(args: argparse.Namespace) -> int:
 
 def query_vector(root: str, day: str, image: str) -> tuple[np.ndarray, str]:
     """The query image embedded with day D's model, and that model's fingerprint."""
-    from beam_jobs.image_embeddings.engine.models import resolve_model
     from beam_jobs.image_embeddings.search import query as search
 
     marker = search.read_marker(join(root, day))
-    if marker.get("engine") == "openvino":
-        spec, embed = resolve_model(marker["model"]), search.prepared_embedder(marker, day)
-    else:
-        spec = search.check_fingerprint(marker, day)
-        embed = search.keras_embedder(spec, marker["weights"], marker.get("precision", "float32"))
+    spec, embed = search.day_embedder(marker, day)
     return search.embed_query(image, spec, embed), marker[FINGERPRINT_KEY]
