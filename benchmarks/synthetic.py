@@ -33,8 +33,8 @@ from beam_jobs.image_embeddings.contract import (
 from beam_jobs.image_embeddings.search.index import (
     add_rows,
     empty_index,
-    index_bytes,
     training_rows,
+    write_index,
 )
 
 DIM = 2048
@@ -216,7 +216,8 @@ def write_lookback_day(folder: Path, space: Space, day: str, seed: int, rows: in
     del training
     for chunk in chunks():
         add_rows(index, chunk)
-    (folder / NEIGHBOURS_INDEX_NAME).write_bytes(index_bytes(index))
+    with open(folder / NEIGHBOURS_INDEX_NAME, "wb") as handle:
+        write_index(index, handle)
     ids = pa.schema([("uri", pa.string()), ("sha256", pa.string())])
     with pq.ParquetWriter(folder / NEIGHBOURS_IDS_NAME, ids) as writer:
         for start in range(0, rows, CHUNK_ROWS):

@@ -89,18 +89,19 @@ def unit_vectors(index: Any, ids: np.ndarray) -> np.ndarray:
     return index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
 
 
-def index_bytes(index: Any) -> bytes:
-    """The index serialised, for any storage."""
+def write_index(index: Any, handle: Any) -> None:
+    """Serialise the index into a writable binary file, a chunk at a time (no serialised copy of
+    the whole index in memory)."""
     import faiss
 
-    return faiss.serialize_index(index).tobytes()
+    faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
 
 
-def index_from_bytes(data: bytes) -> Any:
-    """An index read back from `index_bytes`."""
+def read_index_from(handle: Any) -> Any:
+    """An index read back from `write_index`'s file, a chunk at a time."""
     import faiss
 
-    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    index = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
     if isinstance(index, faiss.IndexIVF):
         index.nprobe = PROBED_LISTS
     return index

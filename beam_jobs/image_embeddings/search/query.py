@@ -35,8 +35,8 @@ from beam_jobs.image_embeddings.marker import NoMarker, success_record
 from beam_jobs.image_embeddings.pca import PcaAxes
 from beam_jobs.image_embeddings.search.index import (
     SEARCH_PROBED_LISTS,
-    index_from_bytes,
     nearest,
+    read_index_from,
     unit_rows,
 )
 from beam_jobs.image_embeddings.search.stores import add_store_arguments
@@ -223,7 +223,8 @@ def read_axes(folder: str) -> PcaAxes:
 
 def day_candidates(folder: str, vector: np.ndarray, count: int) -> np.ndarray:
     """Row numbers of the day's `count` nearest images to `vector` in its index, best first."""
-    index = index_from_bytes(storage.read_bytes(join(folder, NEIGHBOURS_INDEX_NAME)))
+    with storage.open_binary(join(folder, NEIGHBOURS_INDEX_NAME)) as handle:
+        index = read_index_from(handle)
     coordinates = read_axes(folder).project(vector[np.newaxis])
     rows = nearest(index, coordinates, count, probes=SEARCH_PROBED_LISTS)[1][0]
     return rows[rows >= 0]

@@ -20,9 +20,9 @@ from beam_jobs.image_embeddings.contract import (
 from beam_jobs.image_embeddings.search.index import (
     add_rows,
     empty_index,
-    index_bytes,
-    index_from_bytes,
+    read_index_from,
     training_picks,
+    write_index,
 )
 from image_embeddings_airflow import storage
 
@@ -100,7 +100,8 @@ def write_day_index(output_dir: str) -> str:
     for _, coordinates in projection_batches(output_dir):
         add_rows(index, coordinates)
     index_uri = join(output_dir, NEIGHBOURS_INDEX_NAME)
-    storage.write_bytes(index_uri, index_bytes(index))
+    with storage.open_file(index_uri, "wb") as handle:
+        write_index(index, handle)
     written = 0
     with (
         storage.open_file(join(output_dir, NEIGHBOURS_IDS_NAME), "wb") as handle,
@@ -120,7 +121,8 @@ def write_day_index(output_dir: str) -> str:
 
 def read_index(output_dir: str) -> Any:
     """A day's FAISS index."""
-    return index_from_bytes(storage.read_bytes(join(output_dir, NEIGHBOURS_INDEX_NAME)))
+    with storage.open_file(join(output_dir, NEIGHBOURS_INDEX_NAME), "rb") as handle:
+        return read_index_from(handle)
 
 
 def read_day_index(output_dir: str) -> DayIndex:

@@ -9,6 +9,7 @@ import pytest
 from beam_jobs.image_embeddings.contract import DUPLICATES_NAME, SUCCESS_MARKER, embeddings_schema
 from beam_jobs.image_embeddings.search import index as neighbours
 from image_embeddings_airflow import storage
+from image_embeddings_airflow.analysis import duplicates
 from image_embeddings_airflow.analysis.day_index import read_day_index, write_day_index
 from image_embeddings_airflow.analysis.duplicates import (
     count_in_validation,
@@ -207,14 +208,20 @@ def planted(earlier: dict[str, list[str]], new: list[str]) -> list[tuple]:
 def test_each_earlier_day_is_read_once_and_never_its_embeddings(root, monkeypatch):
     earlier, new = lookback(root)
     reads: list[str] = []
-    for name in ("read_bytes", "parquet_batches"):
-        real = getattr(storage, name)
+    for module, name in ((storage, "read_bytes"), (storage, "parquet_batches")):
+        real = getattr(module, name)
 
         def spy(uri, *args, real=real, **kwargs):
             reads.append(uri)
             return real(uri, *args, **kwargs)
 
-        monkeypatch.setattr(storage, name, spy)
+        monkeypatch.setattr(module, name, spy)
+    read_index = duplicates.read_index
+    monkeypatch.setattr(
+        duplicates,
+        "read_index",
+        lambda folder: reads.append(f"{folder}/neighbours.faiss") or read_index(folder),
+    )
 
     result = find_duplicates(f"{root}/2026-11-28", "2026-11-28", FINGERPRINT, 0.95, 30)
 
