@@ -34,7 +34,7 @@ from beam_jobs.image_embeddings.contract import (
     join,
     shard_glob,
 )
-from beam_jobs.image_embeddings.search.index import nearest, unit_vectors
+from beam_jobs.image_embeddings.search.index import neighbours_at_least, unit_vectors
 from beam_jobs.image_embeddings.vectors import row_cosines, unit_rows
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.analysis.day_index import (
@@ -59,6 +59,8 @@ CANDIDATE_MARGIN = 0.05
 # (2048-d float32: 128 MB).
 CHECK_ROWS = 16_384
 BATCH_ROWS = 8192
+# Rows searched together: an IVF list is read once per this many queries (50-d: 13 MB).
+QUERY_ROWS = 65_536
 DUCKDB_MEMORY = "256MB"
 
 
@@ -171,16 +173,27 @@ def exact_across(connection, day: str) -> None:
     )
 
 
+def query_batches(batches: Iterator[np.ndarray], rows: int) -> Iterator[np.ndarray]:
+    """The batches joined into batches of at least `rows` rows (the last may hold fewer)."""
+    held: list[np.ndarray] = []
+    for batch in batches:
+        held.append(batch)
+        if sum(map(len, held)) >= rows:
+            yield np.concatenate(held)
+            held = []
+    if held:
+        yield np.concatenate(held)
+
+
 def candidates(
     index, batches: Iterator[np.ndarray], neighbours: int, floor: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(query row, index row) of every neighbour at or above `floor` of each batch's rows."""
     queries, found, first = [], [], 0
-    for coordinates in batches:
-        similarities, ids = nearest(index, coordinates, neighbours)
-        rows, columns = np.nonzero((similarities >= floor) & (ids >= 0))
+    for coordinates in query_batches(batches, QUERY_ROWS):
+        rows, others, _ = neighbours_at_least(index, coordinates, neighbours, floor)
         queries.append(first + rows)
-        found.append(ids[rows, columns])
+        found.append(others)
         first += len(coordinates)
     if not queries:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)

@@ -245,6 +245,7 @@ def test_small_batches_give_the_same_duplicates(root, monkeypatch):
     for module in (day_index, duplicates, reduction):
         monkeypatch.setattr(module, "BATCH_ROWS", 7)
     monkeypatch.setattr(duplicates, "CHECK_ROWS", 4)
+    monkeypatch.setattr(duplicates, "QUERY_ROWS", 10)
 
     batched = read_rows(find_duplicates(folder, "2026-11-28", FINGERPRINT, 0.95, 30).uri)
 
