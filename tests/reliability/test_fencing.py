@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from beam_jobs.image_embeddings.storage import lease
-from tests.beam_jobs.storage.test_lease import race
+from tests.beam_jobs.storage.test_lease import leave_the_day, race
 from tests.beam_jobs.test_outputs import _rows, _write_and_commit
 from tests.conftest import TEST_BUCKET
 from tests.gcs_emulator import client_of
@@ -63,16 +63,15 @@ def test_a_stale_writers_commit_deletes_and_publishes_nothing(
     observe.stale_commits_refused += 1
 
 
-@pytest.mark.parametrize("expired_before", [False, True])
+@pytest.mark.parametrize("before", ["free", "expired", "released"])
 def test_sixteen_contenders_for_a_gs_day_get_one_lease_every_round(
-    precondition_gcs, observe, expired_before
+    precondition_gcs, observe, before
 ):
     observe.area = "one run a day"
     client = client_of(precondition_gcs)
     for _ in range(20):
         output = f"gs://{TEST_BUCKET}/{uuid.uuid4().hex}/2026-11-28"
-        if expired_before:
-            lease.acquire(output, "killed-run", timedelta(seconds=-1), client)
+        leave_the_day(output, client, before)
 
         assert len(race(output, client)) == 1
         observe.lease_rounds += 1
