@@ -127,6 +127,11 @@ class _Stored:
             return self.written_at + timedelta(seconds=self.record.ttl_secs)
         return datetime.fromisoformat(self.record.expires_at)
 
+    def as_refused(self) -> LeaseRecord:
+        """The record as a refusal names it: its expiry the store's, not its writer's estimate."""
+        expires = self.expires().isoformat(timespec="seconds")
+        return dataclasses.replace(self.record, expires_at=expires)
+
     def expired(self) -> bool:
         """Past its expiry on the store's clock, not the reading host's."""
         return self.expires() <= self.now
@@ -366,7 +371,7 @@ def acquire(
             record = _record(holder, ttl, process_bound, current.token)
             return _written(output, record, store.replace(record, current.version), created=False)
         if not current.abandoned():
-            raise LeaseHeld(output, current.record)
+            raise LeaseHeld(output, current.as_refused())
         LOGGER.warning(
             "taking over %s: the lease of %s (pid %d on %s) was abandoned or expired at %s",
             output,

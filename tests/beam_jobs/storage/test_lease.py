@@ -253,9 +253,12 @@ def test_a_reader_whose_clock_runs_days_ahead_sees_a_live_gs_lease_as_held(day, 
     _clock_off_by(monkeypatch, TWO_DAYS)
     taken = lease.acquire(output, "run-a", HOUR, client)
 
-    with pytest.raises(lease.LeaseHeld, match="being written by run-a"):
+    with pytest.raises(lease.LeaseHeld, match="being written by run-a") as refused:
         lease.acquire(output, "run-b", HOUR, client)
     lease.check_held(output, "run-a", taken.token, "write", client)
+    # The refusal names the service's expiry, not the one the skewed writer estimated.
+    named = datetime.fromisoformat(refused.value.record.expires_at)
+    assert abs(named - (datetime.now(UTC) + HOUR)) < timedelta(minutes=1)
     assert lease.renew(output, "run-a", taken.token, HOUR, client).token == taken.token
 
 
