@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.gcs_emulator import running_emulator, running_precondition_server
+from tests.gcs_emulator import numbering_batch_parts, running_emulator, running_precondition_server
 from tests.postgres_server import running_postgres
 
 TEST_BUCKET = "image-embeddings-test"
@@ -50,6 +50,14 @@ def precondition_gcs():
     """fake-gcs-server, which honours `ifGenerationMatch` on writes: yields its address, with
     the bucket TEST_BUCKET in it. Tests use folders of their own in it."""
     with running_precondition_server(TEST_BUCKET) as host:
+        yield host
+
+
+@pytest.fixture(scope="session")
+def precondition_gcs_for_beam(precondition_gcs):
+    """The address of `precondition_gcs` for Beam's gs:// filesystem, whose copies and deletes
+    go in batch requests: through a front that numbers their parts, as fake-gcs-server needs."""
+    with numbering_batch_parts(precondition_gcs) as host:
         yield host
 
 

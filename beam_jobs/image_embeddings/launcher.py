@@ -147,7 +147,9 @@ def give_back(taken: lease.Lease, options: PipelineOptions, job_ended: bool) -> 
             taken.record.expires_at,
         )
         return
-    lease.release(taken, lease_client(options, taken.output))
+    # By holder and token, not by the version taken: renewals while the job ran replaced it.
+    holder = taken.record.holder
+    lease.release_held(taken.output, holder, taken.token, lease_client(options, taken.output))
 
 
 def renewal(job: JobOptions, options: PipelineOptions, fence: lease.Fence):

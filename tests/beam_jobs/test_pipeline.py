@@ -21,6 +21,7 @@ from PIL import Image
 
 from beam_jobs.image_embeddings.contract import (
     FINGERPRINT_KEY,
+    LEASE_NAME,
     STAGE_INFERENCE,
     SUCCESS_KEYS,
     embeddings_schema,
@@ -243,7 +244,9 @@ def test_success_marker_counts_add_up(local_run):
     assert record["started_at"] < record["finished_at"]
     assert record["duration_s"] > 0
     files = sorted(path.name for path in local_run.output.iterdir())
-    assert files == ["_SUCCESS", *record["embeddings_files"], *record["failures_files"]]
+    # The run's lease stays, given back: the next run's token comes above its token.
+    expected = [LEASE_NAME, "_SUCCESS", *record["embeddings_files"], *record["failures_files"]]
+    assert files == expected
 
 
 def test_every_embeddings_shard_carries_the_model_fingerprint(local_run):
@@ -374,6 +377,7 @@ def test_rerun_replaces_the_output(local_run, tmp_path, weights_file, reference_
 
     run([*argv, f"--weights={weights_file}", "--embedding_dtype=float16"])
     assert sorted(path.name for path in output.iterdir()) == [
+        LEASE_NAME,
         "_SUCCESS",
         "embeddings-00000-of-00001.parquet",
         "failures-00000-of-00001.parquet",

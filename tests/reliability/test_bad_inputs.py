@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_jobs.image_embeddings.contract import STAGE_INPUT, STAGE_READ, STAGES
+from beam_jobs.image_embeddings.contract import LEASE_NAME, STAGE_INPUT, STAGE_READ, STAGES
 from image_embeddings_airflow.dag.validation import validate_output
 from tests.image_factory import (
     BAD_INPUT_STAGES,
@@ -204,7 +204,8 @@ def test_validation_passes_on_the_hostile_day(hostile_day):
 
 def test_the_day_left_only_the_contract_files(hostile_day):
     marker = hostile_day.outputs.marker
-    expected = {"_SUCCESS", "manifest.txt", *marker["embeddings_files"], *marker["failures_files"]}
+    expected = {LEASE_NAME, "_SUCCESS", "manifest.txt"}
+    expected |= {*marker["embeddings_files"], *marker["failures_files"]}
     # validation.json appears once the validation test above has run.
     assert set(hostile_day.outputs.names) == expected
     assert not any(name.startswith(".") for name in os.listdir(hostile_day.output))

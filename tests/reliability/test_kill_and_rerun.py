@@ -14,6 +14,7 @@ import signal
 import pytest
 
 from beam_jobs.image_embeddings.contract import (
+    LEASE_NAME,
     MANIFEST_NAME,
     SUCCESS_MARKER,
     join,
@@ -45,13 +46,14 @@ def killed(pipeline: LaunchedPipeline) -> None:
 
 def check_rerun(observe, output: str, reference, key=posixpath.basename, others=()) -> None:
     """The day after a rerun: complete, equal to the reference, valid, only contract files
-    (and `others`, files the DAG's own tasks write there)."""
+    (and `others`, files the DAG's own tasks write there), its lease given back."""
     outputs = read_outputs(output)
     accounting = observe.add(account(manifest_of(output), outputs))
     assert accounting.lost == accounting.duplicated == accounting.unexpected == 0
     assert_same_results(outputs, reference.outputs, key)
     marker = outputs.marker
     assert set(outputs.names) == {
+        LEASE_NAME,
         MANIFEST_NAME,
         SUCCESS_MARKER,
         *marker["embeddings_files"],
@@ -59,6 +61,7 @@ def check_rerun(observe, output: str, reference, key=posixpath.basename, others=
         *others,
     }
     assert validate_output(output, max_failure_rate=0.5, expected_dim=DIM).ok
+    assert storage.read_json(join(output, LEASE_NAME))["released_at"]
 
 
 def manifest_of(output: str) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import email.utils
 import fcntl
 import json
 import logging
@@ -24,6 +26,14 @@ LOGGER = logging.getLogger(__name__)
 DEFAULT_TTL = timedelta(hours=24)
 # A holder renews its lease this many times per TTL while its job runs.
 RENEWALS_PER_TTL = 4
+# As google-cloud-storage's own requests.
+GCS_TIMEOUT_S = 60
+
+
+def host_now() -> datetime:
+    """The time on this host's clock: a local lease's clock, and the times people read in a
+    lease record."""
+    return datetime.now(UTC)
 
 
 class LeaseHeld(RuntimeError):
@@ -68,6 +78,9 @@ class LeaseRecord:
     # under the store's create-or-replace precondition, so two holders never share one.
     token: int | None = None
     ttl_secs: float | None = None
+    # Set when the holder gave the day back: the record stays, so the next holder's token is
+    # above its token, and giving back is a write under the same precondition as the others.
+    released_at: str | None = None
 
     def to_bytes(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode("utf-8")
@@ -91,16 +104,22 @@ class Lease:
 
 @dataclass(frozen=True)
 class _Stored:
-    """A lease as read from its store: the record, its version, and when the store wrote it
-    (the storage service's own clock; None where the store has none of its own)."""
+    """A lease as read from its store: the record, its version, when the store wrote it (the
+    storage service's own clock; None where the store has none of its own), and the store's
+    time when it was read."""
 
     record: LeaseRecord
     version: Any
-    written_at: datetime | None = None
+    written_at: datetime | None
+    now: datetime
 
     @property
     def token(self) -> int | None:
         return self.record.token
+
+    @property
+    def released(self) -> bool:
+        return self.record.released_at is not None
 
     def expires(self) -> datetime:
         """The write's time on the store plus the TTL: no writer's clock moves it."""
@@ -108,12 +127,18 @@ class _Stored:
             return self.written_at + timedelta(seconds=self.record.ttl_secs)
         return datetime.fromisoformat(self.record.expires_at)
 
-    def expired(self, now: datetime) -> bool:
-        return self.expires() <= now
+    def as_refused(self) -> LeaseRecord:
+        """The record as a refusal names it: its expiry the store's, not its writer's estimate."""
+        expires = self.expires().isoformat(timespec="seconds")
+        return dataclasses.replace(self.record, expires_at=expires)
 
-    def abandoned(self, now: datetime) -> bool:
+    def expired(self) -> bool:
+        """Past its expiry on the store's clock, not the reading host's."""
+        return self.expires() <= self.now
+
+    def abandoned(self) -> bool:
         """Expired, or bound to a process of this host that no longer runs."""
-        if self.expired(now):
+        if self.expired():
             return True
         record = self.record
         on_this_host = record.host == socket.gethostname()
@@ -138,8 +163,9 @@ def cli_holder() -> str:
 class _LocalStore:
     """A lease file on a local disk: created whole or not at all; replaced under a folder lock.
 
-    The version is the record itself: a replace or delete checks, under an exclusive `flock` of
-    the day folder, that the file still holds what the caller read.
+    The version is the record itself: a replace checks, under an exclusive `flock` of the day
+    folder, that the file still holds what the caller read. Its clock is the host's (a local
+    disk has no other): `host_now` and the record's `expires_at`.
     """
 
     def __init__(self, output: str) -> None:
@@ -152,7 +178,7 @@ class _LocalStore:
                 record = LeaseRecord.from_bytes(handle.read())
         except FileNotFoundError:
             return None
-        return _Stored(record, record)
+        return _Stored(record, record, None, host_now())
 
     def create(self, record: LeaseRecord) -> Any:
         os.makedirs(self._folder, exist_ok=True)
@@ -178,10 +204,6 @@ class _LocalStore:
             handle.write(record.to_bytes())
         return partial
 
-    def delete(self, version: Any) -> None:
-        with self._locked_as(version):
-            os.remove(self._path)
-
     @contextlib.contextmanager
     def _locked_as(self, version: Any) -> Iterator[None]:
         descriptor = os.open(self._folder, os.O_RDONLY)
@@ -198,7 +220,9 @@ class _LocalStore:
 class _GcsStore:
     """A lease object on GCS: every write carries a generation precondition (0: must not exist).
 
-    The service's `updated` time of the last write starts the TTL.
+    Its clock is the service's: the `updated` time of the last write starts the TTL, and the
+    `Date` of the service's answer to a read is the time it is compared with. That header counts
+    whole seconds, so a lease is seen expiring up to a second late, never early.
     """
 
     def __init__(self, output: str, client: Any) -> None:
@@ -212,14 +236,38 @@ class _GcsStore:
     def read(self) -> _Stored | None:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
-        blob = self._blob()
+        metadata, now = self._metadata()
+        if metadata is None:
+            return None
+        generation = int(metadata["generation"])
         try:
-            blob.reload()
-            data = blob.download_as_bytes(if_generation_match=blob.generation)
+            data = self._blob().download_as_bytes(if_generation_match=generation)
         except (NotFound, PreconditionFailed):
             # Gone, or replaced between the two requests: read as free; a write then conflicts.
             return None
-        return _Stored(LeaseRecord.from_bytes(data), blob.generation, blob.updated)
+        updated = datetime.fromisoformat(metadata["updated"])
+        return _Stored(LeaseRecord.from_bytes(data), generation, updated, now)
+
+    def _metadata(self) -> tuple[dict[str, Any] | None, datetime]:
+        """The lease object's generation and `updated` time (None when there is none), and the
+        service's time of answering: one GET of the JSON API through the client's session."""
+        from google.api_core.exceptions import from_http_response
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        client = self._bucket.client
+        url = client._connection.build_api_url(
+            path=self._blob().path, query_params={"fields": "generation,updated"}
+        )
+
+        def get():
+            response = client._http.get(url, timeout=GCS_TIMEOUT_S)
+            if response.status_code != 404 and not response.ok:
+                raise from_http_response(response)
+            return response
+
+        response = DEFAULT_RETRY(get)()
+        now = _service_now(response.headers.get("Date"), url)
+        return (None if response.status_code == 404 else response.json()), now
 
     def create(self, record: LeaseRecord) -> Any:
         return self.replace(record, 0)
@@ -236,13 +284,19 @@ class _GcsStore:
             raise _Conflict from None
         return blob.generation
 
-    def delete(self, version: Any) -> None:
-        from google.api_core.exceptions import NotFound, PreconditionFailed
 
-        try:
-            self._blob().delete(if_generation_match=version)
-        except (PreconditionFailed, NotFound):
-            raise _Conflict from None
+def _service_now(date: str | None, url: str) -> datetime:
+    """The time a storage service answered at, from its `Date` header; the host's clock, with a
+    warning, when it sent none that reads as a date."""
+    try:
+        answered = email.utils.parsedate_to_datetime(date)
+    except (TypeError, ValueError):
+        LOGGER.warning(
+            "%s answered without a Date (%r): the lease uses this host's clock", url, date
+        )
+        return host_now()
+    # HTTP dates are GMT; two Date headers joined (a proxy adding its own) parse without a zone.
+    return answered if answered.tzinfo else answered.replace(tzinfo=UTC)
 
 
 def storage_client(output: str) -> Any:
@@ -265,7 +319,7 @@ def _store(output: str, gcs_client: Any):
 
 
 def _record(holder: str, ttl: timedelta, process_bound: bool, token: int | None) -> LeaseRecord:
-    now = datetime.now(UTC)
+    now = host_now()
     return LeaseRecord(
         holder=holder,
         host=socket.gethostname(),
@@ -282,6 +336,11 @@ def _written(output: str, record: LeaseRecord, version: Any, created: bool) -> L
     return Lease(output, record, version, created, record.token)
 
 
+def _claim(store, record: LeaseRecord, current: _Stored | None) -> Any:
+    """Write `record` where no lease is stored, or over the one read as `current`."""
+    return store.create(record) if current is None else store.replace(record, current.version)
+
+
 def _new_token(previous: _Stored | None) -> int:
     """A counter that outlives released leases: nanoseconds, above the previous holder's."""
     return max(time.time_ns(), (previous.token or 0) + 1 if previous else 0)
@@ -296,22 +355,23 @@ def acquire(
 ) -> Lease:
     """Take the day folder `output` for `holder`, for `ttl` from now.
 
-    The holder's own lease is renewed, keeping its token (a retried task); an abandoned one
-    (expired, or its process gone) is taken over, with a warning naming its holder, under a new
-    token. A lease held by anyone else raises LeaseHeld, naming that holder. Two callers racing
-    for one lease: one wins, the other gets LeaseHeld.
+    A free day (no lease, or a released one) is taken under a new token. The holder's own lease
+    is renewed, keeping its token (a retried task); an abandoned one (expired, or its process
+    gone) is taken over, with a warning naming its holder, under a new token. A lease held by
+    anyone else raises LeaseHeld, naming that holder. Two callers racing for one lease: one
+    wins, the other gets LeaseHeld.
     """
     store = _store(output, gcs_client)
     current = store.read()
     try:
-        if current is None:
-            record = _record(holder, ttl, process_bound, _new_token(None))
-            return _written(output, record, store.create(record), created=True)
+        if current is None or current.released:
+            record = _record(holder, ttl, process_bound, _new_token(current))
+            return _written(output, record, _claim(store, record, current), created=True)
         if current.record.holder == holder:
             record = _record(holder, ttl, process_bound, current.token)
             return _written(output, record, store.replace(record, current.version), created=False)
-        if not current.abandoned(datetime.now(UTC)):
-            raise LeaseHeld(output, current.record)
+        if not current.abandoned():
+            raise LeaseHeld(output, current.as_refused())
         LOGGER.warning(
             "taking over %s: the lease of %s (pid %d on %s) was abandoned or expired at %s",
             output,
@@ -332,6 +392,13 @@ def _held(store, output: str, holder: str, token: int, action: str) -> _Stored:
     current = store.read()
     if current is None:
         raise LeaseLost(output, action, f"{holder} holds no lease there (no lease)")
+    if current.released:
+        raise LeaseLost(
+            output,
+            action,
+            f"{holder} holds no lease there (released by {current.record.holder} at "
+            f"{current.record.released_at})",
+        )
     if current.record.holder != holder or current.token != token:
         raise LeaseLost(
             output,
@@ -339,7 +406,7 @@ def _held(store, output: str, holder: str, token: int, action: str) -> _Stored:
             f"the lease is {current.record.holder}'s under token {current.token}, not "
             f"{holder}'s under token {token}",
         )
-    if current.expired(datetime.now(UTC)):
+    if current.expired():
         raise LeaseLost(
             output, action, f"the lease of {holder} expired at {current.expires().isoformat()}"
         )
@@ -396,9 +463,17 @@ def renewing(
 
 
 def release(lease: Lease, gcs_client: Any = None) -> bool:
-    """Give the day back; False (with a warning) when the lease is no longer this one."""
+    """Give the day back; False (with a warning) when the lease is no longer this one.
+
+    The lease is replaced by its released record, under the precondition that it is still the
+    one written: a precondition GCS honours on writes everywhere, on deletes not in every
+    server (fake-gcs-server ignores it).
+    """
+    released = dataclasses.replace(
+        lease.record, released_at=host_now().isoformat(timespec="seconds")
+    )
     try:
-        _store(lease.output, gcs_client).delete(lease.version)
+        _store(lease.output, gcs_client).replace(released, lease.version)
     except _Conflict:
         LOGGER.warning(
             "the lease of %s was no longer %s's: left as is", lease.output, lease.record.holder
@@ -411,7 +486,8 @@ def release_held(output: str, holder: str, token: int, gcs_client: Any = None) -
     """Give the day back if `holder` holds it under `token` (an end-of-run cleanup); True when
     released."""
     current = _store(output, gcs_client).read()
-    if current is None or current.record.holder != holder or current.token != token:
+    held = current is not None and not current.released
+    if not held or current.record.holder != holder or current.token != token:
         return False
     return release(_written(output, current.record, current.version, created=False), gcs_client)
 

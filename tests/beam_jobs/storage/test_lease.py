@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -20,6 +20,7 @@ from tests.conftest import TEST_BUCKET
 from tests.gcs_emulator import client_of
 
 HOUR = timedelta(hours=1)
+TWO_DAYS = timedelta(days=2)
 # A process that takes a day for itself and exits without giving it back, as a killed run.
 LEASE_IN_CHILD = """
 import sys
@@ -188,20 +189,34 @@ def test_release_gives_the_day_back_only_to_its_holder(day):
     assert lease.release_held(output, "run-b", taken.token, client) is False
     assert lease.release_held(output, "run-a", taken.token + 1, client) is False
     assert lease.release(taken, client) is True
-    assert lease.acquire(output, "run-b", HOUR, client).created
+    released = _read(output, client)
+    with pytest.raises(lease.LeaseLost, match="holds no lease there .released by run-a"):
+        lease.check_held(output, "run-a", taken.token, "write", client)
+    assert lease.release_held(output, "run-a", taken.token, client) is False
+    again = lease.acquire(output, "run-b", HOUR, client)
+
+    assert (released["holder"], released["token"]) == ("run-a", taken.token)
+    assert released["released_at"] is not None
+    assert again.created and again.token > taken.token
     assert _read(output, client)["holder"] == "run-b"
+    assert _read(output, client)["released_at"] is None
 
 
-def test_a_late_release_leaves_the_next_holders_lease_alone(tmp_path):
-    """Local only: fake-gcs-server ignores the generation precondition of a delete; real GCS
-    answers 412."""
-    output = str(tmp_path / "day")
-    taken = lease.acquire(output, "run-a", HOUR)
-    lease.release(taken)
-    lease.acquire(output, "run-b", HOUR)
+@pytest.mark.parametrize("lost_by", ["expiring", "releasing"])
+def test_a_late_release_leaves_the_next_holders_lease_alone(day, lost_by):
+    """The old holder releases after another run took the day (its lease had expired, or it had
+    released it already): the new holder's lease stays, on fake-gcs-server too, which ignores
+    the preconditions of deletes."""
+    output, client = day
+    stale = lease.acquire(output, "run-a", -HOUR if lost_by == "expiring" else HOUR, client)
+    if lost_by == "releasing":
+        assert lease.release(stale, client) is True
+    fresh = lease.acquire(output, "run-b", HOUR, client)
 
-    assert lease.release(taken) is False
-    assert _read(output, None)["holder"] == "run-b"
+    assert lease.release(stale, client) is False
+    assert lease.release_held(output, "run-a", stale.token, client) is False
+    assert _read(output, client)["holder"] == "run-b"
+    lease.check_held(output, "run-b", fresh.token, "write", client)
 
 
 def test_writing_without_a_lease_is_refused(day):
@@ -214,7 +229,7 @@ def test_expiry_counts_from_the_storage_services_time_not_the_writers_clock(day)
     """A writer whose clock runs a century ahead wrote `expires_at` in 2126; on gs:// the
     lease still ends TTL after the service's `updated` time of its write."""
     output, client = day
-    taken = lease.acquire(output, "run-a", timedelta(seconds=0), client)
+    taken = lease.acquire(output, "run-a", timedelta(seconds=-1), client)
     skewed = {**_read(output, client), "expires_at": "2126-01-01T00:00:00+00:00"}
     _write(output, client, skewed)
 
@@ -223,6 +238,64 @@ def test_expiry_counts_from_the_storage_services_time_not_the_writers_clock(day)
             lease.acquire(output, "run-b", HOUR, client)
     else:
         assert lease.acquire(output, "run-b", HOUR, client).token > taken.token
+
+
+def _clock_off_by(monkeypatch, offset: timedelta) -> None:
+    """This host's clock runs `offset` ahead of the true time (behind, when negative)."""
+    monkeypatch.setattr(lease, "host_now", lambda: datetime.now(UTC) + offset)
+
+
+@pytest.mark.parametrize("day", ["gcs"], indirect=True)
+def test_a_reader_whose_clock_runs_days_ahead_sees_a_live_gs_lease_as_held(day, monkeypatch):
+    """On gs:// a lease's time is the storage service's: a host two days ahead neither takes
+    a live lease over nor finds its own one expired."""
+    output, client = day
+    _clock_off_by(monkeypatch, TWO_DAYS)
+    taken = lease.acquire(output, "run-a", HOUR, client)
+
+    with pytest.raises(lease.LeaseHeld, match="being written by run-a") as refused:
+        lease.acquire(output, "run-b", HOUR, client)
+    lease.check_held(output, "run-a", taken.token, "write", client)
+    # The refusal names the service's expiry, not the one the skewed writer estimated.
+    named = datetime.fromisoformat(refused.value.record.expires_at)
+    assert abs(named - (datetime.now(UTC) + HOUR)) < timedelta(minutes=1)
+    assert lease.renew(output, "run-a", taken.token, HOUR, client).token == taken.token
+
+
+@pytest.mark.parametrize("day", ["gcs"], indirect=True)
+def test_a_gs_lease_past_its_ttl_is_taken_over_by_a_reader_whose_clock_runs_days_behind(
+    day, monkeypatch
+):
+    output, client = day
+    stale = lease.acquire(output, "run-a", timedelta(seconds=-1), client)
+    _clock_off_by(monkeypatch, -TWO_DAYS)
+
+    with pytest.raises(lease.LeaseLost, match="expired"):
+        lease.check_held(output, "run-a", stale.token, "write", client)
+    taken = lease.acquire(output, "run-b", HOUR, client)
+
+    assert taken.created and taken.token > stale.token
+    assert _read(output, client)["holder"] == "run-b"
+
+
+@pytest.mark.parametrize("day", ["local"], indirect=True)
+def test_a_local_lease_keeps_the_hosts_time(day, monkeypatch):
+    """A local disk has no clock of its own: a host two days ahead finds an hour's lease
+    expired, and takes it over."""
+    output, client = day
+    stale = lease.acquire(output, "run-a", HOUR, client)
+    _clock_off_by(monkeypatch, TWO_DAYS)
+
+    with pytest.raises(lease.LeaseLost, match="expired"):
+        lease.check_held(output, "run-a", stale.token, "write", client)
+    assert lease.acquire(output, "run-b", HOUR, client).created
+
+
+def test_the_service_time_reads_a_date_header_doubled_by_a_proxy():
+    """A proxy that adds its own `Date` to the service's: the joined value is still GMT."""
+    doubled = "Fri, 04 Dec 2026 18:10:24 GMT, Fri, 04 Dec 2026 18:10:25 GMT"
+
+    assert lease._service_now(doubled, "url") == datetime(2026, 12, 4, 18, 10, 24, tzinfo=UTC)
 
 
 def race(output: str, client, contenders: int = 16) -> list[str]:
@@ -249,15 +322,23 @@ def race(output: str, client, contenders: int = 16) -> list[str]:
     return [holder for holder, outcome in outcomes.items() if outcome == "won"]
 
 
-@pytest.mark.parametrize("expired_before", [False, True])
-def test_racing_holders_get_one_lease(day, expired_before):
-    """Sixteen contenders race for a free day, or for one whose lease expired, twenty rounds
-    over: every round exactly one wins, and the lease names it."""
+def leave_the_day(output: str, client, before: str) -> None:
+    """The day as the last run left it: never taken ("free"), its lease expired ("expired"),
+    or given back ("released")."""
+    if before == "expired":
+        lease.acquire(output, "killed-run", timedelta(seconds=-1), client)
+    elif before == "released":
+        lease.release(lease.acquire(output, "finished-run", HOUR, client), client)
+
+
+@pytest.mark.parametrize("before", ["free", "expired", "released"])
+def test_racing_holders_get_one_lease(day, before):
+    """Sixteen contenders race for a free day, one whose lease expired, or one given back,
+    twenty rounds over: every round exactly one wins, and the lease names it."""
     output, client = day
     for round_number in range(20):
         folder = f"{output}/round-{round_number}"
-        if expired_before:
-            lease.acquire(folder, "killed-run", timedelta(seconds=-1), client)
+        leave_the_day(folder, client, before)
 
         winners = race(folder, client)
 
