@@ -5,7 +5,7 @@ map sample), in a child process: its peak memory, CPU-seconds per row at each si
 
 Disk: day D's shards are float16 (about 4.2 kB a row: 4.2 GB at 1M rows) and are deleted after
 each size; each earlier day holds only what the lookback reads (about 300 B a row: 9 GB for 30
-days of 1M rows), deleted at the end unless `--keep`.
+days of 1M rows), deleted at the end unless `--keep` (a later run of the same sizes reuses them).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ PLUGINS = ROOT / "plugins"
 DAY = "2026-12-31"
 THRESHOLD = 0.95
 PCA_SAMPLE = 20_000
+# What a kept lookback was generated with; bump GENERATOR when benchmarks/synthetic.py changes.
+LOOKBACK_RECORD = "lookback.json"
+GENERATOR = 1
 
 
 def parse_rows(text: str) -> list[int]:
@@ -68,7 +71,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="exact and near copies planted of each day (default 5 each)",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/scale"))
-    parser.add_argument("--keep", action="store_true", help="keep the synthetic days")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the synthetic earlier days; a later run with the same --days and "
+        "--lookback-rows reuses them instead of generating them again",
+    )
     parser.add_argument("--analyse", metavar="FOLDER", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -122,6 +130,22 @@ def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
+def lookback_key(args: argparse.Namespace) -> dict:
+    return {"days": args.days, "rows_per_day": args.lookback_rows, "generator": GENERATOR}
+
+
+def kept_lookback(root: Path, args: argparse.Namespace) -> float | None:
+    """The generation seconds of earlier days a `--keep` run left for these sizes, if any."""
+    try:
+        record = json.loads((root / LOOKBACK_RECORD).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    if {key: record.get(key) for key in lookback_key(args)} != lookback_key(args):
+        return None
+    print(f"Reusing the earlier days kept in {root}", file=sys.stderr)
+    return record["seconds"]
+
+
 def measure(args: argparse.Namespace) -> dict:
     from image_embeddings_airflow.analysis.history import window
 
@@ -133,15 +157,27 @@ def measure(args: argparse.Namespace) -> dict:
     # Generation runs in a spawned process: the analysis' child would otherwise inherit this
     # process's peak memory in the kernel's count (ru_maxrss survives fork and exec).
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-        for day in earlier:
-            pool.submit(
-                synthetic.write_lookback_day, root / day, space, day, seeds[day], args.lookback_rows
-            ).result()
+    generated = kept_lookback(root, args)
+    if generated is None:
+        shutil.rmtree(root, ignore_errors=True)
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            for day in earlier:
+                pool.submit(
+                    synthetic.write_lookback_day,
+                    root / day,
+                    space,
+                    day,
+                    seeds[day],
+                    args.lookback_rows,
+                ).result()
+        generated = time.perf_counter() - started
+        (root / LOOKBACK_RECORD).write_text(
+            json.dumps({**lookback_key(args), "seconds": generated}) + "\n"
+        )
     lookback = {
         "days": args.days,
         "rows_per_day": args.lookback_rows,
-        "seconds": time.perf_counter() - started,
+        "seconds": generated,
         "bytes": folder_bytes(root),
     }
     planted = synthetic.plants(DAY, earlier, args.per_day)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from beam_jobs.image_embeddings.contract import embeddings_schema
 from benchmarks.daily import write_synthetic_day
 from image_embeddings_airflow.dag.validation import validate_output
@@ -38,3 +40,17 @@ def test_synthetic_days_hold_every_planted_copy_where_the_analysis_finds_it(tmp_
 
     assert scale.expected(planted) <= scale.found_rows(folder)
     assert len(scale.expected(planted)) == 12
+
+
+def test_kept_earlier_days_are_reused_only_for_the_same_sizes(tmp_path):
+    from benchmarks import scale
+
+    args = scale.parse_args(["--days", "3", "--lookback-rows", "5000"])
+    assert scale.kept_lookback(tmp_path, args) is None
+    (tmp_path / scale.LOOKBACK_RECORD).write_text(
+        json.dumps({**scale.lookback_key(args), "seconds": 12.5})
+    )
+
+    assert scale.kept_lookback(tmp_path, args) == 12.5
+    for other in (["--days", "4"], ["--lookback-rows", "6000"]):
+        assert scale.kept_lookback(tmp_path, scale.parse_args(other)) is None
