@@ -96,10 +96,12 @@ def neighbours_at_least(
     each unit row of `coordinates`: what `nearest` finds, above the floor.
 
     An IVF index is searched list by list rather than query by query: the batch's queries that
-    probe a list meet its rows in one matrix product, so each list is read once per batch
-    (2.4x less CPU than FAISS's own search for 64k queries on a 1M-row index, one core).
+    probe a list meet its rows in one matrix product, so each list is read once per batch: 2.4x
+    less CPU than FAISS's own search, for the same pairs (64k queries on a synthetic 1M-row day,
+    `benchmarks/scale.py`'s, on a 2-core AVX-512 EPYC).
     """
     import faiss
+    from threadpoolctl import threadpool_limits
 
     if not isinstance(index, faiss.IndexIVF):
         similarities, ids = nearest(index, coordinates, k)
@@ -110,11 +112,14 @@ def neighbours_at_least(
     order = np.argsort(probed.ravel(), kind="stable")
     bounds = np.searchsorted(probed.ravel()[order], np.arange(index.nlist + 1))
     asking = order // index.nprobe
-    found = [
-        _list_hits(index, number, queries, asking[start:end], k, floor)
-        for number, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
-        if end > start
-    ]
+    # Each list's product is small: BLAS threads would cost more in start-up and waiting
+    # (7x the CPU on a busy 2-core host) than they save.
+    with threadpool_limits(1, user_api="blas"):
+        found = [
+            _list_hits(index, number, queries, asking[start:end], k, floor)
+            for number, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+            if end > start
+        ]
     rows, others, similarities = (
         (np.concatenate(part) for part in zip(*found, strict=True))
         if found
