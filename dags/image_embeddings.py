@@ -24,7 +24,8 @@ their day has ended (data interval D 00:00 to D+1 00:00 UTC).
 Backfill: `airflow backfill create --dag-id image_embeddings --from-date D1 --to-date D2`.
 Manual runs, `make run` and backfills embed any day, before `IMAGE_EMBEDDINGS_START_DATE` too: that
 setting bounds the schedule only (a scheduled run of an earlier day is skipped, saying so).
-Killing or clearing `embed` or `wait`, or `wait` timing out, cancels the day's Dataflow job.
+Killing or clearing `embed` or `wait`, or `wait` timing out, cancels the day's Dataflow job;
+a killed `wait` gives the day back once the job has stopped.
 Every step that clears or publishes in the day's folder first checks the run's lease token.
 """
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import time
 
 import pytest
 
+from image_embeddings_airflow.dag import dataflow
 from image_embeddings_airflow.dag.dataflow import (
     DataflowJobWaitTrigger,
     JobStillStopping,
@@ -18,6 +21,7 @@ from tests.dags.conftest import PROJECT, REGION
 from tests.dags.test_run_plan import DATAFLOW, NOV_28
 
 NAME = "image-embeddings-20261128"
+HOLDER = "dag:image_embeddings:manual__2026-11-28"
 
 
 def _job(job_id, state, name=NAME, created="2026-11-28T01:00:00Z"):
@@ -125,22 +129,83 @@ def test_killing_the_sensor_cancels_the_job(dataflow_api):
     assert update.body == {"requestedState": "JOB_STATE_CANCELLED"}
 
 
-def test_killing_the_deferred_sensor_cancels_the_job_from_the_triggerer(dataflow_api):
+def _deferred_and_holding(dataflow_api, tmp_path):
+    """The trigger of a deferred `wait`, revived as the triggerer does, its run holding the day."""
+    from image_embeddings_airflow.dag.tasks import claim_day
+
+    plan = resolve_run({}, NOV_28, DATAFLOW) | {"output_dir": str(tmp_path / "2026-11-28")}
+    token = claim_day(plan, HOLDER)
     job_id = dataflow_api.add_job(NAME, "JOB_STATE_RUNNING")
     trigger = DataflowJobWaitTrigger(
         job_id=job_id,
         expected_statuses={"JOB_STATE_DONE"},
         project_id=PROJECT,
         location=REGION,
-        lease={"plan": {"output_dir": "/days/2026-11-28"}, "holder": "dag:x:y", "token": 7},
+        lease={"plan": plan, "holder": HOLDER, "token": token},
         renew_every_s=3600.0,
     )
     classpath, kwargs = trigger.serialize()
     module, _, name = classpath.rpartition(".")
-    revived = getattr(importlib.import_module(module), name)(**kwargs)
-    asyncio.run(revived.on_kill())
+    return plan, job_id, getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def _day_is_free(plan) -> bool:
+    from image_embeddings_airflow.dag.tasks import claim_day
+
+    return claim_day(plan, "dag:image_embeddings:next") is not None
+
+
+def test_killing_the_deferred_sensor_cancels_the_job_then_frees_the_day(dataflow_api, tmp_path):
+    plan, job_id, trigger = _deferred_and_holding(dataflow_api, tmp_path)
+
+    asyncio.run(trigger.on_kill())
+
     assert dataflow_api.jobs[job_id]["currentState"] == "JOB_STATE_CANCELLED"
-    assert revived.lease["token"] == 7
+    (update,) = dataflow_api.served("PUT")
+    assert update.body == {"requestedState": "JOB_STATE_CANCELLED"}
+    assert _day_is_free(plan)
+
+
+def test_a_killed_job_that_does_not_stop_in_time_keeps_the_day_held(
+    dataflow_api, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", "3")
+    monkeypatch.setattr(dataflow, "STOP_POLL_S", 0.2)
+    dataflow_api.stops_on_cancel = False
+    plan, job_id, trigger = _deferred_and_holding(dataflow_api, tmp_path)
+
+    started = time.monotonic()
+    asyncio.run(trigger.on_kill())
+
+    assert time.monotonic() - started < 3  # inside the triggerer's on_kill_timeout
+    assert dataflow_api.jobs[job_id]["currentState"] == "JOB_STATE_CANCELLING"
+    why = f"Dataflow job {job_id} has not stopped 2 s after its cancellation and may still write"
+    assert why in capsys.readouterr().out
+    assert not _day_is_free(plan)
+
+
+def test_a_kill_the_triggerer_cancels_again_still_frees_the_day_once_the_job_stops(
+    dataflow_api, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(dataflow, "STOP_POLL_S", 0.1)
+    dataflow_api.stops_on_cancel = False
+    plan, job_id, trigger = _deferred_and_holding(dataflow_api, tmp_path)
+
+    async def killed_twice_then_stopped() -> bool:
+        kill = asyncio.create_task(trigger.on_kill())
+        while not dataflow_api.served("PUT"):
+            await asyncio.sleep(0.05)
+        kill.cancel()  # what the triggerer's next loop does to a killed trigger
+        with contextlib.suppress(asyncio.CancelledError):
+            await kill
+        dataflow_api.jobs[job_id]["currentState"] = "JOB_STATE_CANCELLED"
+        for _ in range(50):
+            if _day_is_free(plan):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    assert asyncio.run(killed_twice_then_stopped())
 
 
 def test_killing_embed_cancels_the_job_it_launched_or_reused(dataflow_api):

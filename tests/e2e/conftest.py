@@ -16,6 +16,7 @@ import pytest
 
 from beam_jobs.image_embeddings.contract import join
 from image_embeddings_airflow import storage
+from tests.e2e.fake_dataflow import FakeDataflow, fake_dataflow_environ, serving
 from tests.gcs_emulator import free_port
 from tests.image_factory import write_images
 
@@ -23,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 AIRFLOW_LOCAL = REPO / "scripts" / "airflow_local.sh"
 DEFAULT_MODEL = ("resnet50", 2048)
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# The project and region of the session's fake Dataflow, the Airflow's Dataflow settings.
+DATAFLOW_PROJECT, DATAFLOW_REGION = "photo-project", "europe-west1"
 
 
 def _small_model() -> tuple[str, int]:
@@ -146,12 +149,23 @@ def wait_for(what: str, check, timeout_s: float, logs: Path):
 
 
 @pytest.fixture(scope="session")
-def airflow(airflow_environ, tmp_path_factory):
-    """Airflow's four long-running components, shared by the session: (API, environ, data, home)."""
+def fake_dataflow():
+    """A fake Dataflow REST API, on loopback for the session: the session's Airflow talks to it."""
+    with serving(FakeDataflow(DATAFLOW_PROJECT, DATAFLOW_REGION)) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def airflow(airflow_environ, tmp_path_factory, gcs_emulator, fake_dataflow):
+    """Airflow's four long-running components, shared by the session: (API, environ, data, home).
+
+    Its runs embed local days; a run whose params name the DataflowRunner and gs:// roots (on the
+    session's GCS emulator) gets its Dataflow jobs from the session's fake Dataflow.
+    """
     home = tmp_path_factory.mktemp("scheduler-home")
     data = tmp_path_factory.mktemp("scheduler-data")
     port = free_port()
-    environ = airflow_environ | {
+    environ = fake_dataflow_environ(fake_dataflow.url, airflow_environ) | {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__API__PORT": str(port),
@@ -161,6 +175,14 @@ def airflow(airflow_environ, tmp_path_factory):
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "IMAGE_EMBEDDINGS_INPUT_ROOT": str(data / "images"),
         "IMAGE_EMBEDDINGS_OUTPUT_ROOT": str(data / "embeddings"),
+        "STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"],
+        "GOOGLE_CLOUD_PROJECT": os.environ["GOOGLE_CLOUD_PROJECT"],
+        "IMAGE_EMBEDDINGS_GCP_PROJECT": DATAFLOW_PROJECT,
+        "IMAGE_EMBEDDINGS_GCP_REGION": DATAFLOW_REGION,
+        "IMAGE_EMBEDDINGS_DATAFLOW_TEMP_LOCATION": f"gs://{gcs_emulator}/dataflow-tmp",
+        # A killed wait waits two thirds of this for its job to stop. The kill test stops the
+        # job once the run's `release_day` has run, which on a busy machine may take over 20 s.
+        "AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT": "90",
     }
     migrated = airflow_local(environ, "version")
     assert migrated.returncode == 0, migrated.stderr

@@ -1,14 +1,20 @@
-"""A stateful fake of the Dataflow REST API (v1b3 jobs) on loopback, for the provider's hook."""
+"""A stateful fake of the Dataflow REST API (v1b3 jobs) on loopback, for the provider's hooks."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.abc
+import importlib.util
 import itertools
 import json
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -19,6 +25,10 @@ TERMINAL = {
     "JOB_STATE_UPDATED",
     "JOB_STATE_DRAINED",
 }
+HOOK_MODULE = "airflow.providers.google.cloud.hooks.dataflow"
+# A process started with this variable set (and SITE on PYTHONPATH) talks to the fake it names.
+URL_VARIABLE = "FAKE_DATAFLOW_URL"
+SITE = Path(__file__).with_name("fake_dataflow_site")
 JOBS_PATH = re.compile(r"^/v1b3/projects/([^/]+)/locations/([^/]+)/jobs(?:/([^/?]+))?$")
 PAGE_SIZE = 2
 
@@ -38,7 +48,8 @@ class FakeDataflow:
     """In-memory Dataflow jobs of one project and region, served over HTTP on loopback.
 
     `on_poll(job)` runs when a queued or running job is read with `get`, before the answer: a test
-    uses it to do the job's work and to move the job to its end state.
+    uses it to do the job's work and to move the job to its end state. A cancelled job stops at
+    once, unless `stops_on_cancel` is false: then it stays JOB_STATE_CANCELLING.
     """
 
     project: str
@@ -46,6 +57,7 @@ class FakeDataflow:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     on_poll: Callable[[dict[str, Any]], None] | None = None
+    stops_on_cancel: bool = True
     url: str = ""
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -87,7 +99,8 @@ class FakeDataflow:
         job = self.jobs[job_id]
         requested = body.get("requestedState")
         if requested == "JOB_STATE_CANCELLED" and job["currentState"] not in TERMINAL:
-            job["currentState"] = "JOB_STATE_CANCELLED"
+            stopped = "JOB_STATE_CANCELLED" if self.stops_on_cancel else "JOB_STATE_CANCELLING"
+            job["currentState"] = stopped
         return job
 
     def handle(self, method: str, url: str, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -164,7 +177,59 @@ def dataflow_client(url: str):
 
 
 def point_hook_at(url: str) -> None:
-    """Make every `DataflowHook` of this process talk to the fake at `url`."""
-    from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
+    """Make every `DataflowHook` and `AsyncDataflowHook` of this process talk to the fake at
+    `url` (the async hook, whose client speaks gRPC, reads jobs through the REST API)."""
+    from airflow.providers.google.cloud.hooks.dataflow import AsyncDataflowHook, DataflowHook
 
     DataflowHook.get_conn = lambda self: dataflow_client(url)
+    AsyncDataflowHook.get_job = _rest_get_job(url)
+
+
+def _rest_get_job(url: str):
+    async def get_job(self, job_id, project_id=None, job_view=None, location=None):
+        from google.cloud.dataflow_v1beta3 import Job
+
+        jobs = dataflow_client(url).projects().locations().jobs()
+        request = jobs.get(projectId=project_id, location=location, jobId=job_id)
+        answer = await asyncio.to_thread(request.execute)
+        return Job.from_json(json.dumps(answer), ignore_unknown_fields=True)
+
+    return get_job
+
+
+def point_hook_once_imported(url: str) -> None:
+    """`point_hook_at(url)` as soon as this process imports the hooks' module: processes that
+    never use Dataflow do not pay for importing it."""
+    if HOOK_MODULE in sys.modules:
+        point_hook_at(url)
+    else:
+        sys.meta_path.insert(0, _AfterImport(HOOK_MODULE, lambda: point_hook_at(url)))
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `then()` right after the module `name` is first executed."""
+
+    def __init__(self, name: str, then: Callable[[], None]) -> None:
+        self.name = name
+        self.then = then
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        execute = spec.loader.exec_module
+
+        def execute_then(module) -> None:
+            execute(module)
+            self.then()
+
+        spec.loader.exec_module = execute_then
+        return spec
+
+
+def fake_dataflow_environ(url: str, environ: dict[str, str]) -> dict[str, str]:
+    """`environ` for processes whose DataflowHooks, and their children's, talk to the fake at
+    `url`: SITE's sitecustomize points them there."""
+    path = [str(SITE), *filter(None, [environ.get("PYTHONPATH")])]
+    return environ | {URL_VARIABLE: url, "PYTHONPATH": os.pathsep.join(path)}

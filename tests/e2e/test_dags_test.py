@@ -6,7 +6,6 @@ import html
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,7 @@ from beam_jobs.image_embeddings.contract import LEASE_NAME, SUCCESS_MARKER, join
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.dag.launch import console_url
 from tests.e2e.conftest import DEFAULT_MODEL, REPO, SMALL_MODEL, airflow_local, write_day
-from tests.e2e.fake_dataflow import FakeDataflow, serving
+from tests.e2e.fake_dataflow import FakeDataflow, fake_dataflow_environ, serving
 from tests.e2e.outputs import check_day_outputs
 
 pytestmark = pytest.mark.slow
@@ -155,24 +154,8 @@ def test_a_retried_dataflow_launch_attaches_to_the_running_job(gcs_environ, gcs_
     fake.add_job("image-embeddings-20261125", "JOB_STATE_RUNNING")
 
     with serving(fake):
-        airflow_local(environ, "version")  # the Airflow database, once
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(Path(__file__).with_name("airflow_with_fake_dataflow.py")),
-                fake.url,
-                *("dags", "test", "image_embeddings", day),
-            ],
-            env=environ
-            | {
-                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            },
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
+        done = airflow_local(
+            fake_dataflow_environ(fake.url, environ), "dags", "test", "image_embeddings", day
         )
 
     log = _succeeded(done)

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from beam_jobs.image_embeddings.contract import STAGE_DECODE, STAGE_READ
-from tests.e2e.conftest import airflow_environ  # noqa: F401 - reused: `make run`'s environment
+
+# Reused: `make run`'s environment, and the session's Airflow (one for every module here)
+# with its fake Dataflow.
+from tests.e2e.conftest import airflow, airflow_environ, fake_dataflow  # noqa: F401
 from tests.fault_proxy import FaultPlan, FaultProxy, serving
 from tests.image_factory import write_images
 from tests.reliability.runs import REPO, Accounting, Outputs, read_outputs, run_pipeline

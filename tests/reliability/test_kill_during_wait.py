@@ -6,12 +6,15 @@ from __future__ import annotations
 import pytest
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
+from beam_jobs.image_embeddings.contract import join
 from image_embeddings_airflow.dag import tasks as dag_tasks
 from image_embeddings_airflow.dag.dataflow import job_state
+from image_embeddings_airflow.dag.launch import dataflow_job_name
 from image_embeddings_airflow.dag.tasks import dag_holder, resolve_run
 from tests.dags.conftest import dataflow_api, google_connection  # noqa: F401
 from tests.dags.test_dataflow import NAME, _in_dag
 from tests.dags.test_run_plan import DATAFLOW, NOV_28
+from tests.e2e.conftest import wait_for, write_day
 
 HOLDER = dag_holder("image_embeddings", "manual__2026-11-28")
 
@@ -70,4 +73,92 @@ def test_a_wait_that_times_out_cancels_the_job_and_frees_the_day(
     assert state == "JOB_STATE_CANCELLED"
     assert dag_tasks.release_day(plan, HOLDER, token, state)
     assert _day_is_free(plan)
+    observe.killed_waits += 1
+
+
+# A day of its own: the shared Airflow runs other tests' days too.
+KILLED_DAY = "2026-11-22"
+
+
+def cancel_requests(fake, job_id: str) -> list[dict]:
+    return [request.body for request in fake.served("PUT") if request.path.endswith(job_id)]
+
+
+def job_reads(fake, job_id: str) -> list:
+    return [request for request in fake.served("GET") if request.path.endswith(job_id)]
+
+
+def ended_state(api, run_path: str) -> str | None:
+    state = api.request("GET", run_path)["state"]
+    return state if state in ("success", "failed") else None
+
+
+@pytest.mark.slow
+def test_marking_the_run_failed_while_wait_is_deferred_cancels_the_job_and_frees_the_day(
+    airflow,
+    fake_dataflow,
+    gcs_emulator,
+    observe,
+    monkeypatch,
+):
+    """Under a real scheduler and triggerer: the day's job runs on the fake Dataflow, `embed`
+    attaches to it and `wait` defers on it; then a user marks the run failed. The job takes a
+    while to stop, as on Dataflow: `release_day` runs meanwhile and keeps the day held."""
+    observe.area = "one run a day"
+    api, _, _, home = airflow
+    roots = {
+        "input_root": f"gs://{gcs_emulator}/killed-wait/images",
+        "output_root": f"gs://{gcs_emulator}/killed-wait/embeddings",
+    }
+    write_day(roots["input_root"], KILLED_DAY, good=2)
+    job_id = fake_dataflow.add_job(
+        dataflow_job_name("image_embeddings", KILLED_DAY), "JOB_STATE_RUNNING"
+    )
+    monkeypatch.setattr(fake_dataflow, "stops_on_cancel", False)
+    api.request("PATCH", "/api/v2/dags/image_embeddings", {"is_paused": False})
+    conf = {"date": KILLED_DAY, "runner": "DataflowRunner", "engine": "tensorflow", **roots}
+    run = api.request(
+        "POST", "/api/v2/dags/image_embeddings/dagRuns", {"logical_date": None, "conf": conf}
+    )
+    run_path = f"/api/v2/dags/image_embeddings/dagRuns/{run['dag_run_id']}"
+
+    def task_state(task_id: str) -> str | None:
+        return api.request("GET", f"{run_path}/taskInstances/{task_id}")["state"]
+
+    wait_for("`wait` to defer on the job", lambda: task_state("wait") == "deferred", 600, home)
+    # A trigger removed before the triggerer has started it is never killed: wait until it has
+    # read the job once, after the sensor's own read.
+    wait_for(
+        "the trigger to read the job", lambda: len(job_reads(fake_dataflow, job_id)) > 1, 120, home
+    )
+    api.request("PATCH", run_path, {"state": "failed"})
+    wait_for(
+        "the job's cancellation and `release_day` to have run",
+        lambda: cancel_requests(fake_dataflow, job_id) and task_state("release_day") == "success",
+        120,
+        home,
+    )
+    kept = api.request("GET", f"{run_path}/taskInstances/release_day/xcomEntries/return_value")
+    fake_dataflow.jobs[job_id]["currentState"] = "JOB_STATE_CANCELLED"  # the job has stopped
+
+    next_run = {"output_dir": join(roots["output_root"], KILLED_DAY)}
+    wait_for(
+        "the day to be free",
+        lambda: dag_tasks.claim_day(next_run, dag_holder("image_embeddings", "next-run")),
+        60,
+        home,
+    )
+    ended = wait_for("the run to end", lambda: ended_state(api, run_path), 120, home)
+
+    assert cancel_requests(fake_dataflow, job_id) == [{"requestedState": "JOB_STATE_CANCELLED"}]
+    assert kept["value"] is False  # the job was still stopping: the trigger freed the day
+    tasks = ("wait", "validate", "reduce_dimensions")
+    assert {task: task_state(task) for task in tasks} == {
+        "wait": "failed",
+        "validate": "skipped",
+        "reduce_dimensions": "skipped",
+    }
+    # Airflow 3.3 runs the teardown of a run marked failed and then ends the run by its other
+    # leaves, which the marking skipped (apache/airflow#45530): the run ends green.
+    assert ended == "success"
     observe.killed_waits += 1

@@ -11,7 +11,6 @@ from image_embeddings_airflow import storage
 from tests.e2e.conftest import (
     SMALL_MODEL,
     AirflowApi,
-    airflow,  # noqa: F401 - the running Airflow fixture
     wait_for,
     write_day,
 )
@@ -37,7 +36,7 @@ def _finished(api: AirflowApi, run_ids: list[str]) -> list[dict] | None:
     return runs if all(run["state"] in ("success", "failed") for run in runs) else None
 
 
-def test_two_runs_of_one_day_at_once_leave_it_complete(airflow, observe):  # noqa: F811
+def test_two_runs_of_one_day_at_once_leave_it_complete(airflow, observe):
     observe.area = "one run a day"
     api, environ, data, home = airflow
     good, bad = write_day(str(data / "images"), DAY, good=6, bad=1)

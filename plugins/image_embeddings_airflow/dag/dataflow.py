@@ -1,5 +1,5 @@
 """Dataflow jobs through the provider's hook: find the day's running job; cancel it on a kill;
-renew the day's lease while waiting for it."""
+renew the day's lease while waiting for it, and give the day back once a killed job has stopped."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ REUSABLE_STATES = frozenset(
 STOPPING_STATES = frozenset(
     {DataflowJobStatus.JOB_STATE_CANCELLING, DataflowJobStatus.JOB_STATE_DRAINING}
 )
+
+# How often a killed trigger reads its cancelled job's state while waiting for it to stop.
+STOP_POLL_S = 2.0
+# The kills under way in this process (the event loop holds only weak references to tasks).
+_KILLS: set[asyncio.Task] = set()
 
 
 class JobStillStopping(RuntimeError):
@@ -99,7 +104,8 @@ def job_state(plan: Mapping[str, Any], job_id: str | None) -> str | None:
 class DataflowJobWaitTrigger(DataflowJobStatusTrigger):
     """The provider's job status trigger, plus: the run's day lease renewed while it waits
     (`lease`: the plan, holder and token), and clearing or marking the deferred task cancels
-    the job (the provider's trigger leaves it running)."""
+    the job (the provider's trigger leaves it running) and, once the job has stopped, releases
+    the day."""
 
     def __init__(self, *, lease: Mapping[str, Any], renew_every_s: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -137,7 +143,74 @@ class DataflowJobWaitTrigger(DataflowJobStatusTrigger):
             await asyncio.sleep(self.renew_every_s)
 
     async def on_kill(self) -> None:
-        self.log.info("Task killed by a user: cancelling Dataflow job %s", self.job_id)
-        await sync_to_async(cancel_job)(
-            self.gcp_conn_id, self.impersonation_chain, self.job_id, self.project_id, self.location
+        # Airflow 3.3's triggerer cancels a killed trigger again on each of its loops (about
+        # every second) until it has ended, which would cut the cancellation and the wait for
+        # the job short: they run as a task of their own, which the triggerer's loop carries on.
+        kill = asyncio.create_task(self._cancel_then_release())
+        _KILLS.add(kill)
+        kill.add_done_callback(_KILLS.discard)
+        await asyncio.shield(kill)
+
+    async def _cancel_then_release(self) -> None:
+        from image_embeddings_airflow.dag.tasks import release_day
+
+        output_dir = self.lease["plan"]["output_dir"]
+        try:
+            self.log.info("Task killed by a user: cancelling Dataflow job %s", self.job_id)
+            await sync_to_async(cancel_job)(
+                self.gcp_conn_id,
+                self.impersonation_chain,
+                self.job_id,
+                self.project_id,
+                self.location,
+            )
+            # `release_day` may run before the cancelled job has stopped (marking the run
+            # failed starts it at once), and then keeps the day held: release it here.
+            patience_s = stop_patience_s()
+            state = await self._state_once_stopped(patience_s)
+            if state is None:
+                self.log.warning(
+                    "Dataflow job %s has not stopped %.0f s after its cancellation and may still "
+                    "write %s: the day stays held until its lease expires (no longer renewed)",
+                    self.job_id,
+                    patience_s,
+                    output_dir,
+                )
+                return
+            released = await sync_to_async(release_day)(
+                self.lease["plan"], self.lease["holder"], self.lease["token"], state
+            )
+        except Exception:
+            # Nobody awaits this task once the triggerer has cancelled on_kill again.
+            self.log.exception(
+                "Cancelling Dataflow job %s or releasing %s failed", self.job_id, output_dir
+            )
+            return
+        self.log.info(
+            "Dataflow job %s is %s: %s %s",
+            self.job_id,
+            state,
+            "released" if released else "this run no longer held",
+            output_dir,
         )
+
+    async def _state_once_stopped(self, patience_s: float) -> str | None:
+        """The job's terminal state, polled until it has one; None after `patience_s`."""
+        from image_embeddings_airflow.dag.tasks import job_ended
+
+        deadline = asyncio.get_running_loop().time() + patience_s
+        while True:
+            state = await sync_to_async(job_state)(self.lease["plan"], self.job_id)
+            if job_ended(state):
+                return state
+            if asyncio.get_running_loop().time() >= deadline:
+                return None
+            await asyncio.sleep(STOP_POLL_S)
+
+
+def stop_patience_s() -> float:
+    """How long a killed trigger waits for its cancelled job to stop: two thirds of the
+    triggerer's `[triggerer] on_kill_timeout`, leaving the rest to release the day."""
+    from airflow.sdk.configuration import conf
+
+    return conf.getint("triggerer", "on_kill_timeout", fallback=30) * 2 / 3
