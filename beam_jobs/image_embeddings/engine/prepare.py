@@ -125,12 +125,13 @@ def embed_all(model: Any, images: np.ndarray, precision: str = "float32") -> np.
     )
 
 
-def quantize(model: Any, images: np.ndarray) -> Any:
-    """NNCF post-training int8 quantization of `model`, calibrated on `images`, one at a time."""
+def quantize(model: Any, images: np.ndarray, **settings: Any) -> Any:
+    """NNCF post-training int8 quantization of `model`, calibrated on `images`, one at a time;
+    `settings` are further `nncf.quantize` arguments."""
     import nncf
 
     dataset = nncf.Dataset([images[index : index + 1] for index in range(len(images))])
-    return nncf.quantize(model, dataset, subset_size=len(images))
+    return nncf.quantize(model, dataset, subset_size=len(images), **settings)
 
 
 def build(
