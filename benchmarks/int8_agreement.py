@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +35,26 @@ CALIBRATION_SEED = 1_000_000  # calibration images never among the evaluated one
 PERCENTILES = (0.1, 1, 5, 50)
 WORST = 8
 # Each setting: its calibration images ("photos": the precision bench's kind alone; "varied":
-# the evaluation's mix of kinds), how many, and what else `nncf.quantize` gets.
+# the evaluation's mix of kinds), how many, the activation range estimator (NNCF's
+# RangeEstimatorParametersSet: MEAN_MINMAX is NNCF's default, MINMAX the engine's since
+# 2026-12-04) and what else `nncf.quantize` gets.
+PHOTOS_64 = {"calibration": "photos", "images": 64, "activations": "MEAN_MINMAX"}
 SETTINGS: dict[str, dict[str, Any]] = {
-    "default": {"calibration": "photos", "images": 64},
-    "300-photos": {"calibration": "photos", "images": 300},
-    "mixed": {"calibration": "photos", "images": 64, "preset": "mixed"},
-    "bias-correction": {"calibration": "photos", "images": 64, "fast_bias_correction": False},
-    "float-first-conv": {"calibration": "photos", "images": 64, "ignore": "first"},
-    "float-last-block": {"calibration": "photos", "images": 64, "ignore": "last"},
-    "float-both-ends": {"calibration": "photos", "images": 64, "ignore": "both"},
-    "64-varied": {"calibration": "varied", "images": 64},
-    "300-varied": {"calibration": "varied", "images": 300},
-    "minmax": {"calibration": "photos", "images": 64, "activations": "MINMAX"},
-    "minmax-300-varied": {"calibration": "varied", "images": 300, "activations": "MINMAX"},
-    "no-overflow-fix": {"calibration": "photos", "images": 64, "overflow_fix": "disable"},
-    "histogram": {"calibration": "photos", "images": 64, "activations": "HISTOGRAM"},
-    "cpu-target": {"calibration": "photos", "images": 64, "target_device": "CPU"},
+    "default": PHOTOS_64,
+    "300-photos": PHOTOS_64 | {"images": 300},
+    "mixed": PHOTOS_64 | {"preset": "mixed"},
+    "bias-correction": PHOTOS_64 | {"fast_bias_correction": False},
+    "float-first-conv": PHOTOS_64 | {"ignore": "first"},
+    "float-last-block": PHOTOS_64 | {"ignore": "last"},
+    "float-both-ends": PHOTOS_64 | {"ignore": "both"},
+    "64-varied": PHOTOS_64 | {"calibration": "varied"},
+    "300-varied": PHOTOS_64 | {"calibration": "varied", "images": 300},
+    "no-overflow-fix": PHOTOS_64 | {"overflow_fix": "disable"},
+    "histogram": PHOTOS_64 | {"activations": "HISTOGRAM"},
+    "cpu-target": PHOTOS_64 | {"target_device": "CPU"},
+    "minmax": PHOTOS_64 | {"activations": "MINMAX"},
+    "minmax-300-varied": PHOTOS_64
+    | {"calibration": "varied", "images": 300, "activations": "MINMAX"},
 }
 LAST_BLOCK_CONVOLUTIONS = 3  # ResNet50's conv5_block3: 1x1, 3x3, 1x1
 
@@ -119,15 +124,11 @@ def nncf_arguments(setting: dict[str, Any], model: Any) -> dict[str, Any]:
         arguments["target_device"] = nncf.TargetDevice[setting["target_device"]]
     if "fast_bias_correction" in setting:
         arguments["fast_bias_correction"] = setting["fast_bias_correction"]
-    advanced = {}
-    if "activations" in setting:
-        advanced["activations_range_estimator_params"] = getattr(
-            nncf.quantization.range_estimator.RangeEstimatorParametersSet, setting["activations"]
-        )
+    ranges = nncf.quantization.range_estimator.RangeEstimatorParametersSet
+    advanced = {"activations_range_estimator_params": getattr(ranges, setting["activations"])}
     if "overflow_fix" in setting:
         advanced["overflow_fix"] = nncf.OverflowFix(setting["overflow_fix"])
-    if advanced:
-        arguments["advanced_parameters"] = nncf.AdvancedQuantizationParameters(**advanced)
+    arguments["advanced_parameters"] = nncf.AdvancedQuantizationParameters(**advanced)
     if "ignore" in setting:
         convs = convolutions(model)
         kept = {
@@ -171,6 +172,25 @@ def tail(names: Sequence[str], reference: np.ndarray, candidate: np.ndarray) -> 
     }
 
 
+def keep(out: Path, name: str, model: Any, precision: str) -> str:
+    """`model` as a model cache entry under `out` named by the setting, for timing it."""
+    import tempfile
+
+    import openvino as ov
+
+    from beam_jobs.image_embeddings.engine.fingerprint import fingerprint
+    from beam_jobs.image_embeddings.engine.model_cache import entry_uri, write_entry
+
+    parts = {"model": MODEL, "weights": WEIGHTS, "precision": precision, "setting": name}
+    entry = entry_uri(str(out / "model_cache"), name)
+    with tempfile.TemporaryDirectory(prefix="agreement-") as directory:
+        ov.save_model(model, f"{directory}/model.xml", compress_to_fp16=False)
+        write_entry(
+            entry, directory, {"fingerprint": fingerprint(parts), "fingerprint_parts": parts}
+        )
+    return entry
+
+
 def measure(
     setting_name: str,
     model: Any,
@@ -187,6 +207,7 @@ def measure(
     quantized = quantize(model, calibration, **nncf_arguments(setting, model))
     quantize_s = time.monotonic() - started
     candidate = embed_all(quantized, evaluation, "int8")
+    keep(out, setting_name, quantized, "int8")
     return {
         "setting": setting_name,
         **setting,
@@ -227,6 +248,53 @@ def table(results: list[dict[str, Any]]) -> str:
     return markdown_table(header, rows, "llrrrrrrrl")
 
 
+def speed(out: Path, settings: list[str], repeats: int) -> str:
+    """The OpenVINO call of float32 and of each kept int8 setting, in turn, `repeats` times,
+    with the bench's own machinery; a table of images/s and CPU s per image against float32."""
+    from benchmarks import imagesets
+    from benchmarks.run import (
+        QUICK,
+        Bench,
+        Sizes,
+        environment_for_children,
+        in_turn,
+        measure_ceiling,
+    )
+
+    sizes = Sizes(repeats=repeats, images=(QUICK.images[0], 32))
+    bench = Bench(out / "speed", sizes, 32, environment_for_children(warm=True), 900.0)
+    photos = imagesets.image_set(out, "photos", varied_images.PHOTO_SIZE)
+    imagesets.ensure_images(photos, 32)
+    models = {"float32": keep(out, "float32", float32_model(out), "float32")}
+    models |= {name: str(out / "model_cache" / name) for name in settings}
+    rows = in_turn(
+        bench,
+        {
+            name: partial(
+                measure_ceiling, bench, photos, "float32" if name == "float32" else "int8", model
+            )
+            for name, model in models.items()
+        },
+    )
+    reference = rows["float32"]
+    lines = [
+        [
+            name,
+            f"{row.images_per_s:.1f}",
+            f"{row.images_per_s / reference.images_per_s:.2f}",
+            ", ".join(
+                f"{sample / ref:.2f}"
+                for sample, ref in zip(row.samples, reference.samples, strict=True)
+            ),
+            f"{row.cpu_s_per_image:.4f}",
+            f"{reference.cpu_s_per_image / row.cpu_s_per_image:.2f}",
+        ]
+        for name, row in rows.items()
+    ]
+    header = ["model", "images/s", "/ float32", "per repetition", "CPU s / image", "CPU / float32"]
+    return markdown_table(header, lines, "lrrrrr")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.int8_agreement",
@@ -243,6 +311,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=sum(varied_images.MIX.values()),
         help="about how many varied images to evaluate on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--speed",
+        action="store_true",
+        help="instead: time the OpenVINO call of float32 and of the settings already measured "
+        "(kept under OUT/model_cache), in turn, --repeats times",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="--speed: repetitions (default: %(default)s)"
     )
     parser.add_argument(
         "--out",
@@ -262,6 +339,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.speed:
+        print(speed(args.out, args.settings.split(","), args.repeats))
+        return 0
     names = varied_images.names(scaled_mix(args.images), EVALUATION_SEED)
     evaluation = cached_pixels(args.out, names, resolve_model(MODEL).input_size)
     model = float32_model(args.out)
