@@ -50,8 +50,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "64-varied": PHOTOS_64 | {"calibration": "varied"},
     "300-varied": PHOTOS_64 | {"calibration": "varied", "images": 300},
     "no-overflow-fix": PHOTOS_64 | {"overflow_fix": "disable"},
-    "histogram": PHOTOS_64 | {"activations": "HISTOGRAM"},
-    "cpu-target": PHOTOS_64 | {"target_device": "CPU"},
     "minmax": PHOTOS_64 | {"activations": "MINMAX"},
     "minmax-300-varied": PHOTOS_64
     | {"calibration": "varied", "images": 300, "activations": "MINMAX"},
@@ -120,8 +118,6 @@ def nncf_arguments(setting: dict[str, Any], model: Any) -> dict[str, Any]:
     arguments: dict[str, Any] = {}
     if "preset" in setting:
         arguments["preset"] = nncf.QuantizationPreset(setting["preset"])
-    if "target_device" in setting:
-        arguments["target_device"] = nncf.TargetDevice[setting["target_device"]]
     if "fast_bias_correction" in setting:
         arguments["fast_bias_correction"] = setting["fast_bias_correction"]
     ranges = nncf.quantization.range_estimator.RangeEstimatorParametersSet
