@@ -137,7 +137,7 @@ class Sizes:
     seed_camera_images: tuple[int, int] = (16, 64)
     ceiling_batches: int = 10
     daily_rows: tuple[int, int] = (200_000, 400_000)
-    calibration_images: int = 96  # int8: 64 to calibrate on, 32 held out
+    calibration_images: int = 576  # int8: 64 to calibrate on, 512 held out (the defaults)
     reuse_images: tuple[int, int] = (80, 400)
     publish_rows: tuple[int, int] = (100_000, 1_000_000)
     # The seed's way and the runs compared with it, in turn, this many times: ratios of runs

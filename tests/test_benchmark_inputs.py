@@ -54,3 +54,26 @@ def test_kept_earlier_days_are_reused_only_for_the_same_sizes(tmp_path):
     assert scale.kept_lookback(tmp_path, args) == 12.5
     for other in (["--days", "4"], ["--lookback-rows", "6000"]):
         assert scale.kept_lookback(tmp_path, scale.parse_args(other)) is None
+
+
+def test_varied_images_are_every_kind_through_the_loader_and_the_same_by_name():
+    import numpy as np
+
+    from benchmarks import varied_images
+
+    names = varied_images.names(dict.fromkeys(varied_images.MIX, 1), 7)
+    images = varied_images.load(names, (224, 224))
+    assert images.shape == (len(varied_images.MIX), 224, 224, 3) and images.dtype == np.uint8
+    assert np.array_equal(varied_images.pixels("grey-7", (224, 224)), images[names.index("grey-7")])
+    assert len({image.tobytes() for image in images}) == len(names)
+
+
+def test_int8_agreement_never_calibrates_on_an_evaluated_image():
+    from benchmarks import int8_agreement, varied_images
+
+    evaluated = set(varied_images.names(int8_agreement.scaled_mix(1664), 0))
+    for setting in int8_agreement.SETTINGS.values():
+        calibration = int8_agreement.calibration_names(setting)
+        # The varied mix is scaled by kind, each rounded: about as many images as asked.
+        assert abs(len(calibration) - setting["images"]) <= len(varied_images.MIX)
+        assert not evaluated & set(calibration)

@@ -43,10 +43,12 @@ def fingerprint_parts(
     precision: str,
     engine: str = "tensorflow",
     calibration: str | None = None,
+    quantization: str | None = None,
 ) -> dict[str, Any]:
     """Every input that changes an embedding's values, named; `calibration` is the digest of an
-    int8 model's calibration images."""
-    return {
+    int8 model's calibration images, `quantization` how it was quantized (a part only when
+    given, so that the fingerprints of other models stay as they were)."""
+    parts = {
         "model": spec.name,
         "weights": weights_identity(spec, weights),
         "input_size": list(spec.input_size),
@@ -55,6 +57,9 @@ def fingerprint_parts(
         "precision": precision,
         "calibration": calibration,
     }
+    if quantization is not None:
+        parts["quantization"] = quantization
+    return parts
 
 
 def fingerprint(parts: Mapping[str, Any]) -> str:

@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,11 @@ ENGINE = "openvino"
 GUARD_BATCH = 32
 # The precisions checked against float32 on held-out images before they are cached.
 GUARDED = ("int8", "bfloat16")
+# int8 activation ranges span each activation's lowest and highest value over all calibration
+# images. NNCF's default, the mean over images of each one's extremes, clips the images whose
+# activations run past the average: over 1,664 varied images they strayed from float32 down to a
+# centred cosine of 0.83, against 0.994 at worst with these ranges (docs/performance.md).
+ACTIVATION_RANGES = "MINMAX"
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +131,22 @@ def embed_all(model: Any, images: np.ndarray, precision: str = "float32") -> np.
     )
 
 
-def quantize(model: Any, images: np.ndarray) -> Any:
-    """NNCF post-training int8 quantization of `model`, calibrated on `images`, one at a time."""
+def quantization() -> str:
+    """How int8 models are quantized: a part of their fingerprint."""
+    return f"nncf-{metadata.version('nncf')}, activation ranges {ACTIVATION_RANGES.lower()}"
+
+
+def quantize(model: Any, images: np.ndarray, **settings: Any) -> Any:
+    """NNCF post-training int8 quantization of `model`, calibrated on `images`, one at a time,
+    with ACTIVATION_RANGES; `settings` are further `nncf.quantize` arguments, or replace these."""
     import nncf
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     dataset = nncf.Dataset([images[index : index + 1] for index in range(len(images))])
-    return nncf.quantize(model, dataset, subset_size=len(images))
+    ranges = getattr(RangeEstimatorParametersSet, ACTIVATION_RANGES)
+    advanced = nncf.AdvancedQuantizationParameters(activations_range_estimator_params=ranges)
+    chosen = {"advanced_parameters": advanced} | settings
+    return nncf.quantize(model, dataset, subset_size=len(images), **chosen)
 
 
 def build(
@@ -184,7 +200,8 @@ def prepare_model(job: JobOptions) -> PreparedModel:
     if pin:
         log.info("int8 calibrates on the set pinned on %s (%s)", pin["pinned_at"], pin_at)
     digest = pin["digest"] if pin else sample.digest if sample else None
-    parts = fingerprint_parts(spec, job.weights, job.precision, ENGINE, digest)
+    method = quantization() if job.precision == "int8" else None
+    parts = fingerprint_parts(spec, job.weights, job.precision, ENGINE, digest, method)
     model_fingerprint = fingerprint(parts)
     entry = entry_uri(cache, model_fingerprint)
     try:

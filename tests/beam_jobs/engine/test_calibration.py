@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from beam_jobs.image_embeddings.engine.accuracy import (
+    AccuracyRefused,
+    Thresholds,
+    accuracy_figures,
+    check_accuracy,
+)
 from beam_jobs.image_embeddings.engine.calibration import (
+    HELD_OUT_SIZE,
+    SEED,
     load_calibration_set,
     seeded_order,
     split_sizes,
@@ -44,6 +52,8 @@ def test_the_order_depends_on_the_seed_not_on_the_lines(manifest, tmp_path):
 
 def test_a_short_day_holds_out_a_third_and_calibrates_on_the_rest():
     assert split_sizes(96, 64, 32) == (64, 32)
+    assert split_sizes(576, 64, 512) == (64, 512)
+    assert split_sizes(300, 64, 512) == (64, 236)
     assert split_sizes(30, 64, 32) == (20, 10)
     assert split_sizes(12, 64, 32) == (6, 6)
     with pytest.raises(ValueError, match="at least 10 readable images .* found 9"):
@@ -89,3 +99,41 @@ def test_an_unreadable_pin_says_how_to_calibrate_anew(tmp_path):
     uri.write_text('{"digest": "sha256:0"}')
     with pytest.raises(ValueError, match="not a readable calibration pin .*delete it"):
         read_pin(str(uri))
+
+
+def stray_tail(count: int, share: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, candidate) embeddings of `count` images that agree closely except on a
+    `share` of them, whose centred cosine falls to about 0.8."""
+    rng = np.random.default_rng(seed)
+    reference = 5.0 + rng.normal(size=(count, 64))
+    candidate = reference + rng.normal(scale=0.01, size=reference.shape)
+    strays = rng.choice(count, round(count * share), replace=False)
+    candidate[strays] += rng.normal(scale=0.75, size=(len(strays), 64))
+    return reference, candidate
+
+
+def refused_share(manifest: Path, held_out: int, embeddings, seeds: range) -> float:
+    """How often the guard refuses the candidate on `held_out` images drawn as preparation
+    draws them (the first of the manifest's seeded order), over `seeds`."""
+    index = {line: row for row, line in enumerate(manifest.read_text().splitlines())}
+    refused = 0
+    for seed in seeds:
+        rows = [index[uri] for uri in seeded_order(str(manifest), seed)[:held_out]]
+        figures = accuracy_figures(*(vectors[rows] for vectors in embeddings))
+        try:
+            check_accuracy(figures, Thresholds())
+        except AccuracyRefused:
+            refused += 1
+    return refused / len(seeds)
+
+
+def test_the_default_held_out_sample_refuses_a_model_that_strays_on_one_image_in_a_hundred(
+    tmp_path,
+):
+    manifest = tmp_path / "day.txt"
+    manifest.write_text("".join(f"gs://day/image-{row:05d}.jpg\n" for row in range(5000)))
+    embeddings = stray_tail(5000, share=0.01)
+    seeds = range(SEED, SEED + 20)
+    assert refused_share(manifest, HELD_OUT_SIZE, embeddings, seeds) >= 0.9
+    # The former sample of 32 let most such models through.
+    assert refused_share(manifest, 32, embeddings, seeds) < 0.5

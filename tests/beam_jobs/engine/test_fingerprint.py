@@ -59,3 +59,11 @@ def test_engine_version_and_calibration_set_are_parts_of_the_fingerprint():
         for digest in ("aa", "bb")
     ]
     assert len({fingerprint(tensorflow), fingerprint(openvino), *calibrated}) == 4
+
+
+def test_how_int8_was_quantized_is_a_part_only_when_given():
+    plain = fingerprint_parts(RESNET, "random", "int8", "openvino", "sha256:aa")
+    quantized = fingerprint_parts(RESNET, "random", "int8", "openvino", "sha256:aa", "nncf-3.4.0")
+    other = fingerprint_parts(RESNET, "random", "int8", "openvino", "sha256:aa", "nncf-3.5.0")
+    assert "quantization" not in plain and quantized["quantization"] == "nncf-3.4.0"
+    assert len({fingerprint(plain), fingerprint(quantized), fingerprint(other)}) == 3

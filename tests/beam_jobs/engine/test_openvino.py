@@ -29,7 +29,7 @@ from beam_jobs.image_embeddings.engine.openvino import (
     unconvertible,
 )
 from beam_jobs.image_embeddings.engine.prepare import main as prepare_main
-from beam_jobs.image_embeddings.engine.prepare import prepare_model
+from beam_jobs.image_embeddings.engine.prepare import prepare_model, quantization
 from beam_jobs.image_embeddings.launcher import run
 from beam_jobs.image_embeddings.options import JobOptions
 from image_embeddings_airflow.dag.validation import validate_output
@@ -152,6 +152,8 @@ def test_int8_passes_the_guard_and_records_its_figures_and_calibration(int8_mode
     assert card["calibration"]["manifest"] == str(day)
     assert card["calibration"]["digest"] == card["fingerprint_parts"]["calibration"]
     assert card["calibration"]["images"] + card["calibration"]["held_out"] == 24
+    assert card["fingerprint_parts"]["quantization"] == quantization()
+    assert quantization().endswith("activation ranges minmax")
 
 
 def test_int8_below_the_thresholds_is_refused_with_its_figures(tmp_path, day, tiny_model):
