@@ -77,7 +77,7 @@ def cached_pixels(out: Path, names: list[str], size: tuple[int, int]) -> np.ndar
     path = out / f"pixels-{key}.npy"
     if not path.exists():
         np.save(path, varied_images.load(names, size))
-    return np.load(path)
+    return np.load(path, allow_pickle=False)
 
 
 def float32_model(out: Path) -> Any:
@@ -100,7 +100,7 @@ def float32_embeddings(out: Path, model: Any, evaluation: np.ndarray) -> np.ndar
     path = out / f"float32-{MODEL}-{WEIGHTS}-{key}.npy"
     if not path.exists():
         np.save(path, embed_all(model, evaluation))
-    return np.load(path)
+    return np.load(path, allow_pickle=False)
 
 
 def convolutions(model: Any) -> list[str]:
