@@ -444,6 +444,7 @@ def gcs_run(gcs_emulator, tmp_path_factory, weights_file):
 def test_gcs_run_keeps_the_contract(gcs_run, reference_model):
     images, failing, blobs = gcs_run
     assert sorted(blobs) == [
+        "_LEASE",
         "_SUCCESS",
         "embeddings-00000-of-00001.parquet",
         "failures-00000-of-00001.parquet",
