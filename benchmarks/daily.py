@@ -132,15 +132,15 @@ def validate(folder: str) -> dict:
 
 
 def reduce(folder: str) -> dict:
-    from image_embeddings_airflow.analysis.reduction import reduce_dimensions
+    from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
 
     result = reduce_dimensions(folder, PCA_COMPONENTS, PCA_SAMPLE_SIZE)
     return {"rows": result.rows, "components": result.n_components}
 
 
 def duplicates(folder: str) -> dict:
-    from image_embeddings_airflow.analysis.day_index import read_index, write_day_index
-    from image_embeddings_airflow.analysis.duplicates import find_duplicates
+    from beam_jobs.image_embeddings.analysis.day_index import read_index, write_day_index
+    from beam_jobs.image_embeddings.analysis.duplicates import find_duplicates
 
     write_day_index(folder)
     result = find_duplicates(folder, DAY, None, DUPLICATE_THRESHOLD, LOOKBACK_DAYS)

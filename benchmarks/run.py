@@ -123,7 +123,7 @@ LENIENT_GUARD = (
 WARMUP_IMPORTS = (
     "import tensorflow, keras, apache_beam, pyarrow.parquet, pandas, matplotlib.figure; "
     "import beam_jobs.image_embeddings.launcher, image_embeddings_airflow.dag.validation, "
-    "image_embeddings_airflow.analysis.reduction, benchmarks.ceiling, benchmarks.seed_way"
+    "beam_jobs.image_embeddings.analysis.reduction, benchmarks.ceiling, benchmarks.seed_way"
 )
 
 

@@ -83,9 +83,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def analyse(folder: str, days: int) -> dict:
     """What the reduce task does with every row, in this process; seconds per stage."""
-    from image_embeddings_airflow.analysis.day_index import write_day_index
-    from image_embeddings_airflow.analysis.duplicates import find_duplicates
-    from image_embeddings_airflow.analysis.reduction import reduce_dimensions
+    from beam_jobs.image_embeddings.analysis.day_index import write_day_index
+    from beam_jobs.image_embeddings.analysis.duplicates import find_duplicates
+    from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
     from image_embeddings_airflow.ui.report import duplicate_groups, sample_projection
 
     seconds = {}
@@ -147,7 +147,7 @@ def kept_lookback(root: Path, args: argparse.Namespace) -> float | None:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from image_embeddings_airflow.analysis.history import window
+    from beam_jobs.image_embeddings.analysis.history import window
 
     root = args.out.resolve() / "days"
     space = synthetic.Space.make()

@@ -185,7 +185,7 @@ def write_lookback_day(folder: Path, space: Space, day: str, seed: int, rows: in
     """An earlier day as the products the lookback reads: PCA, index, id map, `_SUCCESS`."""
     from sklearn.decomposition import PCA
 
-    from image_embeddings_airflow.analysis.reduction import axes_of, save_pca
+    from beam_jobs.image_embeddings.analysis.reduction import axes_of, save_pca
 
     folder.mkdir(parents=True, exist_ok=True)
     sample = day_vectors(space, seed, 0, min(SAMPLE_ROWS, rows))

@@ -78,3 +78,12 @@ def postgres_uri():
     """A PostgreSQL server with pgvector on loopback for the session: its postgresql:// URI."""
     with running_postgres() as server:
         yield server.uri
+
+
+@pytest.fixture(params=["local", "gcs"])
+def day(request, tmp_path):
+    """A day's output folder, local or in the emulator's bucket."""
+    if request.param == "local":
+        return str(tmp_path / "embeddings" / "2026-11-28")
+    bucket = request.getfixturevalue("gcs_bucket").name
+    return f"gs://{bucket}/embeddings/2026-11-28"

@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pyarrow.parquet as pq
 
+from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
 from beam_jobs.image_embeddings.contract import (
     STAGE_DECODE,
     SUCCESS_MARKER,
@@ -14,7 +15,6 @@ from beam_jobs.image_embeddings.contract import (
     failures_schema,
 )
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.analysis.reduction import reduce_dimensions
 from image_embeddings_airflow.ui.report import DRIFT_NAME, DUPLICATES_NAME, write_report
 from tests.plugins.dag.test_validation import FAILURES, embeddings_table, write_table
 

@@ -21,10 +21,10 @@ def test_a_synthetic_day_is_a_valid_day_of_the_current_schema(tmp_path):
 
 
 def test_synthetic_days_hold_every_planted_copy_where_the_analysis_finds_it(tmp_path):
+    from beam_jobs.image_embeddings.analysis.day_index import write_day_index
+    from beam_jobs.image_embeddings.analysis.duplicates import find_duplicates
+    from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
     from benchmarks import scale, synthetic
-    from image_embeddings_airflow.analysis.day_index import write_day_index
-    from image_embeddings_airflow.analysis.duplicates import find_duplicates
-    from image_embeddings_airflow.analysis.reduction import reduce_dimensions
 
     space = synthetic.Space.make(dim=128, clusters=50)
     earlier = {"2026-12-30": 1, "2026-12-29": 2}

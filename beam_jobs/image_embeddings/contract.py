@@ -30,6 +30,10 @@ SAMPLE_NAME = "embedding-sample.npy"
 DUPLICATES_NAME = "duplicates.parquet"
 DRIFT_NAME = "drift.json"
 REPORT_HTML_NAME = "report.html"
+# The validation's report, which the analysis adds its duplicate counts to.
+VALIDATION_NAME = "validation.json"
+# The analysis job writes this last: what it found (JSON), the day's products complete.
+ANALYSIS_MARKER = "_ANALYSED"
 # Beam's shard name template, and the pattern that reads (index, count) back from a file name.
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SHARD_NUMBER = re.compile(r"-(\d+)-of-(\d+)" + re.escape(SHARD_SUFFIX) + "$")

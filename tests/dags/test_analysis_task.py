@@ -7,17 +7,17 @@ import logging
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
+from beam_jobs.image_embeddings.analysis.day_index import write_day_index
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.analysis.day_index import write_day_index
 from image_embeddings_airflow.dag.tasks import analyse
 from image_embeddings_airflow.dag.validation import REPORT_NAME
-from tests.plugins.analysis.test_drift import (
+from tests.beam_jobs.analysis.test_drift import (
     different_imagery,
     imagery,
     prepared_day,
     write_history,
 )
-from tests.plugins.analysis.test_duplicates import FINGERPRINT
+from tests.beam_jobs.analysis.test_duplicates import FINGERPRINT
 
 
 def plan_for(folder: str, day: str, drift_fails: bool) -> dict:

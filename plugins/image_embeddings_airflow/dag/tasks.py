@@ -267,7 +267,7 @@ def reduce(
 ) -> dict[str, Any]:
     """Fit the PCA, project every embedding, plot, write the day's report.html; log where the
     plot and the report are, and the run's summary. Only while the run holds the day."""
-    from image_embeddings_airflow.analysis.reduction import reduce_dimensions
+    from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
     from image_embeddings_airflow.ui.report import write_report
 
     fence(plan, holder, token, "write the day's products")
@@ -312,9 +312,9 @@ def analyse(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any
     A drifted day logs a warning, and fails the task (after writing `drift.json`) only when
     `drift_fails` is set: the same outputs drift the same way on a retry.
     """
-    from image_embeddings_airflow.analysis.day_index import write_day_index
-    from image_embeddings_airflow.analysis.drift import DRIFTED, measure_drift
-    from image_embeddings_airflow.analysis.duplicates import count_in_validation, find_duplicates
+    from beam_jobs.image_embeddings.analysis.day_index import write_day_index
+    from beam_jobs.image_embeddings.analysis.drift import DRIFTED, measure_drift
+    from beam_jobs.image_embeddings.analysis.duplicates import count_in_validation, find_duplicates
 
     output_dir, day, fingerprint = plan["output_dir"], plan["day"], marker.get(FINGERPRINT_KEY)
     index_uri = write_day_index(output_dir)

@@ -25,6 +25,7 @@ from beam_jobs.image_embeddings.contract import (
     STAGES,
     SUCCESS_KEYS,
     SUCCESS_MARKER,
+    VALIDATION_NAME,
     join,
     manifest_entries,
     shard_glob,
@@ -35,7 +36,7 @@ from image_embeddings_airflow.settings import validate_failure_rate
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "validation.json"
+REPORT_NAME = VALIDATION_NAME
 BATCH_ROWS = 2048
 EXAMPLES = 5
 MANIFEST_CHUNK = 16384

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from beam_jobs.image_embeddings.analysis.day_index import write_day_index
+from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
 from beam_jobs.image_embeddings.search.query import nearest_over_days
-from image_embeddings_airflow.analysis.day_index import write_day_index
-from image_embeddings_airflow.analysis.reduction import reduce_dimensions
-from tests.plugins.analysis.test_duplicates import DIM, digests_of, write_day
+from tests.beam_jobs.analysis.test_duplicates import DIM, digests_of, write_day
 
 EARLIER, DAY = "2026-11-27", "2026-11-28"
 AXES = 4

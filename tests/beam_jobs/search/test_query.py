@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
+from beam_jobs.image_embeddings.analysis.day_index import write_day_index
+from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
 from beam_jobs.image_embeddings.contract import SUCCESS_MARKER
 from beam_jobs.image_embeddings.launcher import run
 from beam_jobs.image_embeddings.search.query import main
-from image_embeddings_airflow.analysis.day_index import write_day_index
-from image_embeddings_airflow.analysis.reduction import reduce_dimensions
 from tests.image_factory import write_images
 
 pytestmark = pytest.mark.slow

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
 from beam_jobs.image_embeddings.contract import (
     DRIFT_NAME,
     DUPLICATES_NAME,
@@ -20,7 +21,6 @@ from beam_jobs.image_embeddings.contract import (
     embeddings_schema,
 )
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.analysis.reduction import reduce_dimensions
 from image_embeddings_airflow.ui.report import (
     drift_series,
     drift_verdict,

@@ -10,9 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from beam_jobs.image_embeddings.contract import embeddings_schema
-from image_embeddings_airflow import storage
-from image_embeddings_airflow.analysis.reduction import (
+from beam_jobs.image_embeddings.analysis.reduction import (
     ReductionResult,
     axes_of,
     capped_components,
@@ -20,6 +18,8 @@ from image_embeddings_airflow.analysis.reduction import (
     reduce_dimensions,
     sample_rows,
 )
+from beam_jobs.image_embeddings.contract import embeddings_schema
+from beam_jobs.image_embeddings.storage import files as storage
 from tests.plugins.dag.test_validation import write_outputs, write_table
 
 DIM = 2048
@@ -107,7 +107,7 @@ def test_components_are_capped_by_the_sample(tmp_path, caplog):
     day = str(tmp_path / "2026-11-28")
     write_outputs(day, clustered(4))
 
-    with caplog.at_level(logging.INFO, logger="image_embeddings_airflow.analysis.reduction"):
+    with caplog.at_level(logging.INFO, logger="beam_jobs.image_embeddings.analysis.reduction"):
         result = reduce_dimensions(day, n_components=50, sample_size=8)
 
     assert (result.sample_size, result.n_components, result.rows) == (8, 8, 12)

@@ -24,8 +24,7 @@ from beam_jobs.image_embeddings.contract import (
     shard_glob,
 )
 from beam_jobs.image_embeddings.pca import PcaAxes
-from image_embeddings_airflow import storage
-from image_embeddings_airflow.settings import validate_components, validate_sample_size
+from beam_jobs.image_embeddings.storage import files as storage
 
 if TYPE_CHECKING:
     from sklearn.decomposition import PCA
@@ -199,8 +198,10 @@ def reduce_dimensions(
     `BATCH_ROWS` embeddings at a time; the shards are read twice (sample, then projection).
     """
     output_dir = storage.absolute(output_dir)
-    n_components = validate_components(n_components)
-    sample_size = validate_sample_size(sample_size)
+    wanted = ((n_components, "number of PCA components"), (sample_size, "PCA sample size"))
+    for value, what in wanted:
+        if value < 1:
+            raise ValueError(f"the {what} must be a positive whole number, got {value}")
     shards = storage.glob(shard_glob(output_dir, EMBEDDINGS_PREFIX))
     total = sum(storage.parquet_rows(shard) for shard in shards)
     if total < 2:

@@ -28,16 +28,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beam_jobs.image_embeddings.contract import DRIFT_NAME, PCA_NAME, SAMPLE_NAME, join
-from image_embeddings_airflow import storage
-from image_embeddings_airflow.analysis.history import comparable_days
-from image_embeddings_airflow.analysis.reduction import (
+from beam_jobs.image_embeddings.analysis.history import comparable_days
+from beam_jobs.image_embeddings.analysis.reduction import (
     axes_of,
     capped_components,
     fit_pca,
     load_pca,
     load_sample,
 )
+from beam_jobs.image_embeddings.contract import DRIFT_NAME, PCA_NAME, SAMPLE_NAME, join
+from beam_jobs.image_embeddings.storage import files as storage
 
 log = logging.getLogger(__name__)
 

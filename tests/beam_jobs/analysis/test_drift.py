@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from image_embeddings_airflow import storage
-from image_embeddings_airflow.analysis.drift import (
+from beam_jobs.image_embeddings.analysis.drift import (
     DRIFT_NAME,
     DRIFTED,
     MIN_IMAGES,
@@ -23,8 +22,9 @@ from image_embeddings_airflow.analysis.drift import (
     measure_drift,
     verdict,
 )
-from image_embeddings_airflow.analysis.reduction import reduce_dimensions
-from tests.plugins.analysis.test_duplicates import DIM, FINGERPRINT, digests_of, write_day
+from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
+from beam_jobs.image_embeddings.storage import files as storage
+from tests.beam_jobs.analysis.test_duplicates import DIM, FINGERPRINT, digests_of, write_day
 
 THRESHOLD = 0.2
 REFERENCE_DAYS = ("2026-11-25", "2026-11-26", "2026-11-27")

@@ -24,7 +24,7 @@ from beam_jobs.image_embeddings.search.index import (
     training_picks,
     write_index,
 )
-from image_embeddings_airflow import storage
+from beam_jobs.image_embeddings.storage import files as storage
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import logging
 
 from beam_jobs.image_embeddings import comparable
 from beam_jobs.image_embeddings.comparable import NO_MARKER, History, window
-from image_embeddings_airflow import storage
+from beam_jobs.image_embeddings.storage import files as storage
 
 log = logging.getLogger(__name__)
 

@@ -6,17 +6,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs.image_embeddings.contract import DUPLICATES_NAME, SUCCESS_MARKER, embeddings_schema
-from beam_jobs.image_embeddings.search import index as neighbours
-from image_embeddings_airflow import storage
-from image_embeddings_airflow.analysis import duplicates
-from image_embeddings_airflow.analysis.day_index import read_day_index, write_day_index
-from image_embeddings_airflow.analysis.duplicates import (
+from beam_jobs.image_embeddings.analysis import duplicates
+from beam_jobs.image_embeddings.analysis.day_index import read_day_index, write_day_index
+from beam_jobs.image_embeddings.analysis.duplicates import (
     count_in_validation,
     duplicates_schema,
     find_duplicates,
 )
-from image_embeddings_airflow.analysis.reduction import reduce_dimensions
+from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
+from beam_jobs.image_embeddings.contract import DUPLICATES_NAME, SUCCESS_MARKER, embeddings_schema
+from beam_jobs.image_embeddings.search import index as neighbours
+from beam_jobs.image_embeddings.storage import files as storage
 from image_embeddings_airflow.dag.validation import REPORT_NAME
 from tests.plugins.dag.test_validation import embeddings_table
 
@@ -237,7 +237,7 @@ def test_each_earlier_day_is_read_once_and_never_its_embeddings(root, monkeypatc
 
 
 def test_small_batches_give_the_same_duplicates(root, monkeypatch):
-    from image_embeddings_airflow.analysis import day_index, duplicates, reduction
+    from beam_jobs.image_embeddings.analysis import day_index, duplicates, reduction
 
     lookback(root)
     folder = f"{root}/2026-11-28"

@@ -25,27 +25,28 @@ from pathlib import Path
 
 import numpy as np
 
-from beam_jobs.image_embeddings.contract import (
-    DUPLICATES_NAME,
-    EMBEDDINGS_PREFIX,
-    NEIGHBOURS_IDS_NAME,
-    NEIGHBOURS_INDEX_NAME,
-    PCA_NAME,
-    join,
-    shard_glob,
-)
-from beam_jobs.image_embeddings.search.index import neighbours_at_least, unit_vectors
-from beam_jobs.image_embeddings.vectors import row_cosines, unit_rows
-from image_embeddings_airflow import storage
-from image_embeddings_airflow.analysis.day_index import (
+from beam_jobs.image_embeddings.analysis.day_index import (
     column_names,
     id_batches,
     ids_schema,
     projection_batches,
     read_index,
 )
-from image_embeddings_airflow.analysis.history import comparable_days
-from image_embeddings_airflow.analysis.reduction import PcaAxes, load_pca, vector_batches
+from beam_jobs.image_embeddings.analysis.history import comparable_days
+from beam_jobs.image_embeddings.analysis.reduction import PcaAxes, load_pca, vector_batches
+from beam_jobs.image_embeddings.contract import (
+    DUPLICATES_NAME,
+    EMBEDDINGS_PREFIX,
+    NEIGHBOURS_IDS_NAME,
+    NEIGHBOURS_INDEX_NAME,
+    PCA_NAME,
+    VALIDATION_NAME,
+    join,
+    shard_glob,
+)
+from beam_jobs.image_embeddings.search.index import neighbours_at_least, unit_vectors
+from beam_jobs.image_embeddings.storage import files as storage
+from beam_jobs.image_embeddings.vectors import row_cosines, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -367,9 +368,7 @@ def write_duplicates(connection, uri: str) -> None:
 
 def count_in_validation(output_dir: str, counts: dict) -> None:
     """Add the duplicate counts to the day's `validation.json` under `duplicates`."""
-    from image_embeddings_airflow.dag.validation import REPORT_NAME
-
-    uri = join(output_dir, REPORT_NAME)
+    uri = join(output_dir, VALIDATION_NAME)
     report = storage.read_json(uri) if storage.exists(uri) else {}
     storage.write_json(uri, {**report, "duplicates": counts})
 
