@@ -17,11 +17,12 @@ DuckDB under `DUCKDB_MEMORY` (it spills to a local temporary folder beyond it).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -211,42 +212,113 @@ def within_pairs(output_dir: str, floor: float) -> np.ndarray:
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 
 
-def spool_projections(shards: list[str], axes: dict[str, PcaAxes], folder: Path) -> None:
-    """One pass over D's embeddings: its unit rows on each earlier day's axes, `<day>.f16`."""
-    files = {day: open(folder / f"{day}.f16", "wb") for day in axes}  # noqa: SIM115
-    try:
-        for _, matrix in vector_batches(shards):
+def spool_uri(scratch: str, other: str) -> str:
+    """Where day D's unit rows on the axes of the earlier day `other` are spooled."""
+    return join(scratch, f"{other}.f16")
+
+
+def spool_projections(output_dir: str, axes: dict[str, PcaAxes], scratch: str) -> None:
+    """One pass over D's embeddings: its unit rows on each earlier day's axes, float16, into
+    `scratch` (a folder every worker of the job can read)."""
+    if not axes:
+        return
+    with contextlib.ExitStack() as stack:
+        files = {
+            day: stack.enter_context(storage.open_file(spool_uri(scratch, day), "wb"))
+            for day in axes
+        }
+        for _, matrix in vector_batches(day_shards(output_dir)):
             for day, day_axes in axes.items():
                 files[day].write(unit_rows(day_axes.project(matrix)).astype(np.float16).tobytes())
-    finally:
-        for handle in files.values():
-            handle.close()
 
 
-def spooled(path: Path, dim: int) -> Iterator[np.ndarray]:
+def spooled(uri: str, dim: int) -> Iterator[np.ndarray]:
     """The rows a spool file holds, `BATCH_ROWS` at a time, float32."""
-    with open(path, "rb") as handle:
+    with storage.open_file(uri, "rb") as handle:
         while chunk := handle.read(BATCH_ROWS * dim * 2):
             yield np.frombuffer(chunk, np.float16).reshape(-1, dim).astype(np.float32)
 
 
-def across_pairs(connection, other_dir: str, day: str, axes: PcaAxes, spool: Path, floor) -> Across:
-    """Exact copies in the earlier day, and its near candidates; reads its id map and index once."""
-    load_table(connection, "other", numbered(ids_of(other_dir)))
-    exact_across(connection, day)
-    index = read_index(other_dir)
-    rows, others = candidates(index, spooled(spool, len(axes.components)), NEIGHBOURS, floor)
-    order = np.argsort(rows, kind="stable")
-    rows, others = rows[order], others[order]
+def exact_uri(scratch: str, other: str) -> str:
+    return join(scratch, f"{other}-exact.parquet")
+
+
+def near_uri(scratch: str, other: str) -> str:
+    return join(scratch, f"{other}-near.parquet")
+
+
+def within_uri(scratch: str) -> str:
+    return join(scratch, "within.npy")
+
+
+def write_arrow(table, uri: str) -> None:
+    import pyarrow.parquet as pq
+
+    with storage.open_file(uri, "wb") as handle:
+        pq.write_table(table, handle)
+
+
+def read_arrow(uri: str):
+    import pyarrow.parquet as pq
+
+    with storage.open_file(uri, "rb") as handle:
+        return pq.read_table(handle)
+
+
+def search_earlier(output_dir: str, other_dir: str, other: str, scratch: str, floor: float):
+    """Exact copies of D's images in the earlier day `other`, and its near candidates with their
+    unit coordinates on that day's axes, into `scratch`. Reads that day's id map and index once,
+    D's id map and spool once: one earlier day per call, so a job searches days in parallel."""
+    import pyarrow as pa
+
+    with tempfile.TemporaryDirectory(prefix="duplicates-") as spill:
+        connection = connect(spill)
+        load_table(connection, "today", numbered(ids_of(output_dir)))
+        load_table(connection, "other", numbered(ids_of(other_dir)))
+        exact_across(connection, other)
+        exact = connection.sql("SELECT * FROM found").to_arrow_table()
+        index = read_index(other_dir)
+        queries = spooled(spool_uri(scratch, other), index.d)
+        rows, others = candidates(index, queries, NEIGHBOURS, floor)
+        load_table(connection, "pairs", arrow_pairs(row=rows, other=others))
+        near = connection.sql(
+            "SELECT p.row, p.other, o.uri AS other_uri, o.sha256 AS other_sha256 FROM pairs p "
+            "JOIN other o ON o.row = p.other ORDER BY p.row, p.other"
+        ).to_arrow_table()
+        connection.close()
+    write_arrow(exact, exact_uri(scratch, other))
+    others = near.column("other").to_numpy()
     vectors = unit_vectors(index, others) if len(others) else np.zeros((0, index.d), np.float32)
-    load_table(connection, "pairs", arrow_pairs(row=rows, other=others))
+    flat = pa.array(vectors.reshape(-1), pa.float32())
+    near = near.append_column("other_vector", pa.FixedSizeListArray.from_arrays(flat, index.d))
+    write_arrow(near, near_uri(scratch, other))
+
+
+def search_within(output_dir: str, scratch: str, floor: float) -> None:
+    """The day's candidate pairs with itself, into `scratch`."""
+    buffer = io.BytesIO()
+    np.save(buffer, within_pairs(output_dir, floor), allow_pickle=False)
+    storage.write_bytes(within_uri(scratch), buffer.getvalue())
+
+
+def found_across(connection, output_root: str, other: str, scratch: str) -> Across:
+    """`found` gains the exact copies in the earlier day `other`, `across` its near candidates."""
+    load_table(connection, "incoming", read_arrow(exact_uri(scratch, other)))
+    connection.execute("INSERT INTO found SELECT * FROM incoming")
+    near = read_arrow(near_uri(scratch, other))
+    vectors = near.column("other_vector").combine_chunks()
+    width = vectors.type.list_size
+    load_table(connection, "incoming", near.drop_columns(["other_vector"]))
     connection.execute(
-        "INSERT INTO across SELECT ?, p.row, p.other, o.uri, o.sha256 FROM pairs p "
-        "JOIN other o ON o.row = p.other",
-        [day],
+        "INSERT INTO across SELECT ?, row, other, other_uri, other_sha256 FROM incoming", [other]
     )
-    connection.execute("DROP TABLE other")
-    return Across(day, axes, rows, others, vectors)
+    return Across(
+        day=other,
+        axes=load_pca(join(output_root, other, PCA_NAME)),
+        rows=near.column("row").to_numpy(),
+        others=near.column("other").to_numpy(),
+        other_vectors=vectors.flatten().to_numpy().reshape(-1, width).astype(np.float32),
+    )
 
 
 def gather(shards: list[str], wants: list[tuple[np.ndarray, Callable]]) -> list[np.ndarray | None]:
@@ -389,26 +461,33 @@ def counts_of(connection, days: tuple[str, ...], skipped: dict, threshold: float
     }
 
 
-def find_duplicates(
-    output_dir: str, day: str, fingerprint: str | None, threshold: float, lookback_days: int
-) -> DuplicatesResult:
-    """Write the day's `duplicates.parquet` (within the day and the comparable earlier days).
-
-    Reads the day's id map, index and projection, each earlier day's id map, `pca.npz` and index
-    once, and the day's embeddings once for the lookback and once to confirm candidates.
-    """
-    root = storage.parent(output_dir)
-    shards = day_shards(output_dir)
-    floor = threshold - CANDIDATE_MARGIN
-    history = comparable_days(
-        root,
+def comparable_history(output_dir: str, day: str, fingerprint: str | None, lookback_days: int):
+    """The earlier days whose copies of D's images are searched, and why others are not."""
+    return comparable_days(
+        storage.parent(output_dir),
         day,
         fingerprint,
         lookback_days,
         (PCA_NAME, NEIGHBOURS_INDEX_NAME, NEIGHBOURS_IDS_NAME),
     )
-    with tempfile.TemporaryDirectory(prefix="duplicates-") as scratch:
-        connection = connect(scratch)
+
+
+def spool_for_history(output_dir: str, days: tuple[str, ...], scratch: str) -> None:
+    """D's rows on the axes of every earlier day in `days`, spooled for `search_earlier`."""
+    root = storage.parent(output_dir)
+    axes = {other: load_pca(join(root, other, PCA_NAME)) for other in days}
+    spool_projections(output_dir, axes, scratch)
+
+
+def write_found(
+    output_dir: str, day: str, history, threshold: float, scratch: str
+) -> DuplicatesResult:
+    """Confirm the candidates that the searches left in `scratch` and write the day's
+    `duplicates.parquet`. Reads D's embeddings once to confirm, once more per `CHECK_ROWS`
+    distinct rows of within-day candidates."""
+    root = storage.parent(output_dir)
+    with tempfile.TemporaryDirectory(prefix="duplicates-") as spill:
+        connection = connect(spill)
         connection.execute(
             "CREATE TABLE within (row BIGINT, other BIGINT, similarity FLOAT);"
             "CREATE TABLE across (day VARCHAR, row BIGINT, other BIGINT, other_uri VARCHAR, "
@@ -418,22 +497,10 @@ def find_duplicates(
         )
         load_table(connection, "today", numbered(ids_of(output_dir)))
         exact_within(connection, day)
-        pairs = within_pairs(output_dir, floor)
-        axes = {other: load_pca(join(root, other, PCA_NAME)) for other in history.days}
-        if axes:
-            spool_projections(shards, axes, Path(scratch))
-        across = [
-            across_pairs(
-                connection,
-                join(root, other),
-                other,
-                axes[other],
-                Path(scratch) / f"{other}.f16",
-                floor,
-            )
-            for other in history.days
-        ]
-        confirm(connection, shards, pairs, load_pca(join(output_dir, PCA_NAME)).mean, across)
+        pairs = np.load(io.BytesIO(storage.read_bytes(within_uri(scratch))), allow_pickle=False)
+        across = [found_across(connection, root, other, scratch) for other in history.days]
+        mean = load_pca(join(output_dir, PCA_NAME)).mean
+        confirm(connection, day_shards(output_dir), pairs, mean, across)
         near_rows(connection, threshold, day)
         uri = join(output_dir, DUPLICATES_NAME)
         write_duplicates(connection, uri)
@@ -449,3 +516,19 @@ def find_duplicates(
         len(history.days),
     )
     return DuplicatesResult(uri=uri, counts=counts)
+
+
+def find_duplicates(
+    output_dir: str, day: str, fingerprint: str | None, threshold: float, lookback_days: int
+) -> DuplicatesResult:
+    """Write the day's `duplicates.parquet` (within the day and the comparable earlier days) in
+    this process: the analysis job's steps, one after the other."""
+    history = comparable_history(output_dir, day, fingerprint, lookback_days)
+    floor = threshold - CANDIDATE_MARGIN
+    root = storage.parent(output_dir)
+    with tempfile.TemporaryDirectory(prefix="duplicates-scratch-") as scratch:
+        spool_for_history(output_dir, history.days, scratch)
+        for other in history.days:
+            search_earlier(output_dir, join(root, other), other, scratch, floor)
+        search_within(output_dir, scratch, floor)
+        return write_found(output_dir, day, history, threshold, scratch)
