@@ -47,7 +47,19 @@ ONE_OFF = ("airflow-init", "gcs-seed")
 IMAGE_SERVICES = (*AIRFLOW_SERVICES, "airflow-init", "airflow-cli", "gcs-emulator", "gcs-seed")
 EMULATOR_PROFILE = "gcs-emulator"
 EMULATOR_SECTION = "# GCS emulator"
-WORKER_PACKAGES = ("tensorflow-cpu", "keras", "pillow", "numpy", "pyarrow", "openvino")
+WORKER_PACKAGES = (
+    "tensorflow-cpu",
+    "keras",
+    "pillow",
+    "numpy",
+    "pyarrow",
+    "openvino",
+    # The analysis job.
+    "scikit-learn",
+    "faiss-cpu",
+    "duckdb",
+    "matplotlib",
+)
 CONTAINER_ROOT = "/opt/airflow"
 
 

@@ -153,6 +153,14 @@ def write_json(uri: str, value: Any) -> None:
     write_bytes(uri, (json.dumps(value, indent=2) + "\n").encode("utf-8"))
 
 
+def delete(uri: str) -> bool:
+    """Delete one file; return whether it existed."""
+    if not exists(uri):
+        return False
+    delete_all([uri])
+    return True
+
+
 def delete_folder(folder: str) -> None:
     """Delete a folder and everything in it; a missing folder deletes nothing."""
     if not is_gcs(folder):
