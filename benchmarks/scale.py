@@ -1,7 +1,8 @@
 """The day's analysis at scale: a synthetic day D of clustered rows, with planted exact and near
-copies of itself and of each of `--days` earlier days, analysed as the reduce task does (PCA and
-projection, neighbours index, duplicates within D and across the lookback, the report's figures and
-map sample), in a child process: its peak memory, CPU-seconds per row at each size, copies found.
+copies of itself and of each of `--days` earlier days, analysed by the analysis job's steps one
+after the other (PCA and projection, neighbours index, duplicates within D and across the lookback;
+then the report's figures and map sample), in a child process, as the DirectRunner runs the job
+with one worker: its peak memory, CPU-seconds per row at each size, copies found.
 
 Disk: day D's shards are float16 (about 4.2 kB a row: 4.2 GB at 1M rows) and are deleted after
 each size; each earlier day holds only what the lookback reads (about 300 B a row: 9 GB for 30
@@ -82,7 +83,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def analyse(folder: str, days: int) -> dict:
-    """What the reduce task does with every row, in this process; seconds per stage."""
+    """What the analysis job and the report do with every row, in this process; seconds per
+    stage."""
     from beam_jobs.image_embeddings.analysis.day_index import write_day_index
     from beam_jobs.image_embeddings.analysis.duplicates import find_duplicates
     from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions

@@ -15,7 +15,9 @@ writes lives under `OUTPUT_ROOT/D/`, and a rerun of D replaces it.
 | `embed` | launches the pipeline; on Dataflow a retry attaches to the day's running job |
 | `wait` | Dataflow: waits (deferred) for the job; then confirms the `_SUCCESS` marker |
 | `validate` | every manifest entry embedded or failed exactly once, vectors sound, failure rate |
-| `reduce_dimensions` | PCA outputs and plot; neighbours index, duplicates, drift; `report.html` |
+| `analyse` | launches the day's analysis job: PCA, neighbours index, duplicates, drift |
+| `wait_analysis` | Dataflow: waits (deferred) for the analysis job; then confirms `_ANALYSED` |
+| `report` | writes `report.html`; announces the validated day to downstream DAGs |
 | `publish` | if `IMAGE_EMBEDDINGS_PUBLISH` names targets: D replaced in pgvector, BigQuery |
 | `release_day` | gives the day's `_LEASE` back, however the run ended, once its job has ended |
 
@@ -24,8 +26,8 @@ their day has ended (data interval D 00:00 to D+1 00:00 UTC).
 Backfill: `airflow backfill create --dag-id image_embeddings --from-date D1 --to-date D2`.
 Manual runs, `make run` and backfills embed any day, before `IMAGE_EMBEDDINGS_START_DATE` too: that
 setting bounds the schedule only (a scheduled run of an earlier day is skipped, saying so).
-Killing or clearing `embed` or `wait`, or `wait` timing out, cancels the day's Dataflow job;
-a killed `wait` gives the day back once the job has stopped.
+Killing or clearing `embed`, `analyse` or their waits, or a wait timing out, cancels the day's
+Dataflow job; a killed wait gives the day back once the job has stopped.
 Every step that clears or publishes in the day's folder first checks the run's lease token.
 """
 
@@ -36,7 +38,12 @@ from datetime import timedelta
 from airflow.sdk import Asset, CronDataIntervalTimetable, PokeReturnValue, TaskGroup, dag, task
 
 from image_embeddings_airflow.dag import tasks as dag_tasks
-from image_embeddings_airflow.dag.operators import EmbedImagesOperator, WaitForEmbeddingsSensor
+from image_embeddings_airflow.dag.operators import (
+    AnalyseDayOperator,
+    EmbedImagesOperator,
+    WaitForAnalysisSensor,
+    WaitForEmbeddingsSensor,
+)
 from image_embeddings_airflow.dag.params import dag_params
 from image_embeddings_airflow.dag.tasks import dag_holder
 
@@ -96,10 +103,11 @@ def image_embeddings():
         return dag_tasks.validate(plan)
 
     @task(outlets=[VALIDATED_EMBEDDINGS])
-    def reduce_dimensions(
-        plan: dict, marker: dict, token: int, dag_run=None, outlet_events=None
+    def report(
+        plan: dict, marker: dict, analysed: dict, token: int, dag_run=None, outlet_events=None
     ) -> dict:
-        summary = dag_tasks.reduce(plan, marker, dag_holder(dag_run.dag_id, dag_run.run_id), token)
+        holder = dag_holder(dag_run.dag_id, dag_run.run_id)
+        summary = dag_tasks.report(plan, marker, analysed, holder, token)
         outlet_events[VALIDATED_EMBEDDINGS].extra = summary
         return summary
 
@@ -117,8 +125,12 @@ def image_embeddings():
     def release_day(plan: dict, token: int | None, dag_run=None, ti=None) -> bool:
         from image_embeddings_airflow.dag.dataflow import job_state
 
-        state = job_state(plan, ti.xcom_pull(task_ids="embed", key="dataflow_job_id"))
-        return dag_tasks.release_day(plan, dag_holder(dag_run.dag_id, dag_run.run_id), token, state)
+        states = {
+            job: job_state(plan, ti.xcom_pull(task_ids=job, key="dataflow_job_id"))
+            for job in ("embed", "analyse")
+        }
+        holder = dag_holder(dag_run.dag_id, dag_run.run_id)
+        return dag_tasks.release_day(plan, holder, token, states)
 
     plan = resolve_run()
     claimed = claim_day(plan)
@@ -139,12 +151,20 @@ def image_embeddings():
         execution_timeout=timedelta(hours=12),
     )
     validated = validate(plan)
-    reduced = reduce_dimensions(plan, wait.output, claimed)
+    analyse = AnalyseDayOperator(task_id="analyse", plan=plan, lease_token=claimed)
+    wait_analysis = WaitForAnalysisSensor(
+        task_id="wait_analysis",
+        plan=plan,
+        job_id="{{ ti.xcom_pull(task_ids='analyse', key='dataflow_job_id') }}",
+        lease_token=claimed,
+        execution_timeout=timedelta(hours=6),
+    )
+    reported = report(plan, wait.output, wait_analysis.output, claimed)
     with TaskGroup("publish") as publish:
         publish_pgvector(plan, claimed)
         publish_bigquery(plan, claimed)
     released = release_day(plan, claimed).as_teardown(setups=claimed)
-    embed >> wait >> validated >> reduced >> released
+    embed >> wait >> validated >> analyse >> wait_analysis >> reported >> released
     validated >> publish >> released
 
 

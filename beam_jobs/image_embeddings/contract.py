@@ -29,6 +29,11 @@ PLOT_NAME = "projection.png"
 SAMPLE_NAME = "embedding-sample.npy"
 DUPLICATES_NAME = "duplicates.parquet"
 DRIFT_NAME = "drift.json"
+# The verdicts `drift.json` states.
+DRIFTED = "drift"
+STABLE = "stable"
+NO_HISTORY = "no comparable history"
+TOO_FEW = "too few images"
 REPORT_HTML_NAME = "report.html"
 # The validation's report, which the analysis adds its duplicate counts to.
 VALIDATION_NAME = "validation.json"

@@ -21,7 +21,9 @@ TASKS = [
     "embed",
     "wait",
     "validate",
-    "reduce_dimensions",
+    "analyse",
+    "wait_analysis",
+    "report",
     "release_day",
 ]
 PUBLISH_TASKS = ["publish.pgvector", "publish.bigquery"]
@@ -107,7 +109,7 @@ def test_publishing_follows_validation_and_the_day_is_released_after_it(dag):
     for task_id in PUBLISH_TASKS:
         assert dag.get_task(task_id).upstream_task_ids == {"resolve_run", "claim_day", "validate"}
     release = dag.get_task("release_day").upstream_task_ids
-    assert {*PUBLISH_TASKS, "reduce_dimensions"} <= release
+    assert {*PUBLISH_TASKS, "report"} <= release
 
 
 def test_a_run_claims_its_day_first_and_always_gives_it_back(dag):
@@ -118,11 +120,12 @@ def test_a_run_claims_its_day_first_and_always_gives_it_back(dag):
     assert "claim_day" in release.upstream_task_ids
 
 
-def test_wait_is_deferrable_and_the_last_task_publishes_the_asset(dag):
-    wait = dag.get_task("wait")
-    assert wait.deferrable is True
-    assert wait.expected_statuses == {"JOB_STATE_DONE"}
-    outlets = dag.get_task("reduce_dimensions").outlets
+def test_waits_are_deferrable_and_the_last_task_publishes_the_asset(dag):
+    for task_id in ("wait", "wait_analysis"):
+        wait = dag.get_task(task_id)
+        assert wait.deferrable is True
+        assert wait.expected_statuses == {"JOB_STATE_DONE"}
+    outlets = dag.get_task("report").outlets
     assert [asset.name for asset in outlets] == ["image_embeddings_validated"]
 
 
@@ -130,6 +133,13 @@ def test_embed_runs_the_pipeline_module_with_this_interpreter(dag):
     embed = dag.get_task("embed")
     assert embed.py_file == "beam_jobs.image_embeddings"
     assert embed.py_options == ["-m"]
+
+
+def test_analyse_runs_the_analysis_job_after_validation(dag):
+    analyse = dag.get_task("analyse")
+    assert analyse.py_file == "beam_jobs.image_embeddings.analysis"
+    assert analyse.py_options == ["-m"]
+    assert "validate" in analyse.upstream_task_ids
 
 
 def test_every_param_is_described_and_optional(dag):

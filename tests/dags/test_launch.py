@@ -6,6 +6,7 @@ import pytest
 
 from image_embeddings_airflow.dag.launch import (
     WaitMode,
+    analysis_options,
     command_line,
     console_url,
     dataflow_job_name,
@@ -43,6 +44,10 @@ def test_only_dataflow_jobs_are_waited_for(runner, mode):
 def test_the_job_name_is_one_per_dag_and_day():
     assert dataflow_job_name("image_embeddings", "2026-11-28") == "image-embeddings-20261128"
     assert dataflow_job_name("Image_Embeddings", "2027-01-02") == "image-embeddings-20270102"
+    assert (
+        dataflow_job_name("image_embeddings", "2026-11-28", "analysis")
+        == "image-embeddings-analysis-20261128"
+    )
 
 
 def test_console_url():
@@ -240,3 +245,53 @@ def test_the_prepared_model_goes_to_the_pipeline():
     arguments = launch(plan, MANIFEST, "image_embeddings", "/cache/0123456789abcdef")
     assert arguments.pipeline_options["prepared_model"] == "/cache/0123456789abcdef"
     assert "prepared_model" not in pipeline_options(plan, MANIFEST)
+
+
+def _rendered_analysis(environ, params=None):
+    from airflow.sdk import DAG
+
+    from image_embeddings_airflow.dag.operators import AnalyseDayOperator
+
+    plan = resolve_run(params or {}, NOV_28, environ)
+    with DAG("image_embeddings", schedule=None):
+        analyse = AnalyseDayOperator(task_id="analyse", plan=plan, lease_token=17)
+    analyse.render_template_fields(context={"run_id": "manual__2026-11-28"})
+    return analyse
+
+
+def test_the_analysis_job_gets_the_days_analysis_settings_and_the_runs_lease():
+    """Run plan -> the provider's arguments -> the analysis job's own parser."""
+    from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
+
+    from beam_jobs.image_embeddings.analysis.options import parse_known_args
+
+    environ = LOCAL | {"IMAGE_EMBEDDINGS_DUPLICATE_THRESHOLD": "0.9"}
+    analyse = _rendered_analysis(environ, {"lookback_days": 7, "pca_components": 20})
+    arguments = beam_options_to_args(analyse.pipeline_options)
+
+    job, beam_args = parse_known_args(arguments)
+
+    assert analyse.runner == "DirectRunner" and analyse.dataflow_config == {}
+    assert (job.output, job.duplicate_threshold, job.lookback_days) == (
+        "/data/embeddings/2026-11-28",
+        0.9,
+        7,
+    )
+    assert (job.pca_components, job.drift_reference_days, job.drift_threshold) == (20, 7, 0.2)
+    assert (job.lease_holder, job.lease_token) == ("dag:image_embeddings:manual__2026-11-28", 17)
+    assert beam_args == []
+
+
+def test_the_analysis_runs_on_dataflow_as_its_own_job_on_the_same_workers():
+    analyse = _rendered_analysis(DATAFLOW_FULL)
+    options = analysis_options(resolve_run({}, NOV_28, DATAFLOW_FULL))
+
+    assert analyse.runner == "DataflowRunner"
+    assert analyse.py_file == "beam_jobs.image_embeddings.analysis"
+    assert analyse.dataflow_config.job_name == "image-embeddings-analysis-20261128"
+    assert analyse.dataflow_config.wait_until_finished is False
+    assert {key: options[key] for key in ("temp_location", "machine_type", "setup_file")} == {
+        "temp_location": "gs://photos/tmp",
+        "machine_type": "n2-standard-4",
+        "setup_file": "/opt/app/beam_jobs/setup.py",
+    }

@@ -92,42 +92,49 @@ def test_dags_test_on_gcs(gcs_environ, gcs_bucket):
 
 
 class DataflowStandIn:
-    """Does the work of the day's Dataflow job when the job is first polled: runs the same
-    pipeline locally, then reports the job DONE (or FAILED)."""
+    """Does the work of the day's Dataflow jobs when each is first polled: runs the same job
+    locally, then reports it DONE (or FAILED). `commands`: each job's command by job name."""
 
-    def __init__(
-        self, manifest: str, output: str, input_root: str, model: str, model_cache: str
-    ) -> None:
-        self.command = [
-            sys.executable,
-            "-m",
-            "beam_jobs.image_embeddings",
-            f"--manifest={manifest}",
-            f"--output={output}",
-            f"--input_root={input_root}",
-            f"--model={model}",
-            "--weights=random",
-            # The model the DAG's prepare_model task put in the cache: a hit, as on a worker.
-            f"--model_cache={model_cache}",
-        ]
+    def __init__(self, output: str, commands: dict[str, list[str]]) -> None:
         self.output = output
+        self.commands = commands
         self.lock = threading.Lock()
-        self.runs = 0
+        self.runs: list[str] = []
 
     def __call__(self, job: dict) -> None:
         with self.lock:
             if job["currentState"] != "JOB_STATE_RUNNING":
                 return
-            self.runs += 1
+            self.runs.append(job["name"])
             # The job was launched by this DAG run's first attempt, under the run's day lease.
             holder = storage.read_json(join(self.output, LEASE_NAME))["holder"]
-            command = [*self.command, f"--lease_holder={holder}"]
+            command = [*self.commands[job["name"]], f"--lease_holder={holder}"]
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
             job["currentState"] = "JOB_STATE_DONE" if done.returncode == 0 else "JOB_STATE_FAILED"
 
 
+def stand_in_commands(day: str, output: str, input_root: str, model_cache: str) -> dict:
+    """The day's embedding and analysis jobs, as the DAG's settings launch them, run locally."""
+    embed = [
+        sys.executable,
+        "-m",
+        "beam_jobs.image_embeddings",
+        f"--manifest={join(output, 'manifest.txt')}",
+        f"--output={output}",
+        f"--input_root={input_root}",
+        f"--model={SMALL_MODEL[0]}",
+        "--weights=random",
+        # The model the DAG's prepare_model task put in the cache: a hit, as on a worker.
+        f"--model_cache={model_cache}",
+    ]
+    analyse = [sys.executable, "-m", "beam_jobs.image_embeddings.analysis", f"--output={output}"]
+    compact = day.replace("-", "")
+    return {f"image-embeddings-{compact}": embed, f"image-embeddings-analysis-{compact}": analyse}
+
+
 def test_a_retried_dataflow_launch_attaches_to_the_running_job(gcs_environ, gcs_bucket):
-    """The first attempt's job is still running: the retry's `embed` reuses it, `wait` polls it."""
+    """The first attempt's jobs are still running: the retry's `embed` and `analyse` reuse them,
+    `wait` and `wait_analysis` poll them."""
     day = "2026-11-26"
     bucket = gcs_bucket.name
     environ = _roots(
@@ -142,15 +149,13 @@ def test_a_retried_dataflow_launch_attaches_to_the_running_job(gcs_environ, gcs_
     )
     good, bad = write_day(environ["IMAGE_EMBEDDINGS_INPUT_ROOT"], day, good=6, bad=1)
     output = f"gs://{bucket}/embeddings/{day}"
-    stand_in = DataflowStandIn(
-        join(output, "manifest.txt"),
-        output,
-        f"gs://{bucket}/images/{day}",
-        SMALL_MODEL[0],
-        environ["IMAGE_EMBEDDINGS_MODEL_CACHE"],
+    commands = stand_in_commands(
+        day, output, f"gs://{bucket}/images/{day}", environ["IMAGE_EMBEDDINGS_MODEL_CACHE"]
     )
+    stand_in = DataflowStandIn(output, commands)
     fake = FakeDataflow("photo-project", "europe-west1", on_poll=stand_in)
     running = fake.add_job("image-embeddings-20261126", "JOB_STATE_RUNNING")
+    analysing = fake.add_job("image-embeddings-analysis-20261126", "JOB_STATE_RUNNING")
     fake.add_job("image-embeddings-20261125", "JOB_STATE_RUNNING")
 
     with serving(fake):
@@ -163,10 +168,12 @@ def test_a_retried_dataflow_launch_attaches_to_the_running_job(gcs_environ, gcs_
     assert "attaching to it instead of launching another" in log
     assert "Running command:" not in log  # no second launch
     assert fake.served("POST") == []
-    assert stand_in.runs == 1
+    assert "image-embeddings-analysis-20261126" in log
+    assert stand_in.runs == list(commands)  # each job once, the analysis after the embedding
     assert fake.jobs[running]["currentState"] == "JOB_STATE_DONE"
+    assert fake.jobs[analysing]["currentState"] == "JOB_STATE_DONE"
     polled = {request.path.rsplit("/", 1)[1] for request in fake.served("GET")}
-    assert running in polled
+    assert {running, analysing} <= polled
     check_day_outputs(output, good, bad, *SMALL_MODEL)
     assert storage.exists(join(output, "projection.png"))
     report = storage.read_bytes(join(output, "report.html")).decode()

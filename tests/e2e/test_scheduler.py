@@ -7,7 +7,7 @@ import urllib.error
 
 import pytest
 
-from beam_jobs.image_embeddings.analysis.drift import DRIFTED, NO_HISTORY, STABLE, TOO_FEW
+from beam_jobs.image_embeddings.contract import DRIFTED, NO_HISTORY, STABLE, TOO_FEW
 from tests.e2e.conftest import SMALL_MODEL, AirflowApi, airflow_local, wait_for, write_day
 from tests.e2e.outputs import check_day_outputs
 

@@ -92,7 +92,7 @@ def test_sixteen_contenders_for_a_gs_day_get_one_lease_every_round(
 
 
 def test_the_dag_tasks_of_a_run_that_lost_the_day_fail_without_touching_it(tmp_path, observe):
-    """`stage_manifest` (which clears the day) and `reduce_dimensions` (the day's products)."""
+    """`stage_manifest` (which clears the day) and `report` (the day's report)."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from image_embeddings_airflow.dag import tasks as dag_tasks
@@ -105,8 +105,8 @@ def test_the_dag_tasks_of_a_run_that_lost_the_day_fail_without_touching_it(tmp_p
 
     with pytest.raises(AirflowFailException, match="refusing to clear the day"):
         dag_tasks.stage(plan, OLD, stale.token)
-    with pytest.raises(AirflowFailException, match="refusing to write the day's products"):
-        dag_tasks.reduce(plan, {}, OLD, stale.token)
+    with pytest.raises(AirflowFailException, match="refusing to write the day's report"):
+        dag_tasks.report(plan, {}, {}, OLD, stale.token)
 
     assert (output / "manifest.txt").read_text() == "the next run's manifest\n"
     assert sorted(path.name for path in output.iterdir()) == ["_LEASE", "manifest.txt"]

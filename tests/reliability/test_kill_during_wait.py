@@ -31,7 +31,7 @@ def _waiting(dataflow_api, tmp_path):  # noqa: F811
     )
     assert wait.poke(context={}) is False
     # The teardown, had it run now: the job still writes the day, which stays held.
-    assert dag_tasks.release_day(plan, HOLDER, token, job_state(plan, job_id)) is False
+    assert dag_tasks.release_day(plan, HOLDER, token, {"embed": job_state(plan, job_id)}) is False
     return plan, token, job_id, wait
 
 
@@ -49,7 +49,7 @@ def test_a_kill_during_wait_cancels_the_job_and_frees_the_day(
 
     wait.on_kill()  # what Airflow calls on the task when the run is killed or marked failed
     state = job_state(plan, job_id)
-    released = dag_tasks.release_day(plan, HOLDER, token, state)
+    released = dag_tasks.release_day(plan, HOLDER, token, {"embed": state})
 
     assert state == "JOB_STATE_CANCELLED"
     assert released
@@ -71,7 +71,7 @@ def test_a_wait_that_times_out_cancels_the_job_and_frees_the_day(
     state = job_state(plan, job_id)
 
     assert state == "JOB_STATE_CANCELLED"
-    assert dag_tasks.release_day(plan, HOLDER, token, state)
+    assert dag_tasks.release_day(plan, HOLDER, token, {"embed": state})
     assert _day_is_free(plan)
     observe.killed_waits += 1
 
@@ -152,11 +152,12 @@ def test_marking_the_run_failed_while_wait_is_deferred_cancels_the_job_and_frees
 
     assert cancel_requests(fake_dataflow, job_id) == [{"requestedState": "JOB_STATE_CANCELLED"}]
     assert kept["value"] is False  # the job was still stopping: the trigger freed the day
-    tasks = ("wait", "validate", "reduce_dimensions")
+    tasks = ("wait", "validate", "analyse", "report")
     assert {task: task_state(task) for task in tasks} == {
         "wait": "failed",
         "validate": "skipped",
-        "reduce_dimensions": "skipped",
+        "analyse": "skipped",
+        "report": "skipped",
     }
     # Airflow 3.3 runs the teardown of a run marked failed and then ends the run by its other
     # leaves, which the marking skipped (apache/airflow#45530): the run ends green.

@@ -113,7 +113,7 @@ def write_day_index(output_dir: str) -> str:
     if written != index.ntotal:
         raise ValueError(
             f"{output_dir}: {PROJECTION_NAME} holds {index.ntotal} rows but the embeddings "
-            f"{written}; run reduce_dimensions again"
+            f"{written}; run the day's analysis again"
         )
     log.info("Indexed %d images of %s for similarity search", written, output_dir)
     return index_uri
@@ -135,6 +135,6 @@ def read_day_index(output_dir: str) -> DayIndex:
     if index.ntotal != len(uris):
         raise ValueError(
             f"{output_dir}: {NEIGHBOURS_INDEX_NAME} holds {index.ntotal} rows but "
-            f"{NEIGHBOURS_IDS_NAME} {len(uris)}; run reduce_dimensions of that day again"
+            f"{NEIGHBOURS_IDS_NAME} {len(uris)}; run that day's analysis again"
         )
     return DayIndex(index=index, uris=uris)

@@ -36,7 +36,16 @@ from beam_jobs.image_embeddings.analysis.reduction import (
     load_pca,
     load_sample,
 )
-from beam_jobs.image_embeddings.contract import DRIFT_NAME, PCA_NAME, SAMPLE_NAME, join
+from beam_jobs.image_embeddings.contract import (
+    DRIFT_NAME,
+    DRIFTED,
+    NO_HISTORY,
+    PCA_NAME,
+    SAMPLE_NAME,
+    STABLE,
+    TOO_FEW,
+    join,
+)
 from beam_jobs.image_embeddings.storage import files as storage
 
 log = logging.getLogger(__name__)
@@ -53,10 +62,6 @@ NULL_QUANTILE = 0.99
 NULL_SEED = 0
 # Permuted splits whose statistics are computed at once (a block of rows x day size x components).
 PERMUTATION_BLOCK = 20
-DRIFTED = "drift"
-STABLE = "stable"
-NO_HISTORY = "no comparable history"
-TOO_FEW = "too few images"
 
 
 @dataclass(frozen=True)

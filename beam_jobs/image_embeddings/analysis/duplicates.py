@@ -1,16 +1,18 @@
 """Exact (same sha256) and near (centred cosine) copies of a day's images, in it and earlier days.
 
-Streaming passes whose memory does not grow with the lookback (docs/data-products.md):
+Steps the analysis job spreads over workers (docs/data-products.md), each a streaming pass whose
+memory does not grow with the lookback, passing what they find through a scratch folder:
 - exact copies are DuckDB joins by digest over the id maps (`neighbours-ids.parquet`: uri, sha256)
   of day D and of each comparable earlier day, each read once;
 - near copies within D: each image's `NEIGHBOURS` nearest rows in D's index are the candidates,
   and a pair's similarity is the cosine of the two full embeddings centred on D's mean;
 - near copies in an earlier day E: one pass over D's embeddings projects every row onto the PCA
-  axes of every E at once (spooled to local float16 files), then E's index is read once and
-  searched with them; a pair's similarity is the cosine of the two images on E's axes (centred on
-  E's mean: the space E's index searches);
-- candidates within `CANDIDATE_MARGIN` of the threshold are confirmed in one streaming pass over
-  D's float32 embeddings (one more per `CHECK_ROWS` distinct rows of within-day candidates).
+  axes of every E at once (spooled to float16 files in the scratch folder), then E's index is
+  read once and searched with them, each E on its own; a pair's similarity is the cosine of the
+  two images on E's axes (centred on E's mean: the space E's index searches);
+- once every search has finished, candidates within `CANDIDATE_MARGIN` of the threshold are
+  confirmed in one streaming pass over D's float32 embeddings (one more per `CHECK_ROWS` distinct
+  rows of within-day candidates).
 Memory: D's index, then one earlier day's at a time, a batch of embeddings, the candidates, and
 DuckDB under `DUCKDB_MEMORY` (it spills to a local temporary folder beyond it).
 """

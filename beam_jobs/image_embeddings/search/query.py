@@ -255,8 +255,8 @@ def embeddings_at(folder: str, rows: np.ndarray) -> tuple[list[str], np.ndarray]
                 first += size
     if any(vector is None for vector in vectors):
         raise SearchRefused(
-            f"{folder}'s index names rows its embeddings do not hold: run the DAG's "
-            "reduce_dimensions for that day again"
+            f"{folder}'s index names rows its embeddings do not hold: run the day's "
+            "analysis again (clear the DAG's `analyse` for that day)"
         )
     return uris, np.asarray(vectors, dtype=np.float32)
 
@@ -304,7 +304,7 @@ def search(root: str, day: str, image: str, k: int, days: int) -> tuple[list[Hit
     spec, embed = day_embedder(marker, day)
     searched, skipped = searched_days(root, day, days, marker[FINGERPRINT_KEY])
     if day not in searched:
-        raise SearchRefused(f"{day}: {skipped[day]}; run the DAG's reduce_dimensions for it")
+        raise SearchRefused(f"{day}: {skipped[day]}; run the day's analysis (the DAG's `analyse`)")
     vector = embed_query(image, spec, embed)
     return nearest_over_days(root, day, searched, vector, k), skipped
 

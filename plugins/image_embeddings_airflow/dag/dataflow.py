@@ -177,8 +177,9 @@ class DataflowJobWaitTrigger(DataflowJobStatusTrigger):
                     output_dir,
                 )
                 return
+            # The run's other job has ended: the analysis starts after the embedding's end.
             released = await sync_to_async(release_day)(
-                self.lease["plan"], self.lease["holder"], self.lease["token"], state
+                self.lease["plan"], self.lease["holder"], self.lease["token"], {self.job_id: state}
             )
         except Exception:
             # Nobody awaits this task once the triggerer has cancelled on_kill again.

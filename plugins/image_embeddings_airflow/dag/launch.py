@@ -9,6 +9,7 @@ from typing import Any
 
 PIPELINE_MODULE = "beam_jobs.image_embeddings"
 PREPARE_MODULE = "beam_jobs.image_embeddings.engine.prepare"
+ANALYSIS_MODULE = "beam_jobs.image_embeddings.analysis"
 DATAFLOW_RUNNER = "DataflowRunner"
 # Seconds the launcher waits for a cancelled job to stop, and between job state polls.
 CANCEL_TIMEOUT_S = 300
@@ -24,6 +25,15 @@ JOB_OPTIONS = (
     "num_shards",
     # The launcher reuses embeddings of the finished days before it with the same model.
     "lookback_days",
+)
+# Run plan entries that go to the analysis job as the same-named options.
+ANALYSIS_OPTIONS = (
+    "pca_components",
+    "pca_sample_size",
+    "duplicate_threshold",
+    "lookback_days",
+    "drift_reference_days",
+    "drift_threshold",
 )
 
 
@@ -41,9 +51,11 @@ def wait_mode(runner: str) -> WaitMode:
     return WaitMode.DATAFLOW_JOB if runner == DATAFLOW_RUNNER else WaitMode.SUCCESS_MARKER
 
 
-def dataflow_job_name(dag_id: str, day: str) -> str:
-    """One Dataflow job name per DAG and day (`image-embeddings-20261128`): retries find it."""
-    return f"{dag_id.replace('_', '-').lower()}-{day.replace('-', '')}"
+def dataflow_job_name(dag_id: str, day: str, step: str | None = None) -> str:
+    """One Dataflow job name per DAG, day and step (`image-embeddings-20261128`,
+    `image-embeddings-analysis-20261128`): retries find it."""
+    parts = (dag_id, step, day.replace("-", "")) if step else (dag_id, day.replace("-", ""))
+    return "-".join(parts).replace("_", "-").lower()
 
 
 def console_url(project: str | None, location: str | None, job_id: str) -> str:
@@ -102,10 +114,21 @@ def pipeline_options(
         | {name: plan[name] for name in JOB_OPTIONS}
         | _present({"prepared_model": prepared_model})
     )
+    return options | worker_options(plan)
+
+
+def analysis_options(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The analysis job's command-line options, on the same workers as the pipeline."""
+    options = {"output": plan["output_dir"]} | {name: plan[name] for name in ANALYSIS_OPTIONS}
+    return options | worker_options(plan)
+
+
+def worker_options(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """Where and on what a Dataflow job runs; nothing for a local runner."""
     if plan["runner"] != DATAFLOW_RUNNER:
-        return options
+        return {}
     image = plan["dataflow_sdk_container_image"]
-    return options | _present(
+    return _present(
         {
             "temp_location": plan["dataflow_temp_location"],
             "staging_location": plan["dataflow_staging_location"],
@@ -121,10 +144,12 @@ def pipeline_options(
     )
 
 
-def dataflow_config(plan: Mapping[str, Any], dag_id: str) -> dict[str, Any]:
+def dataflow_config(
+    plan: Mapping[str, Any], dag_id: str, step: str | None = None
+) -> dict[str, Any]:
     """Keyword arguments of the provider's `DataflowConfiguration` for a Dataflow run."""
     return {
-        "job_name": dataflow_job_name(dag_id, plan["day"]),
+        "job_name": dataflow_job_name(dag_id, plan["day"], step),
         "append_job_name": False,
         "project_id": plan["gcp_project"],
         "location": plan["gcp_region"],
@@ -146,4 +171,14 @@ def launch(
         runner=plan["runner"],
         pipeline_options=pipeline_options(plan, manifest, prepared_model),
         dataflow_config=dataflow_config(plan, dag_id) if is_dataflow else None,
+    )
+
+
+def analysis_launch(plan: Mapping[str, Any], dag_id: str) -> Launch:
+    """The Beam operator's arguments for the day's analysis job."""
+    is_dataflow = wait_mode(plan["runner"]) is WaitMode.DATAFLOW_JOB
+    return Launch(
+        runner=plan["runner"],
+        pipeline_options=analysis_options(plan),
+        dataflow_config=dataflow_config(plan, dag_id, "analysis") if is_dataflow else None,
     )

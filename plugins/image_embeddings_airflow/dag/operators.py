@@ -1,4 +1,5 @@
-"""The `embed` and `wait` operators: one DAG shape for the DirectRunner and for Dataflow."""
+"""The operators that launch the day's Beam jobs and wait for them: one DAG shape for the
+DirectRunner and for Dataflow."""
 
 from __future__ import annotations
 
@@ -20,55 +21,55 @@ from image_embeddings_airflow.dag.dataflow import (
     find_reusable_job,
 )
 from image_embeddings_airflow.dag.launch import (
+    ANALYSIS_MODULE,
     PIPELINE_MODULE,
     POLL_SLEEP_S,
+    Launch,
     WaitMode,
+    analysis_launch,
     console_url,
     launch,
     wait_mode,
 )
-from image_embeddings_airflow.dag.tasks import dag_holder, read_success_marker
+from image_embeddings_airflow.dag.tasks import (
+    dag_holder,
+    read_analysis_marker,
+    read_success_marker,
+)
 
 # The triggerer renews the day's lease this often while the job runs (the lease lasts 24 h).
 LEASE_RENEW_EVERY = timedelta(hours=1)
 
 
-class EmbedImagesOperator(BeamRunPythonPipelineOperator):
-    """Run `python -m beam_jobs.image_embeddings` for the run plan's day, under the run's lease
-    (`lease_token`: the token `claim_day` took the day under).
+class DayJobOperator(BeamRunPythonPipelineOperator):
+    """Run `python -m <module>` for the run plan's day, under the run's lease (`lease_token`:
+    the token `claim_day` took the day under).
 
     On Dataflow it returns once the job is submitted, and a retry attaches to the day's job when
     it is still queued or running instead of starting a second one; killing the task cancels it.
     """
 
+    module: str
     template_fields: Sequence[str] = (
         *BeamRunPythonPipelineOperator.template_fields,
         "plan",
-        "manifest",
-        "prepared_model",
         "lease_token",
     )
 
-    def __init__(
-        self,
-        *,
-        plan: Any,
-        manifest: Any,
-        prepared_model: Any = None,
-        lease_token: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(py_file=PIPELINE_MODULE, py_options=["-m"], **kwargs)
+    def __init__(self, *, plan: Any, lease_token: Any = None, **kwargs: Any) -> None:
+        super().__init__(py_file=self.module, py_options=["-m"], **kwargs)
         self.plan = plan
-        self.manifest = manifest
-        self.prepared_model = prepared_model
         self.lease_token = lease_token
+
+    def arguments(self) -> Launch:
+        """The Beam operator's arguments for this job, from the rendered fields."""
+        raise NotImplementedError
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         super().render_template_fields(context, jinja_env)
-        arguments = launch(self.plan, self.manifest, self.dag_id, self.prepared_model or None)
+        arguments = self.arguments()
         self.runner = arguments.runner
-        # The pipeline writes the day under this run's lease, which `claim_day` took.
+        # The job writes the day under this run's lease, which `claim_day` took.
         holder = dag_holder(self.dag_id, context["run_id"])
         lease = {"lease_holder": holder, "lease_token": self.lease_token}
         self.pipeline_options = {**arguments.pipeline_options, **lease}
@@ -113,6 +114,32 @@ class EmbedImagesOperator(BeamRunPythonPipelineOperator):
             project_id=config.project_id,
         )
         return {"dataflow_job_id": job["id"]}
+
+
+class EmbedImagesOperator(DayJobOperator):
+    """Run the embedding pipeline, `python -m beam_jobs.image_embeddings`, on the day's staged
+    manifest with its prepared model."""
+
+    module = PIPELINE_MODULE
+    template_fields: Sequence[str] = (*DayJobOperator.template_fields, "manifest", "prepared_model")
+
+    def __init__(self, *, manifest: Any, prepared_model: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.manifest = manifest
+        self.prepared_model = prepared_model
+
+    def arguments(self) -> Launch:
+        return launch(self.plan, self.manifest, self.dag_id, self.prepared_model or None)
+
+
+class AnalyseDayOperator(DayJobOperator):
+    """Run the day's analysis job, `python -m beam_jobs.image_embeddings.analysis`: PCA, index,
+    duplicates within the day and across the lookback, drift."""
+
+    module = ANALYSIS_MODULE
+
+    def arguments(self) -> Launch:
+        return analysis_launch(self.plan, self.dag_id)
 
 
 class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
@@ -182,6 +209,8 @@ class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
                 )
         return self._marker()
 
+    launched_by = "embed"
+
     def _marker(self) -> dict[str, Any]:
         """The `_SUCCESS` summary, with the job's console page when it ran on Dataflow."""
         marker = read_success_marker(self.plan["output_dir"])
@@ -199,8 +228,8 @@ class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
             # Waiting longer cannot help: fail without retries; a new launch needs `embed` cleared.
             raise AirflowFailException(
                 f"Dataflow job {self.job_id} ended {state}, not "
-                f"{', '.join(sorted(self.expected_statuses))}: see {self.job_url} ; clear 'embed' "
-                "to launch the day again"
+                f"{', '.join(sorted(self.expected_statuses))}: see {self.job_url} ; clear "
+                f"'{self.launched_by}' to launch it again"
             )
         self.log.info("Dataflow job %s is %s", self.job_id, state)
         return False
@@ -235,3 +264,14 @@ class WaitForEmbeddingsSensor(DataflowJobStatusSensor):
                 self.project_id,
                 self.location,
             )
+
+
+class WaitForAnalysisSensor(WaitForEmbeddingsSensor):
+    """Wait until the day's analysis job has finished, as `wait` does for the pipeline, then
+    return its `_ANALYSED` record."""
+
+    launched_by = "analyse"
+
+    def _marker(self) -> dict[str, Any]:
+        record = read_analysis_marker(self.plan["output_dir"])
+        return {**record, "dataflow_job_url": self.job_url} if self.is_dataflow else record

@@ -14,9 +14,11 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from beam_jobs.image_embeddings.contract import (
-    FINGERPRINT_KEY,
+    ANALYSIS_MARKER,
+    DRIFTED,
     PREPARE_REFUSED_EXIT,
     SUCCESS_KEYS,
+    join,
 )
 
 log = logging.getLogger(__name__)
@@ -111,21 +113,25 @@ def renew_day(plan: Mapping[str, Any], holder: str, token: int) -> None:
 
 
 def release_day(
-    plan: Mapping[str, Any], holder: str, token: int | None, job_state: str | None
+    plan: Mapping[str, Any],
+    holder: str,
+    token: int | None,
+    job_states: Mapping[str, str | None],
 ) -> bool:
-    """Give the day's output folder back once the run's job has ended (`job_state`: the
-    Dataflow job's, None when none runs remotely); True when released."""
+    """Give the day's output folder back once the run's jobs have ended (`job_states`: the
+    Dataflow job's state by the task that launched it, None where none ran remotely); True
+    when released."""
     from beam_jobs.image_embeddings.storage import lease
 
     if token is None:
         log.info("This run never held %s: nothing to give back", plan["output_dir"])
         return False
-    if job_state is not None and not job_ended(job_state):
+    running = {task: state for task, state in job_states.items() if state and not job_ended(state)}
+    if running:
         log.warning(
-            "Dataflow job is %s and may still write %s: the day stays held until the job's "
-            "lease expires",
-            job_state,
+            "Dataflow jobs still write %s (%s): the day stays held until their lease expires",
             plan["output_dir"],
+            ", ".join(f"{task}'s is {state}" for task, state in running.items()),
         )
         return False
     output_dir, client = _day(plan)
@@ -262,28 +268,49 @@ def run_summary(marker: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def reduce(
-    plan: Mapping[str, Any], marker: Mapping[str, Any], holder: str, token: int
+def read_analysis_marker(output_dir: str) -> dict[str, Any]:
+    """The analysis job's `_ANALYSED` record; fail when it is missing."""
+    from image_embeddings_airflow import storage
+
+    uri = join(output_dir, ANALYSIS_MARKER)
+    if not storage.exists(uri):
+        raise AirflowFailException(
+            f"{uri} is missing: the analysis job did not complete; clear 'analyse' to run it again"
+        )
+    record = json.loads(storage.read_bytes(uri))
+    duplicates, drift = record["duplicates"], record["drift"]
+    log.info(
+        "Analysis finished: %d rows, %d components, %d exact and %d near duplicates, drift %s",
+        record["rows"],
+        record["n_components"],
+        duplicates["exact"],
+        duplicates["near"],
+        drift["verdict"],
+    )
+    return record
+
+
+def report(
+    plan: Mapping[str, Any],
+    marker: Mapping[str, Any],
+    analysed: Mapping[str, Any],
+    holder: str,
+    token: int,
 ) -> dict[str, Any]:
-    """Fit the PCA, project every embedding, plot, write the day's report.html; log where the
-    plot and the report are, and the run's summary. Only while the run holds the day."""
-    from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
+    """Write the day's report.html from the analysed day; log where the products are, and the
+    run's summary. Only while the run holds the day.
+
+    A drifted day logs a warning, and fails the task (after writing the report) only when
+    `drift_fails` is set: the same outputs drift the same way on a retry.
+    """
     from image_embeddings_airflow.ui.report import write_report
 
-    fence(plan, holder, token, "write the day's products")
-    try:
-        result = reduce_dimensions(
-            plan["output_dir"], plan["pca_components"], plan["pca_sample_size"]
-        )
-    except ValueError as error:
-        # Too few embeddings for a PCA: the same outputs fail the same way on a retry.
-        raise AirflowFailException(str(error)) from None
-    analysis = analyse(plan, marker)
     fence(plan, holder, token, "write the day's report")
-    report = write_report(plan["output_dir"], marker.get("dataflow_job_url"))
+    report_uri = write_report(plan["output_dir"], marker.get("dataflow_job_url"))
     summary = run_summary(marker)
-    log.info("Plot of day %s: %s", plan["day"], result.plot_uri)
-    log.info("Report of day %s: %s", plan["day"], report)
+    drift = analysed["drift"]
+    log.info("Plot of day %s: %s", plan["day"], analysed["plot"])
+    log.info("Report of day %s: %s", plan["day"], report_uri)
     log.info(
         "Summary of day %s: %d images, %d embedded, %d failed, %s img/s, %s s",
         plan["day"],
@@ -293,59 +320,41 @@ def reduce(
         summary["images_per_s"],
         summary["duration_s"],
     )
+    check_drift(plan, drift)
+    figures = drift["figures"] or {}
     return {
         "day": plan["day"],
         "output_dir": plan["output_dir"],
-        "plot": result.plot_uri,
-        "projection": result.projection_uri,
-        "report": report,
+        "plot": analysed["plot"],
+        "projection": analysed["projection"],
+        "report": report_uri,
         "model": marker["model"],
         "weights": marker.get("weights"),
         **summary,
-        **analysis,
-    }
-
-
-def analyse(plan: Mapping[str, Any], marker: Mapping[str, Any]) -> dict[str, Any]:
-    """After the PCA: the day's neighbours index, its duplicates and its drift.
-
-    A drifted day logs a warning, and fails the task (after writing `drift.json`) only when
-    `drift_fails` is set: the same outputs drift the same way on a retry.
-    """
-    from beam_jobs.image_embeddings.analysis.day_index import write_day_index
-    from beam_jobs.image_embeddings.analysis.drift import DRIFTED, measure_drift
-    from beam_jobs.image_embeddings.analysis.duplicates import count_in_validation, find_duplicates
-
-    output_dir, day, fingerprint = plan["output_dir"], plan["day"], marker.get(FINGERPRINT_KEY)
-    index_uri = write_day_index(output_dir)
-    duplicates = find_duplicates(
-        output_dir, day, fingerprint, plan["duplicate_threshold"], plan["lookback_days"]
-    )
-    count_in_validation(output_dir, duplicates.counts)
-    drift = measure_drift(
-        output_dir, day, fingerprint, plan["drift_reference_days"], plan["drift_threshold"]
-    )
-    figures = drift["figures"] or {}
-    if drift["verdict"] == DRIFTED:
-        message = (
-            f"Day {day} drifted from {', '.join(drift['reference_days'])}: relative Fréchet "
-            f"distance {figures['relative_frechet']:.3f} > {drift['effective_threshold']:.3f}, "
-            f"{figures['far_share']:.1%} of its images far from the reference"
-        )
-        if plan["drift_fails"]:
-            raise AirflowFailException(message + " (IMAGE_EMBEDDINGS_DRIFT_FAILS is true)")
-        log.warning(message)
-    else:
-        log.info("Drift of day %s: %s", day, drift["verdict"])
-    return {
-        "index": index_uri,
-        "duplicates": {key: duplicates.counts[key] for key in ("exact", "near", "images")},
+        "index": analysed["index"],
+        "duplicates": {key: analysed["duplicates"][key] for key in ("exact", "near", "images")},
         "drift": {
             "verdict": drift["verdict"],
             "relative_frechet": figures.get("relative_frechet"),
             "reference_days": drift["reference_days"],
         },
     }
+
+
+def check_drift(plan: Mapping[str, Any], drift: Mapping[str, Any]) -> None:
+    """Warn of a drifted day; fail the task when `drift_fails` is set."""
+    if drift["verdict"] != DRIFTED:
+        log.info("Drift of day %s: %s", plan["day"], drift["verdict"])
+        return
+    figures = drift["figures"]
+    message = (
+        f"Day {plan['day']} drifted from {', '.join(drift['reference_days'])}: relative Fréchet "
+        f"distance {figures['relative_frechet']:.3f} > {drift['effective_threshold']:.3f}, "
+        f"{figures['far_share']:.1%} of its images far from the reference"
+    )
+    if plan["drift_fails"]:
+        raise AirflowFailException(message + " (IMAGE_EMBEDDINGS_DRIFT_FAILS is true)")
+    log.warning(message)
 
 
 def _skip_unless_publishing_to(plan: Mapping[str, Any], target: str) -> None:

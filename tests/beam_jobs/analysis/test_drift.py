@@ -10,12 +10,7 @@ import numpy as np
 import pytest
 
 from beam_jobs.image_embeddings.analysis.drift import (
-    DRIFT_NAME,
-    DRIFTED,
     MIN_IMAGES,
-    NO_HISTORY,
-    STABLE,
-    TOO_FEW,
     Gaussian,
     drift_figures,
     frechet_distance,
@@ -23,6 +18,7 @@ from beam_jobs.image_embeddings.analysis.drift import (
     verdict,
 )
 from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
+from beam_jobs.image_embeddings.contract import DRIFT_NAME, DRIFTED, NO_HISTORY, STABLE, TOO_FEW
 from beam_jobs.image_embeddings.storage import files as storage
 from tests.beam_jobs.analysis.test_duplicates import DIM, FINGERPRINT, digests_of, write_day
 

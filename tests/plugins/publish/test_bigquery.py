@@ -157,7 +157,7 @@ def test_publishing_elsewhere_skips_the_bigquery_jobs(tmp_path, submitted):
 def test_a_run_that_lost_its_day_publishes_nothing(tmp_path, submitted):
     plan = _plan(str(tmp_path))
     token = dag_tasks.claim_day(plan, HOLDER)
-    dag_tasks.release_day(plan, HOLDER, token, None)
+    dag_tasks.release_day(plan, HOLDER, token, {})
     assert dag_tasks.claim_day(plan, "image_embeddings/a-later-run") is not None
 
     with pytest.raises(AirflowFailException, match="publish the day to BigQuery"):
