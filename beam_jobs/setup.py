@@ -17,12 +17,13 @@ WORKER_REQUIREMENTS = [
     "numpy==2.4.6",
     # The default engine; workers only load prepared models, so NNCF stays off them.
     "openvino==2026.4.1",
-    # The day's analysis job: PCA, neighbours index, duplicates, drift and the projection plot.
+    # The day's analysis job: PCA, neighbours index, duplicates, drift, the plot and the report.
     "scikit-learn==1.9.1",
     "faiss-cpu==1.15.1",
     "threadpoolctl==3.8.0",
     "duckdb==2.0.1",
     "matplotlib==3.11.2",
+    "plotly==7.1.0",
 ]
 
 setuptools.setup(

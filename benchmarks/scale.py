@@ -88,7 +88,7 @@ def analyse(folder: str, days: int) -> dict:
     from beam_jobs.image_embeddings.analysis.day_index import write_day_index
     from beam_jobs.image_embeddings.analysis.duplicates import find_duplicates
     from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
-    from image_embeddings_airflow.ui.report import duplicate_groups, sample_projection
+    from beam_jobs.image_embeddings.analysis.report import duplicate_groups, sample_projection
 
     seconds = {}
     started = time.perf_counter()

@@ -15,9 +15,9 @@ writes lives under `OUTPUT_ROOT/D/`, and a rerun of D replaces it.
 | `embed` | launches the pipeline; on Dataflow a retry attaches to the day's running job |
 | `wait` | Dataflow: waits (deferred) for the job; then confirms the `_SUCCESS` marker |
 | `validate` | every manifest entry embedded or failed exactly once, vectors sound, failure rate |
-| `analyse` | launches the day's analysis job: PCA, neighbours index, duplicates, drift |
+| `analyse` | launches the day's analysis job: PCA, index, duplicates, drift, `report.html` |
 | `wait_analysis` | Dataflow: waits (deferred) for the analysis job; then confirms `_ANALYSED` |
-| `report` | writes `report.html`; announces the validated day to downstream DAGs |
+| `summarise` | logs the day's summary and drift; announces the day to downstream DAGs |
 | `publish` | if `IMAGE_EMBEDDINGS_PUBLISH` names targets: D replaced in pgvector, BigQuery |
 | `release_day` | gives the day's `_LEASE` back, however the run ended, once its job has ended |
 
@@ -103,11 +103,8 @@ def image_embeddings():
         return dag_tasks.validate(plan)
 
     @task(outlets=[VALIDATED_EMBEDDINGS])
-    def report(
-        plan: dict, marker: dict, analysed: dict, token: int, dag_run=None, outlet_events=None
-    ) -> dict:
-        holder = dag_holder(dag_run.dag_id, dag_run.run_id)
-        summary = dag_tasks.report(plan, marker, analysed, holder, token)
+    def summarise(plan: dict, marker: dict, analysed: dict, outlet_events=None) -> dict:
+        summary = dag_tasks.summarise(plan, marker, analysed)
         outlet_events[VALIDATED_EMBEDDINGS].extra = summary
         return summary
 
@@ -151,7 +148,9 @@ def image_embeddings():
         execution_timeout=timedelta(hours=12),
     )
     validated = validate(plan)
-    analyse = AnalyseDayOperator(task_id="analyse", plan=plan, lease_token=claimed)
+    analyse = AnalyseDayOperator(
+        task_id="analyse", plan=plan, marker=wait.output, lease_token=claimed
+    )
     wait_analysis = WaitForAnalysisSensor(
         task_id="wait_analysis",
         plan=plan,
@@ -159,12 +158,12 @@ def image_embeddings():
         lease_token=claimed,
         execution_timeout=timedelta(hours=6),
     )
-    reported = report(plan, wait.output, wait_analysis.output, claimed)
+    summarised = summarise(plan, wait.output, wait_analysis.output)
     with TaskGroup("publish") as publish:
         publish_pgvector(plan, claimed)
         publish_bigquery(plan, claimed)
     released = release_day(plan, claimed).as_teardown(setups=claimed)
-    embed >> wait >> validated >> analyse >> wait_analysis >> reported >> released
+    embed >> wait >> validated >> analyse >> wait_analysis >> summarised >> released
     validated >> publish >> released
 
 

@@ -8,14 +8,16 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
+from beam_jobs.image_embeddings.analysis.report import write_report
 from beam_jobs.image_embeddings.contract import (
+    DRIFT_NAME,
+    DUPLICATES_NAME,
     STAGE_DECODE,
     SUCCESS_MARKER,
     embeddings_schema,
     failures_schema,
 )
-from image_embeddings_airflow import storage
-from image_embeddings_airflow.ui.report import DRIFT_NAME, DUPLICATES_NAME, write_report
+from beam_jobs.image_embeddings.storage import files as storage
 from tests.plugins.dag.test_validation import FAILURES, embeddings_table, write_table
 
 IMAGES = 24

@@ -59,6 +59,7 @@ WORKER_PACKAGES = (
     "faiss-cpu",
     "duckdb",
     "matplotlib",
+    "plotly",
 )
 CONTAINER_ROOT = "/opt/airflow"
 

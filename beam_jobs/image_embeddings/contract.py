@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 MANIFEST_NAME = "manifest.txt"
 # What staging left out of the manifest (counts by reason and extension), beside it.
@@ -34,6 +35,16 @@ DRIFTED = "drift"
 STABLE = "stable"
 NO_HISTORY = "no comparable history"
 TOO_FEW = "too few images"
+
+
+def drift_verdict(drift: Mapping[str, Any] | None) -> str | None:
+    """A `drift.json`'s verdict (`verdict`, or `status` in older files), when it states one."""
+    if not drift:
+        return None
+    verdict = drift.get("verdict", drift.get("status"))
+    return str(verdict) if verdict is not None else None
+
+
 REPORT_HTML_NAME = "report.html"
 # The validation's report, which the analysis adds its duplicate counts to.
 VALIDATION_NAME = "validation.json"

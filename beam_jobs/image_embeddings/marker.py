@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Protocol
 
-from beam_jobs.image_embeddings.contract import SUCCESS_MARKER, join
+from beam_jobs.image_embeddings.contract import PREVIOUS_FINGERPRINT_KEY, SUCCESS_MARKER, join
 
 
 class Files(Protocol):
@@ -30,3 +31,12 @@ def success_record(folder: str, files: Files) -> dict[str, Any]:
     if not files.exists(uri):
         raise NoMarker(f"{uri} is missing")
     return json.loads(files.read_bytes(uri))
+
+
+def fingerprint_change(marker: Mapping[str, Any]) -> str | None:
+    """What changed, when the day's model fingerprint is not the previous finished day's: its
+    embeddings are then not comparable with earlier ones (reuse, duplicates, drift, search)."""
+    previous = marker.get(PREVIOUS_FINGERPRINT_KEY) or {}
+    if not previous.get("changed"):
+        return None
+    return f"changed since {previous['day']} (was {previous['fingerprint']})"

@@ -23,7 +23,7 @@ TASKS = [
     "validate",
     "analyse",
     "wait_analysis",
-    "report",
+    "summarise",
     "release_day",
 ]
 PUBLISH_TASKS = ["publish.pgvector", "publish.bigquery"]
@@ -109,7 +109,7 @@ def test_publishing_follows_validation_and_the_day_is_released_after_it(dag):
     for task_id in PUBLISH_TASKS:
         assert dag.get_task(task_id).upstream_task_ids == {"resolve_run", "claim_day", "validate"}
     release = dag.get_task("release_day").upstream_task_ids
-    assert {*PUBLISH_TASKS, "report"} <= release
+    assert {*PUBLISH_TASKS, "summarise"} <= release
 
 
 def test_a_run_claims_its_day_first_and_always_gives_it_back(dag):
@@ -125,7 +125,7 @@ def test_waits_are_deferrable_and_the_last_task_publishes_the_asset(dag):
         wait = dag.get_task(task_id)
         assert wait.deferrable is True
         assert wait.expected_statuses == {"JOB_STATE_DONE"}
-    outlets = dag.get_task("report").outlets
+    outlets = dag.get_task("summarise").outlets
     assert [asset.name for asset in outlets] == ["image_embeddings_validated"]
 
 

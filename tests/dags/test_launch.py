@@ -247,14 +247,14 @@ def test_the_prepared_model_goes_to_the_pipeline():
     assert "prepared_model" not in pipeline_options(plan, MANIFEST)
 
 
-def _rendered_analysis(environ, params=None):
+def _rendered_analysis(environ, params=None, marker=None):
     from airflow.sdk import DAG
 
     from image_embeddings_airflow.dag.operators import AnalyseDayOperator
 
     plan = resolve_run(params or {}, NOV_28, environ)
     with DAG("image_embeddings", schedule=None):
-        analyse = AnalyseDayOperator(task_id="analyse", plan=plan, lease_token=17)
+        analyse = AnalyseDayOperator(task_id="analyse", plan=plan, marker=marker, lease_token=17)
     analyse.render_template_fields(context={"run_id": "manual__2026-11-28"})
     return analyse
 
@@ -272,6 +272,7 @@ def test_the_analysis_job_gets_the_days_analysis_settings_and_the_runs_lease():
     job, beam_args = parse_known_args(arguments)
 
     assert analyse.runner == "DirectRunner" and analyse.dataflow_config == {}
+    assert job.embedding_job_url is None
     assert (job.output, job.duplicate_threshold, job.lookback_days) == (
         "/data/embeddings/2026-11-28",
         0.9,
@@ -283,13 +284,16 @@ def test_the_analysis_job_gets_the_days_analysis_settings_and_the_runs_lease():
 
 
 def test_the_analysis_runs_on_dataflow_as_its_own_job_on_the_same_workers():
-    analyse = _rendered_analysis(DATAFLOW_FULL)
+    page = console_url("photo-project", "europe-west1", "2026-11-29_00_01_02-1")
+    analyse = _rendered_analysis(DATAFLOW_FULL, marker={"dataflow_job_url": page})
     options = analysis_options(resolve_run({}, NOV_28, DATAFLOW_FULL))
 
     assert analyse.runner == "DataflowRunner"
     assert analyse.py_file == "beam_jobs.image_embeddings.analysis"
     assert analyse.dataflow_config.job_name == "image-embeddings-analysis-20261128"
     assert analyse.dataflow_config.wait_until_finished is False
+    # The report links the day's embedding job.
+    assert analyse.pipeline_options["embedding_job_url"] == page
     assert {key: options[key] for key in ("temp_location", "machine_type", "setup_file")} == {
         "temp_location": "gs://photos/tmp",
         "machine_type": "n2-standard-4",

@@ -113,7 +113,9 @@ class DataflowStandIn:
             job["currentState"] = "JOB_STATE_DONE" if done.returncode == 0 else "JOB_STATE_FAILED"
 
 
-def stand_in_commands(day: str, output: str, input_root: str, model_cache: str) -> dict:
+def stand_in_commands(
+    day: str, output: str, input_root: str, model_cache: str, embedding_job_url: str
+) -> dict:
     """The day's embedding and analysis jobs, as the DAG's settings launch them, run locally."""
     embed = [
         sys.executable,
@@ -127,7 +129,13 @@ def stand_in_commands(day: str, output: str, input_root: str, model_cache: str) 
         # The model the DAG's prepare_model task put in the cache: a hit, as on a worker.
         f"--model_cache={model_cache}",
     ]
-    analyse = [sys.executable, "-m", "beam_jobs.image_embeddings.analysis", f"--output={output}"]
+    analyse = [
+        sys.executable,
+        "-m",
+        "beam_jobs.image_embeddings.analysis",
+        f"--output={output}",
+        f"--embedding_job_url={embedding_job_url}",
+    ]
     compact = day.replace("-", "")
     return {f"image-embeddings-{compact}": embed, f"image-embeddings-analysis-{compact}": analyse}
 
@@ -149,14 +157,18 @@ def test_a_retried_dataflow_launch_attaches_to_the_running_job(gcs_environ, gcs_
     )
     good, bad = write_day(environ["IMAGE_EMBEDDINGS_INPUT_ROOT"], day, good=6, bad=1)
     output = f"gs://{bucket}/embeddings/{day}"
-    commands = stand_in_commands(
-        day, output, f"gs://{bucket}/images/{day}", environ["IMAGE_EMBEDDINGS_MODEL_CACHE"]
-    )
-    stand_in = DataflowStandIn(output, commands)
-    fake = FakeDataflow("photo-project", "europe-west1", on_poll=stand_in)
+    fake = FakeDataflow("photo-project", "europe-west1")
     running = fake.add_job("image-embeddings-20261126", "JOB_STATE_RUNNING")
     analysing = fake.add_job("image-embeddings-analysis-20261126", "JOB_STATE_RUNNING")
     fake.add_job("image-embeddings-20261125", "JOB_STATE_RUNNING")
+    commands = stand_in_commands(
+        day,
+        output,
+        f"gs://{bucket}/images/{day}",
+        environ["IMAGE_EMBEDDINGS_MODEL_CACHE"],
+        console_url("photo-project", "europe-west1", running),
+    )
+    stand_in = fake.on_poll = DataflowStandIn(output, commands)
 
     with serving(fake):
         done = airflow_local(

@@ -386,7 +386,7 @@ def test_airflow_side_imports_neither_tensorflow_nor_beam():
         "import sys\n"
         "import image_embeddings_airflow.settings, image_embeddings_airflow.storage\n"
         "import image_embeddings_airflow.dag.manifest, image_embeddings_airflow.dag.validation\n"
-        "import image_embeddings_airflow.dag.tasks, image_embeddings_airflow.ui.report\n"
+        "import image_embeddings_airflow.dag.tasks, image_embeddings_airflow.ui.days\n"
         "heavy = sorted(m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )

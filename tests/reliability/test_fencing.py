@@ -91,8 +91,9 @@ def test_sixteen_contenders_for_a_gs_day_get_one_lease_every_round(
         observe.lease_rounds += 1
 
 
-def test_the_dag_tasks_of_a_run_that_lost_the_day_fail_without_touching_it(tmp_path, observe):
-    """`stage_manifest` (which clears the day) and `report` (the day's report)."""
+def test_the_dag_task_of_a_run_that_lost_the_day_fails_without_touching_it(tmp_path, observe):
+    """`stage_manifest`, which clears the day (the analysis job's own refusal is in
+    tests/beam_jobs/analysis/test_job.py)."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from image_embeddings_airflow.dag import tasks as dag_tasks
@@ -105,9 +106,7 @@ def test_the_dag_tasks_of_a_run_that_lost_the_day_fail_without_touching_it(tmp_p
 
     with pytest.raises(AirflowFailException, match="refusing to clear the day"):
         dag_tasks.stage(plan, OLD, stale.token)
-    with pytest.raises(AirflowFailException, match="refusing to write the day's report"):
-        dag_tasks.report(plan, {}, {}, OLD, stale.token)
 
     assert (output / "manifest.txt").read_text() == "the next run's manifest\n"
     assert sorted(path.name for path in output.iterdir()) == ["_LEASE", "manifest.txt"]
-    observe.stale_commits_refused += 2
+    observe.stale_commits_refused += 1

@@ -152,12 +152,12 @@ def test_marking_the_run_failed_while_wait_is_deferred_cancels_the_job_and_frees
 
     assert cancel_requests(fake_dataflow, job_id) == [{"requestedState": "JOB_STATE_CANCELLED"}]
     assert kept["value"] is False  # the job was still stopping: the trigger freed the day
-    tasks = ("wait", "validate", "analyse", "report")
+    tasks = ("wait", "validate", "analyse", "summarise")
     assert {task: task_state(task) for task in tasks} == {
         "wait": "failed",
         "validate": "skipped",
         "analyse": "skipped",
-        "report": "skipped",
+        "summarise": "skipped",
     }
     # Airflow 3.3 runs the teardown of a run marked failed and then ends the run by its other
     # leaves, which the marking skipped (apache/airflow#45530): the run ends green.

@@ -114,7 +114,15 @@ def test_no_credential_in_task_logs(secret_day, observe):
     markers = secret_day["markers"]
     log = secret_day["log"]
     # The log is the task logs: every task ran and said so.
-    for task in ("resolve_run", "stage_manifest", "embed", "wait", "validate", "analyse", "report"):
+    for task in (
+        "resolve_run",
+        "stage_manifest",
+        "embed",
+        "wait",
+        "validate",
+        "analyse",
+        "summarise",
+    ):
         assert task in log
     assert "Running command:" in log
     log_files = [path for path in (secret_day["home"] / "logs").rglob("*") if path.is_file()]

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from image_embeddings_airflow.ui.report import image_href
+from beam_jobs.image_embeddings.analysis.report import image_href
 from image_embeddings_airflow.ui.view import REPORT_HEADERS
 from tests.browser import NO_CHROMIUM, chromium_page, click_first_point, has_chromium
 from tests.e2e.conftest import AIRFLOW_LOCAL, airflow_local, wait_for

@@ -1,4 +1,5 @@
-"""The day's analysis as a Beam job: PCA, index, duplicates (one earlier day per worker), drift.
+"""The day's analysis as a Beam job: PCA, index, duplicates (one earlier day per worker), drift,
+the report.
 
 The steps pass small records; what they compute lives in the day's folder and, for the
 intermediate candidates, in a scratch folder every worker can read. `_ANALYSED` is written last.
@@ -31,6 +32,7 @@ from beam_jobs.image_embeddings.analysis.duplicates import (
 )
 from beam_jobs.image_embeddings.analysis.options import AnalysisOptions, parse_known_args
 from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
+from beam_jobs.image_embeddings.analysis.report import write_report
 from beam_jobs.image_embeddings.comparable import History, window
 from beam_jobs.image_embeddings.contract import ANALYSIS_MARKER, FINGERPRINT_KEY, join
 from beam_jobs.image_embeddings.launcher import (
@@ -123,12 +125,23 @@ def measure(
 
 
 def finish(
-    counts: dict, output_dir: str, day: str, scratch: str, fence: Fence | None, reduced, drift
+    counts: dict,
+    output_dir: str,
+    day: str,
+    scratch: str,
+    job: AnalysisOptions,
+    fence: Fence | None,
+    reduced,
+    drift,
 ) -> dict:
-    """`_ANALYSED`: what the analysis found, written last; then the scratch folder goes."""
+    """The day's report.html, then `_ANALYSED`: what the analysis found, written last; then the
+    scratch folder goes."""
+    _check(fence, "write the day's report")
+    report = write_report(output_dir, job.embedding_job_url)
     record = {
         "day": day,
         **reduced,
+        "report": report,
         "duplicates": counts,
         "drift": {
             key: drift.get(key)
@@ -189,8 +202,8 @@ def build(
         )
     )
     drift = reduced | "Drift" >> beam.Map(measure, output_dir, day, fingerprint, job, fence)
-    _ = counts | "Write _ANALYSED" >> beam.Map(
-        finish, output_dir, day, scratch, fence, AsSingleton(reduced), AsSingleton(drift)
+    _ = counts | "Write the report and _ANALYSED" >> beam.Map(
+        finish, output_dir, day, scratch, job, fence, AsSingleton(reduced), AsSingleton(drift)
     )
 
 

@@ -14,8 +14,8 @@ USAGE = "python -m beam_jobs.image_embeddings.analysis --output URI [options] [B
 EPILOG = """\
 The day folder must hold a finished, validated run (`_SUCCESS`). The job writes the day's
 projection.parquet, pca.npz, projection.png, embedding-sample.npy, the neighbours index,
-duplicates.parquet and drift.json, adds the duplicate counts to validation.json, and writes
-_ANALYSED last. Any other option goes to Apache Beam unchanged, for example:
+duplicates.parquet, drift.json and report.html, adds the duplicate counts to validation.json,
+and writes _ANALYSED last. Any other option goes to Apache Beam unchanged, for example:
   --runner DataflowRunner --project P --region R --temp_location gs://B/tmp
 Locations may be local paths or gs:// URIs.
 """
@@ -33,6 +33,7 @@ class AnalysisOptions:
     drift_reference_days: int = 7
     drift_threshold: float = 0.2
     scratch: str | None = None  # None: under --temp_location, else a local temporary folder
+    embedding_job_url: str | None = None  # the embedding job's console page, for the report
     lease_holder: str | None = None  # None: this command holds the day, as `cli:<host>:<pid>`
     lease_token: int | None = None  # None: the holder's lease as found (or taken) at launch
     lease_ttl_secs: float = DEFAULT_TTL.total_seconds()
@@ -76,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
         usage=USAGE,
         description="Analyse one embedded day: PCA, neighbours index, duplicates within the "
         "day and against comparable earlier days (searched in parallel, one earlier day per "
-        "worker), and drift.",
+        "worker), drift, and the day's report.html.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -125,6 +126,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="folder for the job's intermediate files, readable by every worker (default: "
         "under --temp_location, else a local temporary folder); deleted at the end",
+    )
+    parser.add_argument(
+        "--embedding_job_url",
+        metavar="URL",
+        default=None,
+        help="the Dataflow console page of the day's embedding job, linked from the report",
     )
     parser.add_argument(
         "--lease_holder",

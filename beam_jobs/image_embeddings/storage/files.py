@@ -34,6 +34,14 @@ def is_gcs(uri: str) -> bool:
     return uri.startswith(GCS_SCHEME)
 
 
+def split_gcs(uri: str) -> tuple[str, str]:
+    """Split `gs://bucket/name` into `(bucket, name)`; raise ValueError for a bad URI."""
+    bucket, _, name = uri.removeprefix(GCS_SCHEME).partition("/")
+    if not is_gcs(uri) or not bucket:
+        raise ValueError(f"expected a gs://BUCKET/... URI, got {uri!r}")
+    return bucket, name
+
+
 def absolute(uri: str) -> str:
     """A gs:// URI as is; a local path made absolute."""
     return uri if is_gcs(uri) else os.path.abspath(uri)

@@ -117,10 +117,13 @@ def pipeline_options(
     return options | worker_options(plan)
 
 
-def analysis_options(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """The analysis job's command-line options, on the same workers as the pipeline."""
+def analysis_options(
+    plan: Mapping[str, Any], embedding_job_url: str | None = None
+) -> dict[str, Any]:
+    """The analysis job's command-line options, on the same workers as the pipeline; the
+    embedding job's console page goes into the report."""
     options = {"output": plan["output_dir"]} | {name: plan[name] for name in ANALYSIS_OPTIONS}
-    return options | worker_options(plan)
+    return options | _present({"embedding_job_url": embedding_job_url}) | worker_options(plan)
 
 
 def worker_options(plan: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,11 +177,13 @@ def launch(
     )
 
 
-def analysis_launch(plan: Mapping[str, Any], dag_id: str) -> Launch:
+def analysis_launch(
+    plan: Mapping[str, Any], dag_id: str, embedding_job_url: str | None = None
+) -> Launch:
     """The Beam operator's arguments for the day's analysis job."""
     is_dataflow = wait_mode(plan["runner"]) is WaitMode.DATAFLOW_JOB
     return Launch(
         runner=plan["runner"],
-        pipeline_options=analysis_options(plan),
+        pipeline_options=analysis_options(plan, embedding_job_url),
         dataflow_config=dataflow_config(plan, dag_id, "analysis") if is_dataflow else None,
     )

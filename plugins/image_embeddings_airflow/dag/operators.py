@@ -134,12 +134,19 @@ class EmbedImagesOperator(DayJobOperator):
 
 class AnalyseDayOperator(DayJobOperator):
     """Run the day's analysis job, `python -m beam_jobs.image_embeddings.analysis`: PCA, index,
-    duplicates within the day and across the lookback, drift."""
+    duplicates within the day and across the lookback, drift, the report. `marker`: the
+    pipeline's `_SUCCESS` summary as `wait` returned it (its Dataflow job's page, if any)."""
 
     module = ANALYSIS_MODULE
+    template_fields: Sequence[str] = (*DayJobOperator.template_fields, "marker")
+
+    def __init__(self, *, marker: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.marker = marker
 
     def arguments(self) -> Launch:
-        return analysis_launch(self.plan, self.dag_id)
+        url = (self.marker or {}).get("dataflow_job_url")
+        return analysis_launch(self.plan, self.dag_id, url)
 
 
 class WaitForEmbeddingsSensor(DataflowJobStatusSensor):

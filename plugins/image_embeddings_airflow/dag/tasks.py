@@ -290,27 +290,19 @@ def read_analysis_marker(output_dir: str) -> dict[str, Any]:
     return record
 
 
-def report(
-    plan: Mapping[str, Any],
-    marker: Mapping[str, Any],
-    analysed: Mapping[str, Any],
-    holder: str,
-    token: int,
+def summarise(
+    plan: Mapping[str, Any], marker: Mapping[str, Any], analysed: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Write the day's report.html from the analysed day; log where the products are, and the
-    run's summary. Only while the run holds the day.
+    """The run's summary from its `_SUCCESS` and `_ANALYSED` records: logged, and returned for
+    the Asset event. Writes nothing.
 
-    A drifted day logs a warning, and fails the task (after writing the report) only when
-    `drift_fails` is set: the same outputs drift the same way on a retry.
+    A drifted day logs a warning, and fails the task (its report and `drift.json` are written)
+    only when `drift_fails` is set: the same outputs drift the same way on a retry.
     """
-    from image_embeddings_airflow.ui.report import write_report
-
-    fence(plan, holder, token, "write the day's report")
-    report_uri = write_report(plan["output_dir"], marker.get("dataflow_job_url"))
     summary = run_summary(marker)
     drift = analysed["drift"]
     log.info("Plot of day %s: %s", plan["day"], analysed["plot"])
-    log.info("Report of day %s: %s", plan["day"], report_uri)
+    log.info("Report of day %s: %s", plan["day"], analysed["report"])
     log.info(
         "Summary of day %s: %d images, %d embedded, %d failed, %s img/s, %s s",
         plan["day"],
@@ -327,7 +319,7 @@ def report(
         "output_dir": plan["output_dir"],
         "plot": analysed["plot"],
         "projection": analysed["projection"],
-        "report": report_uri,
+        "report": analysed["report"],
         "model": marker["model"],
         "weights": marker.get("weights"),
         **summary,

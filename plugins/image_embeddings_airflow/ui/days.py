@@ -7,11 +7,17 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from beam_jobs.image_embeddings.contract import DRIFT_NAME, REPORT_HTML_NAME, SUCCESS_MARKER, join
+from beam_jobs.image_embeddings.contract import (
+    DRIFT_NAME,
+    REPORT_HTML_NAME,
+    SUCCESS_MARKER,
+    drift_verdict,
+    join,
+)
+from beam_jobs.image_embeddings.marker import fingerprint_change
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.dag.validation import REPORT_NAME
 from image_embeddings_airflow.settings import day_dir, validate_date
-from image_embeddings_airflow.ui.report import drift_verdict, fingerprint_change
 
 # What a day's folder holds, from least to most finished.
 STATUS_INCOMPLETE = "incomplete"  # no `_SUCCESS`: running, failed, or cleared

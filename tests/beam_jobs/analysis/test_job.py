@@ -17,6 +17,7 @@ from beam_jobs.image_embeddings.contract import (
     NEIGHBOURS_INDEX_NAME,
     PCA_NAME,
     PROJECTION_NAME,
+    REPORT_HTML_NAME,
     VALIDATION_NAME,
 )
 from beam_jobs.image_embeddings.storage import files, lease
@@ -52,10 +53,11 @@ def test_the_job_finds_every_planted_copy_and_marks_the_day_analysed(root, tmp_p
         for r in read_rows(f"{folder}/{DUPLICATES_NAME}")
     )
     assert found == planted(earlier, new)
-    for name in (PROJECTION_NAME, PCA_NAME, NEIGHBOURS_INDEX_NAME, DRIFT_NAME):
+    for name in (PROJECTION_NAME, PCA_NAME, NEIGHBOURS_INDEX_NAME, DRIFT_NAME, REPORT_HTML_NAME):
         assert files.exists(f"{folder}/{name}"), name
     marker = files.read_json(f"{folder}/{ANALYSIS_MARKER}")
     assert marker["day"] == DAY and marker["rows"] == len(new)
+    assert marker["report"] == f"{folder}/{REPORT_HTML_NAME}"
     assert marker["duplicates"]["exact"] == marker["duplicates"]["near"] == 3
     assert marker["duplicates"]["days_compared"] == ["2026-11-27", "2026-11-26", "2026-11-25"]
     assert marker["drift"]["verdict"] == files.read_json(f"{folder}/{DRIFT_NAME}")["verdict"]
@@ -113,7 +115,7 @@ def test_the_dataflow_dry_run_builds_the_analysis_job():
         "Search within the day",
         "Confirm duplicates",
         "Drift",
-        "Write _ANALYSED",
+        "Write the report and _ANALYSED",
     ):
         assert step in names, step
     assert job.proto.name == "image-embeddings-analysis-20261128"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from beam_jobs.image_embeddings.contract import SUCCESS_MARKER
+from beam_jobs.image_embeddings.contract import DRIFT_NAME, REPORT_HTML_NAME, SUCCESS_MARKER
 from image_embeddings_airflow import storage
 from image_embeddings_airflow.dag.validation import REPORT_NAME
 from image_embeddings_airflow.ui.days import (
@@ -16,7 +16,6 @@ from image_embeddings_airflow.ui.days import (
     day_names,
     summarize_day,
 )
-from image_embeddings_airflow.ui.report import DRIFT_NAME, REPORT_HTML_NAME
 from image_embeddings_airflow.ui.view import (
     DAYS_SHOWN,
     REPORT_HEADERS,

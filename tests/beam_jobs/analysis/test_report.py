@@ -13,22 +13,22 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
-from beam_jobs.image_embeddings.contract import (
-    DRIFT_NAME,
-    DUPLICATES_NAME,
-    REPORT_HTML_NAME,
-    SUCCESS_MARKER,
-    embeddings_schema,
-)
-from image_embeddings_airflow import storage
-from image_embeddings_airflow.ui.report import (
+from beam_jobs.image_embeddings.analysis.report import (
     drift_series,
-    drift_verdict,
     image_href,
     read_day,
     render_html,
     write_report,
 )
+from beam_jobs.image_embeddings.contract import (
+    DRIFT_NAME,
+    DUPLICATES_NAME,
+    REPORT_HTML_NAME,
+    SUCCESS_MARKER,
+    drift_verdict,
+    embeddings_schema,
+)
+from beam_jobs.image_embeddings.storage import files as storage
 from tests.hostile_report import Markup, harmless, injections, unsafe_links, write_hostile_day
 from tests.plugins.dag.test_validation import embeddings_table, random_vectors, write_outputs
 

@@ -14,6 +14,7 @@ import urllib.parse
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -25,15 +26,15 @@ from beam_jobs.image_embeddings.contract import (
     FAILURES_PREFIX,
     FINGERPRINT_KEY,
     PCA_NAME,
-    PREVIOUS_FINGERPRINT_KEY,
     PROJECTION_NAME,
     REPORT_HTML_NAME,
     SUCCESS_MARKER,
+    drift_verdict,
     join,
     shard_glob,
 )
-from image_embeddings_airflow import storage
-from image_embeddings_airflow.settings import day_dir
+from beam_jobs.image_embeddings.marker import fingerprint_change
+from beam_jobs.image_embeddings.storage import files as storage
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +317,14 @@ def read_day(output_dir: str, dataflow_url: str | None = None) -> DayReport:
     return report
 
 
+def is_calendar_day(text: str) -> bool:
+    """Whether `text` is a calendar day written YYYY-MM-DD (a day folder's name)."""
+    try:
+        return date.fromisoformat(text).isoformat() == text
+    except ValueError:
+        return False
+
+
 def earlier_thumbnails(
     output_root: str, groups: Iterable[list[dict[str, Any]]]
 ) -> dict[str, bytes]:
@@ -327,12 +336,10 @@ def earlier_thumbnails(
             wanted[original["day_of_other"]].add(original["uri"])
     found: dict[str, bytes] = {}
     for day, uris in sorted(wanted.items()):
-        try:
-            folder = day_dir(output_root, day)
-        except ValueError:
+        if not is_calendar_day(day):
             log.warning("duplicates name %r as a day: no calendar day, no thumbnails", day)
             continue
-        found.update(read_thumbnails(folder, uris))
+        found.update(read_thumbnails(join(output_root, day), uris))
     return found
 
 
@@ -352,23 +359,6 @@ def image_href(uri: str) -> str | None:
 
 def data_url(jpeg: bytes | None) -> str:
     return f"data:image/jpeg;base64,{base64.b64encode(jpeg).decode('ascii')}" if jpeg else ""
-
-
-def drift_verdict(drift: Mapping[str, Any] | None) -> str | None:
-    """The drift file's verdict (`verdict` or `status`), when it states one."""
-    if not drift:
-        return None
-    verdict = drift.get("verdict", drift.get("status"))
-    return str(verdict) if verdict is not None else None
-
-
-def fingerprint_change(marker: Mapping[str, Any]) -> str | None:
-    """What changed, when the day's model fingerprint is not the previous finished day's: its
-    embeddings are then not comparable with earlier ones (reuse, duplicates, drift, search)."""
-    previous = marker.get(PREVIOUS_FINGERPRINT_KEY) or {}
-    if not previous.get("changed"):
-        return None
-    return f"changed since {previous['day']} (was {previous['fingerprint']})"
 
 
 def drift_series(drift: Mapping[str, Any]) -> dict[str, tuple[list[str], list[float]]]:

@@ -1,5 +1,6 @@
-"""The report task on a day the analysis job finished: it reads `_ANALYSED`, writes report.html,
-and a drifted day warns, or fails after its report when asked."""
+"""`wait_analysis` and `summarise` on a day the analysis job finished: `_ANALYSED` read, the
+summary and the report's place logged, a drifted day warns, or fails (its report written) when
+asked."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from beam_jobs.image_embeddings.analysis.job import run
 from beam_jobs.image_embeddings.contract import ANALYSIS_MARKER, REPORT_HTML_NAME
 from beam_jobs.image_embeddings.storage import lease
 from image_embeddings_airflow import storage
-from image_embeddings_airflow.dag.tasks import read_analysis_marker, report
+from image_embeddings_airflow.dag.tasks import read_analysis_marker, summarise
 from image_embeddings_airflow.dag.validation import REPORT_NAME
 from tests.beam_jobs.analysis.test_drift import different_imagery, imagery, write_history
 from tests.beam_jobs.analysis.test_duplicates import digests_of, write_day
@@ -27,8 +28,8 @@ def plan_for(folder: str, drift_fails: bool) -> dict:
     return {"output_dir": folder, "day": DAY, "drift_fails": drift_fails}
 
 
-def analysed_day(root: str, vectors) -> tuple[str, int]:
-    """Day D embedded, validated and analysed by the job, held by the run: (folder, token)."""
+def analysed_day(root: str, vectors) -> str:
+    """Day D embedded, validated and analysed by the job under the run's lease."""
     folder = f"{root}/{DAY}"
     write_day(root, DAY, vectors, digests_of(DAY, len(vectors)))
     storage.write_json(f"{folder}/{REPORT_NAME}", {"ok": True})
@@ -43,7 +44,7 @@ def analysed_day(root: str, vectors) -> tuple[str, int]:
             "--direct_num_workers=1",
         ]
     )
-    return folder, token
+    return folder
 
 
 @pytest.fixture
@@ -58,11 +59,12 @@ def marker_of(folder: str) -> dict:
     return storage.read_json(f"{folder}/_SUCCESS")
 
 
-def test_a_stable_day_gets_its_report_and_the_analysis_figures(root):
-    folder, token = analysed_day(root, imagery(300, seed=11))
+def test_a_stable_day_is_summarised_from_its_analysis(root, caplog):
+    folder = analysed_day(root, imagery(300, seed=11))
 
     analysed = read_analysis_marker(folder)
-    summary = report(plan_for(folder, True), marker_of(folder), analysed, HOLDER, token)
+    with caplog.at_level(logging.INFO):
+        summary = summarise(plan_for(folder, True), marker_of(folder), analysed)
 
     assert summary["report"] == f"{folder}/{REPORT_HTML_NAME}"
     assert "<html" in storage.read_bytes(summary["report"]).decode()
@@ -75,27 +77,26 @@ def test_a_stable_day_gets_its_report_and_the_analysis_figures(root):
     # Distinct digests: no exact copies (near ones depend on how alike the synthetic images are).
     assert counts["exact"] == 0
     assert summary["images"] == 300 and summary["model"] == "resnet50"
+    assert f"Report of day {DAY}: {folder}/{REPORT_HTML_NAME}" in caplog.text
 
 
 def test_a_drifted_day_warns(root, caplog):
-    folder, token = analysed_day(root, different_imagery(300, seed=12))
+    folder = analysed_day(root, different_imagery(300, seed=12))
 
     with caplog.at_level(logging.WARNING):
-        summary = report(
-            plan_for(folder, False), marker_of(folder), read_analysis_marker(folder), HOLDER, token
+        summary = summarise(
+            plan_for(folder, False), marker_of(folder), read_analysis_marker(folder)
         )
 
     assert summary["drift"]["verdict"] == "drift" and summary["drift"]["relative_frechet"] > 0.2
     assert f"Day {DAY} drifted from {', '.join(EARLIER)}" in caplog.text
 
 
-def test_a_drifted_day_fails_when_asked_after_writing_its_report(root):
-    folder, token = analysed_day(root, different_imagery(300, seed=12))
+def test_a_drifted_day_fails_when_asked_with_its_report_written(root):
+    folder = analysed_day(root, different_imagery(300, seed=12))
 
     with pytest.raises(AirflowFailException, match="IMAGE_EMBEDDINGS_DRIFT_FAILS is true"):
-        report(
-            plan_for(folder, True), marker_of(folder), read_analysis_marker(folder), HOLDER, token
-        )
+        summarise(plan_for(folder, True), marker_of(folder), read_analysis_marker(folder))
 
     assert storage.exists(f"{folder}/{REPORT_HTML_NAME}")
     assert storage.read_json(f"{folder}/drift.json")["verdict"] == "drift"
