@@ -1,8 +1,8 @@
 """The day's analysis at scale: a synthetic day D of clustered rows, with planted exact and near
-copies of itself and of each of `--days` earlier days, analysed by the analysis job's steps one
-after the other (PCA and projection, neighbours index, duplicates within D and across the lookback;
-then the report's figures and map sample), in a child process, as the DirectRunner runs the job
-with one worker: its peak memory, CPU-seconds per row at each size, copies found.
+copies of itself and of each of `--days` earlier days, analysed by the analysis job (PCA and
+projection, neighbours index, duplicates within D and across the lookback, drift, the report) on
+the DirectRunner with one worker, in a child process: its peak memory, CPU-seconds per row at each
+size, copies found.
 
 Disk: day D's shards are float16 (about 4.2 kB a row: 4.2 GB at 1M rows) and are deleted after
 each size; each earlier day holds only what the lookback reads (about 300 B a row: 9 GB for 30
@@ -25,8 +25,6 @@ from benchmarks import synthetic
 from benchmarks.measure import child_environment, print_result, python_command, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
-# The Airflow-side package, importable as Airflow's plugins folder makes it.
-PLUGINS = ROOT / "plugins"
 
 DAY = "2026-12-31"
 THRESHOLD = 0.95
@@ -83,25 +81,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def analyse(folder: str, days: int) -> dict:
-    """What the analysis job and the report do with every row, in this process; seconds per
-    stage."""
-    from beam_jobs.image_embeddings.analysis.day_index import write_day_index
-    from beam_jobs.image_embeddings.analysis.duplicates import find_duplicates
-    from beam_jobs.image_embeddings.analysis.reduction import reduce_dimensions
-    from beam_jobs.image_embeddings.analysis.report import duplicate_groups, sample_projection
+    """The analysis job on the DirectRunner with one worker, in this process; its record."""
+    from beam_jobs.image_embeddings.analysis.job import run
+    from beam_jobs.image_embeddings.contract import ANALYSIS_MARKER, join
+    from beam_jobs.image_embeddings.storage import files
 
-    seconds = {}
-    started = time.perf_counter()
-    result = reduce_dimensions(folder, synthetic.COMPONENTS, PCA_SAMPLE)
-    seconds["pca_projection"] = time.perf_counter() - started
-    write_day_index(folder)
-    seconds["index"] = time.perf_counter() - sum(seconds.values()) - started
-    found = find_duplicates(folder, DAY, synthetic.FINGERPRINT, THRESHOLD, days)
-    seconds["duplicates"] = time.perf_counter() - sum(seconds.values()) - started
-    sample_projection(result.projection_uri)
-    duplicate_groups(found.uri)
-    seconds["report_data"] = time.perf_counter() - sum(seconds.values()) - started
-    return {"rows": result.rows, "seconds": seconds, "counts": found.counts}
+    run(
+        [
+            f"--output={folder}",
+            f"--pca_components={synthetic.COMPONENTS}",
+            f"--pca_sample_size={PCA_SAMPLE}",
+            f"--duplicate_threshold={THRESHOLD}",
+            f"--lookback_days={days}",
+            "--direct_num_workers=1",
+        ]
+    )
+    record = files.read_json(join(folder, ANALYSIS_MARKER))
+    return {"rows": record["rows"], "counts": record["duplicates"]}
 
 
 def expected(planted: list[synthetic.Plant]) -> set[tuple[str, str, str, str]]:
@@ -193,7 +189,7 @@ def measure(args: argparse.Namespace) -> dict:
         run = run_measured(
             python_command("benchmarks.scale", "--analyse", str(folder), "--days", str(args.days)),
             args.out.resolve() / f"analyse-{rows}.log",
-            child_environment([ROOT, PLUGINS]),
+            child_environment([ROOT]),
         )
         wanted, found = expected(planted), found_rows(folder)
         sizes.append(
@@ -204,7 +200,6 @@ def measure(args: argparse.Namespace) -> dict:
                 "cpu_seconds": run.cpu_seconds,
                 "wall_seconds": run.seconds,
                 "cpu_us_per_row": 1e6 * run.cpu_seconds / rows,
-                "stages": run.result["seconds"],
                 "planted": len(wanted),
                 "planted_found": len(wanted & found),
                 "other_copies_found": len(found - wanted),
@@ -243,7 +238,6 @@ def table(results: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(PLUGINS))
     if args.analyse:
         print_result(analyse(args.analyse, args.days))
         return 0
